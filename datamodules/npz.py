@@ -1,0 +1,121 @@
+"""Reading and checking MedMNIST npz files: MD5 against `INFO`, keys, shapes and label ranges."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .info import DatasetInfo, MULTILABEL, dataset_info, download_url, expected_md5, npz_name
+
+SPLITS = ("train", "val", "test")
+
+
+def file_md5(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _stamp_path(path: Path) -> Path:
+    return path.with_name(path.name + ".md5ok")
+
+
+def verify_md5(path: Path, expected: str) -> None:
+    """Raise DataError unless the file's MD5 is `expected`; a stamp file caches a passed check."""
+    stat = path.stat()
+    key = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "md5": expected}
+    stamp = _stamp_path(path)
+    try:
+        if json.loads(stamp.read_text()) == key:
+            return
+    except (OSError, ValueError):
+        pass
+    actual = file_md5(path)
+    if actual != expected:
+        raise DataError(
+            f"{path} has MD5 {actual}, expected {expected}: the file is truncated or not the official "
+            "release; delete it and download again (or pass verify_md5=False for a custom file)"
+        )
+    try:
+        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps(key))
+        os.replace(tmp, stamp)
+    except OSError:
+        pass  # a read-only data folder only costs a re-hash next time
+
+
+def locate(root: str | os.PathLike, flag: str, size: int, download: bool = False, verify: bool = True) -> Path:
+    """Path of the official npz for (flag, size) under root, downloading it through medmnist if asked."""
+    info = dataset_info(flag)
+    path = Path(root).expanduser() / npz_name(info.flag, size)
+    if not path.exists() and download:
+        _download(path, info.flag, size)
+    if not path.exists():
+        raise DataError(
+            f"{path} not found: download {download_url(info.flag, size)} (MD5 {expected_md5(info.flag, size)}) "
+            f"into {path.parent}, or set download=True"
+        )
+    if verify:
+        verify_md5(path, expected_md5(info.flag, size))
+    return path
+
+
+def _download(path: Path, flag: str, size: int) -> None:
+    import medmnist
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cls = getattr(medmnist, medmnist.INFO[flag]["python_class"])
+    try:
+        cls(split="test", root=str(path.parent), size=size, download=True)
+    except Exception as err:  # medmnist wraps every network failure in a bare RuntimeError
+        raise DataError(
+            f"could not download {path.name} ({str(err).strip().splitlines()[0]}): fetch "
+            f"{download_url(flag, size)} by hand into {path.parent}"
+        ) from None
+
+
+def load_split(path: str | os.PathLike, split: str, info: DatasetInfo, size: int | None = None):
+    """(images uint8 N x H x W [x C], labels uint8 N x L) of one split, checked for shape and range."""
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    path = Path(path)
+    try:
+        with np.load(path) as npz:
+            keys = set(npz.files)
+            missing = {f"{split}_images", f"{split}_labels"} - keys
+            if missing:
+                raise DataError(f"{path} lacks {', '.join(sorted(missing))} (has {', '.join(sorted(keys))})")
+            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"]
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
+        raise DataError(f"{path} is not a readable npz file ({err})") from None
+    check_arrays(images, labels, info, size, where=f"{path.name}[{split}]")
+    return images, labels
+
+
+def check_arrays(images: np.ndarray, labels: np.ndarray, info: DatasetInfo, size: int | None, where: str) -> None:
+    """Raise DataError when images or labels do not fit the dataset's format."""
+    want_ndim = 3 if info.n_channels == 1 else 4
+    if images.dtype != np.uint8 or images.ndim != want_ndim or images.shape[1] != images.shape[2]:
+        raise DataError(
+            f"{where}: images must be uint8 N x H x W{'' if info.n_channels == 1 else ' x 3'}, "
+            f"got {images.dtype} {tuple(images.shape)}"
+        )
+    if want_ndim == 4 and images.shape[3] != info.n_channels:
+        raise DataError(f"{where}: expected {info.n_channels} channels, got {images.shape[3]}")
+    if size is not None and images.shape[1] != size:
+        raise DataError(f"{where}: images are {images.shape[1]} px, expected {size}")
+    width = info.num_classes if info.task == MULTILABEL else 1
+    if labels.ndim != 2 or labels.shape != (len(images), width):
+        raise DataError(f"{where}: labels must be {len(images)} x {width}, got {tuple(labels.shape)}")
+    high = 1 if info.task == MULTILABEL else info.num_classes - 1
+    if labels.size and (labels.min() < 0 or labels.max() > high):
+        raise DataError(f"{where}: labels must lie in [0, {high}], found [{labels.min()}, {labels.max()}]")

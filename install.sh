@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One-command setup on Debian with Python 3.11: system library for MedMNIST-C, then a venv with medrobust[dev].
+set -euo pipefail
+cd "$(dirname "$0")"
+PY=${PYTHON:-python3.11}
+command -v "$PY" >/dev/null || PY=python3
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+if ! ldconfig -p | grep -q libMagickWand-6.Q16; then
+  $SUDO apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmagickwand-6.q16-6 >/dev/null
+fi
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[dev]'
+echo "medrobust installed in .venv: activate with 'source .venv/bin/activate'"
