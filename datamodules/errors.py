@@ -7,3 +7,7 @@ class MedRobustError(Exception):
 
 class DataError(MedRobustError):
     """A dataset file or option is missing, corrupt or impossible."""
+
+
+class ConfigError(MedRobustError):
+    """A configuration value is impossible (an epsilon outside [0, 1], an unknown attack, ...)."""

@@ -1,0 +1,160 @@
+"""LightningDataModule for every 2D MedMNIST dataset and size, held in memory as uint8 tensors."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Union
+
+import lightning as L
+from torch.utils.data import DataLoader
+
+from .errors import DataError
+from .info import check_size, dataset_info
+from .npz import SPLITS, load_split, locate
+from .tensors import (
+    TensorPairDataset,
+    collate_batch,
+    random_flip_crop,
+    subsample_indices,
+    to_channels_first,
+    to_targets,
+    to_unit_range,
+)
+
+
+def default_root() -> str:
+    """medmnist's own default folder (~/.medmnist), or $MEDMNIST_ROOT when set."""
+    return os.environ.get("MEDMNIST_ROOT") or os.path.join(os.path.expanduser("~"), ".medmnist")
+
+
+class MedMNISTDataModule(L.LightningDataModule):
+    """One MedMNIST flag at one size; batches reach the model as float [0, 1] N x C x H x W.
+
+    Labels keep their kind: class indices for binary, multi-class and ordinal tasks
+    (`ordinal` is True for RetinaMNIST), a float vector for multi-label ChestMNIST.
+    """
+
+    def __init__(
+        self,
+        flag: str = "pneumoniamnist",
+        size: int = 28,
+        root: Optional[str] = None,
+        download: bool = False,
+        verify_md5: bool = True,
+        as_rgb: bool = False,
+        batch_size: int = 128,
+        eval_batch_size: int = 512,
+        augment: bool = True,
+        crop_padding: Optional[int] = None,
+        train_npz: Optional[str] = None,
+        subsample_train: Optional[Union[int, float]] = None,
+        subsample_val: Optional[Union[int, float]] = None,
+        subsample_test: Optional[Union[int, float]] = None,
+        subsample_seed: int = 0,
+        num_workers: int = 0,
+    ):
+        """
+        Args:
+            flag: MedMNIST dataset, e.g. 'pneumoniamnist', 'chestmnist', 'retinamnist'.
+            size: 28, 64, 128 or 224.
+            root: folder holding the official npz files (default: medmnist's ~/.medmnist).
+            download: fetch a missing file through `medmnist`.
+            verify_md5: check the file against `medmnist.INFO` (off for custom files).
+            as_rgb: repeat grey images to 3 channels (for RGB backbones).
+            augment: random horizontal flip and small random crop on training batches.
+            crop_padding: pixels of reflect padding for the crop (default size // 14: 2 px at 28).
+            train_npz: replace the training split by this npz (same format; e.g. a constructed dataset).
+            subsample_*: keep a seeded random subset of a split: a count (int) or fraction (float).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.info = dataset_info(flag)
+        self.flag, self.size = self.info.flag, check_size(size)
+        self.root = str(Path(root).expanduser()) if root else default_root()
+        if batch_size < 1 or eval_batch_size < 1:
+            raise DataError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        if train_npz is not None and not Path(train_npz).is_file():
+            raise DataError(f"train_npz {train_npz} not found")
+        self.crop_padding = self.size // 14 if crop_padding is None else int(crop_padding)
+        self._splits: dict[str, TensorPairDataset] = {}
+
+    # What models and metrics need, known before any file is read (linked into the model by train.py).
+    @property
+    def num_classes(self) -> int:
+        return self.info.num_classes
+
+    @property
+    def in_channels(self) -> int:
+        return 3 if self.hparams.as_rgb else self.info.n_channels
+
+    @property
+    def task(self) -> str:
+        return self.info.task
+
+    @property
+    def ordinal(self) -> bool:
+        return self.info.ordinal
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.info.class_names
+
+    def npz_path(self) -> Path:
+        return locate(self.root, self.flag, self.size, download=False, verify=self.hparams.verify_md5)
+
+    def prepare_data(self) -> None:
+        locate(self.root, self.flag, self.size, download=self.hparams.download, verify=self.hparams.verify_md5)
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if len(self._splits) == len(SPLITS):
+            return
+        path = self.npz_path()
+        for split in SPLITS:
+            if split == "train" and self.hparams.train_npz:
+                images, labels = load_split(self.hparams.train_npz, "train", self.info, self.size)
+            else:
+                images, labels = load_split(path, split, self.info, self.size)
+            keep = subsample_indices(len(images), getattr(self.hparams, f"subsample_{split}"), self.hparams.subsample_seed)
+            if keep is not None:
+                images, labels = images[keep], labels[keep]
+            self._splits[split] = TensorPairDataset(
+                to_channels_first(images, self.hparams.as_rgb), to_targets(labels, self.task)
+            )
+
+    def split(self, name: str) -> TensorPairDataset:
+        """The in-memory split ('train', 'val' or 'test'): uint8 images and targets, after setup."""
+        if not self._splits:
+            self.setup()
+        return self._splits[name]
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        batch = self.hparams.batch_size if split == "train" else self.hparams.eval_batch_size
+        return DataLoader(
+            self.split(split),
+            batch_size=batch,
+            shuffle=shuffle,
+            collate_fn=collate_batch,
+            num_workers=self.hparams.num_workers,
+            persistent_workers=self.hparams.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        images, targets = batch
+        x = to_unit_range(images)
+        trainer = self.trainer
+        if self.hparams.augment and trainer is not None and trainer.training:
+            x = random_flip_crop(x, self.crop_padding)
+        return x, targets
+

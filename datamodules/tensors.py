@@ -1,0 +1,82 @@
+"""In-memory uint8 image tensors: batched indexing, conversion to [0, 1] floats, tensor augmentation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .info import MULTILABEL
+
+
+def to_channels_first(images: np.ndarray, as_rgb: bool = False) -> torch.Tensor:
+    """uint8 N x H x W [x C] array to a uint8 N x C x H x W tensor (grey repeated to 3 if as_rgb)."""
+    x = torch.from_numpy(np.ascontiguousarray(images))
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    if as_rgb and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.contiguous()
+
+
+def to_targets(labels: np.ndarray, task: str) -> torch.Tensor:
+    """Class indices (long, N) for single-label tasks; a float N x L vector for multi-label."""
+    y = torch.from_numpy(np.asarray(labels))
+    return y.float() if task == MULTILABEL else y.reshape(-1).long()
+
+
+def to_unit_range(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] to float32 [0, 1]: the pixel contract every model and attack shares."""
+    return images.float().div_(255.0) if images.dtype == torch.uint8 else images
+
+
+class TensorPairDataset(Dataset):
+    """(images, targets) held in memory; `__getitems__` fetches a whole batch with one index op."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor):
+        if len(images) != len(targets):
+            raise ValueError(f"{len(images)} images but {len(targets)} targets")
+        self.images, self.targets = images, targets
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int):
+        return self.images[index], self.targets[index]
+
+    def __getitems__(self, indices: list[int]):
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.targets[index]
+
+
+def collate_batch(batch):
+    """The dataset already returns a stacked batch."""
+    return batch
+
+
+def subsample_indices(n: int, keep: int | float | None, seed: int) -> np.ndarray | None:
+    """Sorted indices of a seeded random subset: `keep` is a count (int) or a fraction (float)."""
+    if keep is None:
+        return None
+    count = int(round(keep * n)) if isinstance(keep, float) else int(keep)
+    if not 0 < count <= n:
+        from .errors import DataError
+
+        raise DataError(f"cannot keep {keep!r} of {n} samples: give a count in [1, {n}] or a fraction in (0, 1]")
+    return np.sort(np.random.default_rng(seed).permutation(n)[:count])
+
+
+def random_flip_crop(x: torch.Tensor, padding: int, hflip: bool = True) -> torch.Tensor:
+    """Per-sample random horizontal flip and random crop after reflect padding, all on x's device."""
+    n, _, h, w = x.shape
+    if hflip:
+        flip = torch.rand(n, device=x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    if padding > 0:
+        padded = torch.nn.functional.pad(x, (padding,) * 4, mode="reflect")
+        dy = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+        dx = torch.randint(0, 2 * padding + 1, (n, 1), device=x.device)
+        rows = (dy + torch.arange(h, device=x.device)).view(n, 1, h, 1)
+        cols = (dx + torch.arange(w, device=x.device)).view(n, 1, 1, w)
+        batch = torch.arange(n, device=x.device).view(n, 1, 1, 1)
+        chans = torch.arange(x.shape[1], device=x.device).view(1, -1, 1, 1)
+        x = padded[batch, chans, rows, cols]
+    return x

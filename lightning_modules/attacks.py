@@ -1,0 +1,286 @@
+"""White-box attacks as small torchattacks-style callables: ``attack(x, y) -> x_adv``.
+
+Threat model: models take images in [0, 1]; an adversarial image lies in the [0, 1] box and in the
+L-inf or L2 ball of radius epsilon around x (up to float rounding). Attacks need no training loop.
+"""
+
+import contextlib
+import inspect
+from typing import Callable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from datamodules.errors import ConfigError
+from lightning_modules.epsilon import format_epsilon, parse_epsilon
+
+Loss = Callable[[Tensor, Tensor], Tensor]
+NORMS = ("linf", "l2")
+
+
+def parse_norm(norm: str) -> str:
+    """Canonical threat-model name, "linf" or "l2" (case-insensitive, so AutoAttack's "Linf" works too)."""
+    name = str(norm).lower()
+    if name not in NORMS:
+        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
+    return name
+
+
+def is_class_index(y: Tensor, logits: Tensor) -> bool:
+    """True when y holds one integer class per example for logits of shape (B, C)."""
+    return (
+        logits.ndim == 2
+        and y.shape == logits.shape[:1]
+        and not y.is_floating_point()
+        and not y.is_complex()
+        and y.dtype != torch.bool
+    )
+
+
+def default_loss(logits: Tensor, y: Tensor) -> Tensor:
+    """Per-example loss: cross-entropy for class indices (binary 2-logit, multi-class, ordinal heads),
+    BCE-with-logits averaged over labels for float multi-hot targets shaped like the logits (multi-label)."""
+    if is_class_index(y, logits):
+        return F.cross_entropy(logits, y.long(), reduction="none")
+    if y.is_floating_point() and y.shape == logits.shape:
+        return F.binary_cross_entropy_with_logits(logits, y, reduction="none").flatten(1).mean(1)
+    raise ConfigError(
+        f"cannot pick a loss for logits of shape {tuple(logits.shape)} and targets of shape "
+        f"{tuple(y.shape)} ({y.dtype}): use integer class indices of shape (B,) or float "
+        f"multi-hot labels shaped like the logits, or pass loss="
+    )
+
+
+@contextlib.contextmanager
+def attack_mode(model: nn.Module):
+    """Run an attack with the model in eval mode and autograd on; restore every module's mode after."""
+    if torch.is_inference_mode_enabled():
+        raise ConfigError(
+            "adversarial attacks need autograd but torch.inference_mode() is active; "
+            "use Trainer(inference_mode=False)"
+        )
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        with torch.enable_grad():
+            yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+def check_pixels(x: Tensor) -> None:
+    """Reject inputs outside [0, 1]: budgets are in pixel units, so normalization belongs in the model."""
+    if x.numel() == 0:
+        return
+    low, high = torch.aminmax(x.detach())
+    if low < 0 or high > 1:
+        raise ConfigError(
+            f"attacks expect images in [0, 1] (put normalization inside the model), "
+            f"got values in [{low.item():.4g}, {high.item():.4g}]"
+        )
+
+
+def autograd_ready(t: Tensor) -> Tensor:
+    """Detach; copy tensors made under torch.inference_mode, which autograd cannot use."""
+    return t.clone() if t.is_inference() else t.detach()
+
+
+def _l2(t: Tensor) -> Tensor:
+    """Per-example L2 norm, shaped to broadcast against t."""
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+class Attack:
+    """Shared threat model (norm ball of radius epsilon in [0, 1] pixel space) and loss."""
+
+    def __init__(self, model: nn.Module, epsilon, norm: str = "linf", loss: Optional[Loss] = None):
+        self.model = model
+        self.epsilon = parse_epsilon(epsilon)
+        self.norm = parse_norm(norm)
+        self.loss = default_loss if loss is None else loss
+
+    def __repr__(self) -> str:
+        fields = {k: v for k, v in vars(self).items() if k not in ("model", "loss")}
+        fields["epsilon"] = format_epsilon(self.epsilon)
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
+
+    def _run(self, x: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+        with attack_mode(self.model):
+            check_pixels(x)
+            target = None if target is None else autograd_ready(target)
+            return self._perturb(autograd_ready(x), autograd_ready(y), target).detach()
+
+    def _perturb(self, x: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+        raise NotImplementedError
+
+    def _objective(self, logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+        """Per-example value to maximise: the loss on y, or minus the loss toward target."""
+        loss = self.loss(logits, y if target is None else target)
+        if loss.shape != logits.shape[:1]:
+            raise ConfigError(
+                f"loss(logits, y) must return one value per example, shape ({logits.shape[0]},), "
+                f"got {tuple(loss.shape)}"
+            )
+        return loss if target is None else -loss
+
+    def _objective_and_grad(self, x_adv: Tensor, y: Tensor, target: Optional[Tensor]):
+        """Logits, per-example objective and its gradient with respect to the input only."""
+        x_adv = x_adv.detach().requires_grad_(True)
+        logits = self.model(x_adv)
+        objective = self._objective(logits, y, target)
+        (grad,) = torch.autograd.grad(objective.sum(), x_adv)
+        return logits.detach(), objective.detach(), grad
+
+    def _ascend(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
+        """Steepest-ascent step for the threat model: gradient sign (L-inf) or unit gradient (L2)."""
+        if self.norm == "linf":
+            return x_adv + step_size * grad.sign()
+        return x_adv + step_size * grad / _l2(grad).clamp_min(1e-12)
+
+    def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:
+        """Back into the epsilon ball around x, then into [0, 1] (which only shrinks the perturbation)."""
+        delta = x_adv - x
+        if self.norm == "linf":
+            delta = delta.clamp(-self.epsilon, self.epsilon)
+        else:
+            delta = delta * (self.epsilon / _l2(delta).clamp_min(1e-12)).clamp(max=1.0)
+        return (x + delta).clamp(0.0, 1.0)
+
+
+class FGSM(Attack):
+    """Fast gradient method: one step of size epsilon along the gradient sign (L-inf) or unit gradient (L2)."""
+
+    def __call__(self, x: Tensor, y: Tensor) -> Tensor:
+        return self._run(x, y, None)
+
+    def _perturb(self, x, y, target):
+        _, _, grad = self._objective_and_grad(x, y, target)
+        return self._project(self._ascend(x, grad, self.epsilon), x)
+
+
+class PGD(Attack):
+    """Projected gradient descent (Madry et al., 2018) with random starts and restarts.
+
+    Per example it returns the strongest iterate over all steps and restarts: a success
+    (misclassified, or the target class reached) beats a failure, then the higher loss wins
+    (multi-label targets have no success criterion: the highest loss wins).
+    With a seed the random starts come from a generator seeded on every call, so the attack is a
+    deterministic function of (x, y); leave seed=None in training so starts vary between batches.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        epsilon,
+        alpha=None,
+        steps: int = 10,
+        norm: str = "linf",
+        random_start: bool = True,
+        restarts: int = 1,
+        targeted: bool = False,
+        loss: Optional[Loss] = None,
+        seed: Optional[int] = None,
+    ):
+        super().__init__(model, epsilon, norm=norm, loss=loss)
+        self.steps = _positive_int("steps", steps)
+        self.restarts = _positive_int("restarts", restarts)
+        if self.restarts > 1 and not random_start:
+            raise ConfigError("restarts > 1 need random_start=True (without it every restart is the same)")
+        if alpha is None:
+            self.alpha = 2.5 * self.epsilon / self.steps
+        else:
+            try:
+                self.alpha = parse_epsilon(alpha)
+            except ConfigError:
+                raise ConfigError(
+                    f"alpha (step size) must be in [0, 1] or a fraction like '2/255', got {alpha!r}"
+                ) from None
+        self.random_start = bool(random_start)
+        self.targeted = bool(targeted)
+        self.seed = seed
+
+    def __call__(self, x: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
+        if self.targeted and target is None:
+            raise ConfigError("targeted PGD needs target=: call attack(x, y, target=...)")
+        if not self.targeted and target is not None:
+            raise ConfigError("target= given to an untargeted PGD; construct it with targeted=True")
+        return self._run(x, y, target)
+
+    def _perturb(self, x, y, target):
+        generator = None
+        if self.seed is not None:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        strongest = _Strongest()
+        for _ in range(self.restarts):
+            x_adv = self._random_start(x, generator) if self.random_start else x
+            for _ in range(self.steps):
+                logits, objective, grad = self._objective_and_grad(x_adv, y, target)
+                strongest.update(x_adv, self._success(logits, y, target), objective)
+                x_adv = self._project(self._ascend(x_adv, grad, self.alpha), x)
+            with torch.no_grad():
+                logits = self.model(x_adv)
+                strongest.update(x_adv, self._success(logits, y, target), self._objective(logits, y, target))
+        return strongest.x
+
+    def _random_start(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        """Uniform point of the L-inf ball, or uniform direction and radius in the L2 ball."""
+        if self.norm == "linf":
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (2 * noise - 1) * self.epsilon
+        else:
+            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            radius_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+            radius = torch.rand(radius_shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = direction / _l2(direction).clamp_min(1e-12) * radius * self.epsilon
+        return (x + delta).clamp(0.0, 1.0)
+
+    @staticmethod
+    def _success(logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+        """Per example: target reached (targeted) or misclassified; always False for multi-label."""
+        labels = y if target is None else target
+        if not is_class_index(labels, logits):
+            return torch.zeros(logits.shape[0], dtype=torch.bool, device=logits.device)
+        hit = logits.argmax(dim=1) == labels
+        return hit if target is not None else ~hit
+
+
+class _Strongest:
+    """Per example, the most successful perturbation so far: success first, then the higher objective."""
+
+    def __init__(self):
+        self.x = None
+
+    def update(self, x_adv: Tensor, success: Tensor, objective: Tensor) -> None:
+        if self.x is None:
+            self.x, self.success, self.objective = x_adv.detach().clone(), success, objective
+            return
+        better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
+        self.x[better] = x_adv[better].detach()
+        self.success = self.success | success
+        self.objective = torch.where(better, objective, self.objective)
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+ATTACKS = {"fgsm": FGSM, "pgd": PGD}
+
+
+def make_attack(name: str, model: nn.Module, epsilon, **kwargs) -> Attack:
+    """Build an attack named in a config ("fgsm", "pgd") with its keyword options."""
+    key = str(name).lower()
+    if key not in ATTACKS:
+        raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}")
+    cls = ATTACKS[key]
+    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "epsilon")]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)} for attack {key!r}; accepted: {', '.join(accepted)}"
+        )
+    return cls(model, epsilon, **kwargs)
