@@ -87,9 +87,23 @@ def main(args=None) -> None:
             save_config_kwargs={"overwrite": True},
             args=args,
         )
-    except MedRobustError as err:
-        print(f"error: {err}", file=sys.stderr)
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def user_error(err: BaseException | None) -> MedRobustError | None:
+    """The MedRobustError behind `err`, also when jsonargparse wrapped it during instantiation."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, MedRobustError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 if __name__ == "__main__":

@@ -25,7 +25,10 @@ class Normalize(nn.Module):
 
 
 class SmallCNN(nn.Module):
-    """Four 3x3 conv layers and a linear head: trains on 28 px MedMNIST on a CPU in minutes."""
+    """Four 3x3 conv layers, a 4 x 4 pooled grid (keeps where things are) and an MLP head.
+
+    Trains on 28 px MedMNIST on a CPU in minutes; any input size works.
+    """
 
     def __init__(self, in_channels: int, num_classes: int, width: int = 32):
         super().__init__()
@@ -39,7 +42,7 @@ class SmallCNN(nn.Module):
 
         self.features = nn.Sequential(block(in_channels, width), block(width, 2 * width))
         self.head = nn.Sequential(
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * width, 128), nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(4), nn.Flatten(), nn.Linear(32 * width, 128), nn.ReLU(inplace=True),
             nn.Linear(128, num_classes),
         )
 

@@ -1,0 +1,101 @@
+import numpy as np
+import pytest
+import torch
+
+from datamodules.errors import DataError
+from datamodules.info import FLAGS_2D, MULTILABEL, dataset_info
+from datamodules.medmnist import MedMNISTDataModule
+from datamodules.synthetic import write_synthetic_npz
+from datamodules.tensors import random_flip_crop
+
+
+def _module(root, flag, size=28, **kwargs):
+    dm = MedMNISTDataModule(flag, size, root=str(root), verify_md5=False, batch_size=16, **kwargs)
+    dm.setup()
+    return dm
+
+
+def _first_batch(dm, loader):
+    batch = next(iter(loader))
+    return dm.on_after_batch_transfer(batch, 0)
+
+
+@pytest.mark.parametrize("flag", FLAGS_2D)
+def test_every_flag_gives_unit_range_images_and_labels_of_its_kind(synthetic_root, flag):
+    root = synthetic_root(flag, 28, n_train=40, n_val=10, n_test=10)
+    dm = _module(root, flag)
+    x, y = _first_batch(dm, dm.val_dataloader())
+    info = dataset_info(flag)
+    assert x.dtype == torch.float32 and x.shape == (10, info.n_channels, 28, 28)
+    assert 0.0 <= x.min() and x.max() <= 1.0 and x.max() > 0.5
+    if info.task == MULTILABEL:
+        assert y.dtype == torch.float32 and y.shape == (10, 14)
+    else:
+        assert y.dtype == torch.int64 and y.shape == (10,) and y.max() < info.num_classes
+    assert dm.num_classes == info.num_classes and dm.task == info.task
+    assert dm.ordinal == (flag == "retinamnist")
+
+
+@pytest.mark.parametrize("size", [64, 128, 224])
+def test_larger_sizes_load(synthetic_root, size):
+    root = synthetic_root("bloodmnist", size, n_train=8, n_val=4, n_test=4)
+    dm = _module(root, "bloodmnist", size)
+    x, _ = _first_batch(dm, dm.test_dataloader())
+    assert x.shape == (4, 3, size, size)
+
+
+def test_as_rgb_repeats_grey_channels(synthetic_root):
+    dm = _module(synthetic_root("breastmnist"), "breastmnist", as_rgb=True)
+    x, _ = _first_batch(dm, dm.val_dataloader())
+    assert dm.in_channels == 3 and x.shape[1] == 3
+    assert torch.equal(x[:, 0], x[:, 2])
+
+
+def test_real_pneumonia_split_sizes_and_md5(real_root):
+    dm = MedMNISTDataModule("pneumoniamnist", 28, root=str(real_root))
+    dm.prepare_data()
+    dm.setup()
+    assert [len(dm.split(s)) for s in ("train", "val", "test")] == [4708, 524, 624]
+    assert dm.split("train").images.dtype == torch.uint8
+
+
+def test_train_npz_replaces_only_the_training_split(synthetic_root, tmp_path):
+    root = synthetic_root("breastmnist", n_train=30)
+    other = write_synthetic_npz(tmp_path / "constructed", "breastmnist", n_train=12, seed=5, name="x.npz")
+    dm = _module(root, "breastmnist", train_npz=str(other))
+    assert len(dm.split("train")) == 12 and len(dm.split("val")) == 60
+    with np.load(other) as npz:
+        assert torch.equal(dm.split("train").images[:, 0], torch.from_numpy(npz["train_images"]))
+
+
+def test_missing_train_npz_is_a_clear_error(tmp_path):
+    with pytest.raises(DataError, match="train_npz"):
+        MedMNISTDataModule("breastmnist", train_npz=str(tmp_path / "nope.npz"))
+
+
+def test_subsample_is_seeded_and_accepts_counts_and_fractions(synthetic_root):
+    root = synthetic_root("breastmnist", n_train=100)
+    a = _module(root, "breastmnist", subsample_train=20, subsample_seed=1).split("train").images
+    b = _module(root, "breastmnist", subsample_train=20, subsample_seed=1).split("train").images
+    c = _module(root, "breastmnist", subsample_train=20, subsample_seed=2).split("train").images
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert len(_module(root, "breastmnist", subsample_val=0.5).split("val")) == 30
+    with pytest.raises(DataError, match="cannot keep"):
+        _module(root, "breastmnist", subsample_train=1000)
+
+
+def test_augmentation_keeps_shape_and_range_and_changes_images():
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 28, 28)
+    out = random_flip_crop(x, padding=2)
+    assert out.shape == x.shape and 0 <= out.min() and out.max() <= 1
+    assert not torch.equal(out, x)
+    unchanged = random_flip_crop(x, padding=0, hflip=False)
+    assert torch.equal(unchanged, x)
+
+
+def test_augmentation_only_in_training(synthetic_root):
+    dm = _module(synthetic_root("breastmnist"), "breastmnist")
+    batch = next(iter(dm.val_dataloader()))
+    x, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer attached: evaluation path
+    assert torch.equal(x, batch[0].float() / 255)
