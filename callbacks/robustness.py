@@ -1,0 +1,174 @@
+"""Clean and adversarial accuracy every epoch, and a full robustness report at test time."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info
+
+from datamodules.errors import ConfigError
+from datamodules.info import MULTILABEL
+from datamodules.tensors import subsample_indices
+from lightning_modules.attacks import PGD, parse_norm
+from lightning_modules.autoattack import AUTOATTACK_ATTACKS, run_autoattack
+from lightning_modules.epsilon import format_epsilon, parse_epsilon
+from lightning_modules.evaluation import evaluate
+from .reports import package_versions, timestamp, write_json_atomic
+
+
+def _shard(indices: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
+    """This rank's share of a subset: under DDP each rank attacks a disjoint slice."""
+    return indices[trainer.global_rank :: trainer.world_size]
+
+
+class RobustnessCallback(Callback):
+    """Logs `val/adv_bacc@eps=4/255` (and accuracy) on a fixed, seeded validation subset every
+    `every_n_epochs`; at test time attacks the whole test split with PGD (restarts) and AutoAttack,
+    logs `test/adv_bacc@eps=...` and `test/aa_bacc@eps=...`, and writes a JSON report next to the
+    checkpoint. Works inside Lightning's no-grad/inference-mode loops: attacks re-enable autograd.
+    """
+
+    def __init__(
+        self,
+        epsilons: Sequence[Union[float, str]] = ("4/255",),
+        norm: str = "linf",
+        every_n_epochs: int = 1,
+        val_samples: Optional[int] = 512,
+        val_steps: int = 10,
+        test_steps: int = 50,
+        test_restarts: int = 2,
+        autoattack: bool = True,
+        autoattack_version: str = "custom",
+        autoattack_attacks: Optional[Sequence[str]] = ("apgd-ce", "apgd-t"),
+        autoattack_samples: Optional[int] = 500,
+        square_queries: Optional[int] = None,
+        batch_size: int = 256,
+        seed: int = 0,
+    ):
+        """
+        Args:
+            epsilons: evaluation budgets in [0, 1] pixel units ("4/255" works).
+            norm: threat model, linf or l2.
+            val_samples: size of the fixed validation subset attacked each epoch (None: all).
+            val_steps: PGD steps for the per-epoch check; test_steps/test_restarts for the final one.
+            autoattack: run AutoAttack at test time on `autoattack_samples` test images (None: all).
+            autoattack_version: 'custom' (the `autoattack_attacks` list) or 'standard'
+                (apgd-ce, apgd-t, fab-t, square with 5,000 queries: about 2 s per image on a CPU).
+            square_queries: cap on Square's queries, when Square runs.
+            seed: fixes the subsets and every attack's random start.
+        """
+        super().__init__()
+        self.epsilons = [parse_epsilon(e) for e in epsilons]
+        if not self.epsilons:
+            raise ConfigError("RobustnessCallback needs at least one evaluation epsilon")
+        self.norm = parse_norm(norm)
+        if every_n_epochs < 1:
+            raise ConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        if autoattack_version == "standard":
+            autoattack_attacks = None
+        elif autoattack and not set(autoattack_attacks or ()) <= set(AUTOATTACK_ATTACKS):
+            raise ConfigError(f"unknown AutoAttack attacks {autoattack_attacks}: choose from {', '.join(AUTOATTACK_ATTACKS)}")
+        self.every_n_epochs = every_n_epochs
+        self.val_samples, self.val_steps = val_samples, val_steps
+        self.test_steps, self.test_restarts = test_steps, test_restarts
+        self.autoattack, self.autoattack_version = autoattack, autoattack_version
+        self.autoattack_attacks = None if autoattack_attacks is None else list(autoattack_attacks)
+        self.autoattack_samples, self.square_queries = autoattack_samples, square_queries
+        self.batch_size, self.seed = batch_size, seed
+        self.report: Optional[dict] = None
+        self.report_path: Optional[Path] = None
+
+    # ---- per-epoch validation check ------------------------------------------------------------
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        split = self._datamodule(trainer).split("val")
+        keep = subsample_indices(len(split), min(self.val_samples or len(split), len(split)), self.seed)
+        index = _shard(torch.arange(len(split)) if keep is None else torch.as_tensor(keep), trainer)
+        images, targets = split.images[index], split.targets[index]
+        logged = {}
+        with torch.inference_mode(False):
+            clean = self._score(pl_module, images, targets, None)
+            logged["val/subset_clean_bacc"] = clean["bacc"]
+            for eps in self.epsilons:
+                attack = PGD(pl_module, eps, steps=self.val_steps, norm=self.norm, seed=self.seed)
+                adv = self._score(pl_module, images, targets, attack)
+                logged[f"val/adv_bacc@eps={format_epsilon(eps)}"] = adv["bacc"]
+                logged[f"val/adv_acc@eps={format_epsilon(eps)}"] = adv["acc"]
+        for key, value in logged.items():
+            pl_module.log(key, value, prog_bar=key.startswith("val/adv_bacc"), rank_zero_only=True)
+
+    # ---- test-time report ------------------------------------------------------------------------
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        dm = self._datamodule(trainer)
+        split = dm.split("test")
+        index = _shard(torch.arange(len(split)), trainer)
+        images, targets = split.images[index], split.targets[index]
+        started = time.time()
+        report = {
+            "created": timestamp(),
+            "checkpoint": trainer.ckpt_path,
+            "model": {"class": type(pl_module).__name__, "hparams": dict(pl_module.hparams)},
+            "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test", "n_examples": len(split)},
+            "threat_model": {"norm": self.norm, "epsilons": self.epsilons,
+                             "epsilon_labels": [format_epsilon(e) for e in self.epsilons]},
+            "seed": self.seed,
+            "versions": package_versions(),
+        }
+        with torch.inference_mode(False):
+            report["clean"] = self._score(pl_module, images, targets, None)
+            report["pgd"], report["autoattack"] = {}, {}
+            for eps in self.epsilons:
+                label = format_epsilon(eps)
+                attack = PGD(pl_module, eps, steps=self.test_steps, restarts=self.test_restarts, norm=self.norm, seed=self.seed)
+                scores = self._score(pl_module, images, targets, attack, progress=f"PGD-{self.test_steps} eps={label}")
+                report["pgd"][label] = {**scores, "epsilon": eps, "attack": repr(attack)}
+                if self.autoattack:
+                    report["autoattack"][label] = self._autoattack(pl_module, dm, split, eps, trainer)
+        report["seconds"] = round(time.time() - started, 1)
+        for label, scores in report["pgd"].items():
+            pl_module.log(f"test/adv_bacc@eps={label}", scores["bacc"], rank_zero_only=True)
+            pl_module.log(f"test/adv_acc@eps={label}", scores["acc"], rank_zero_only=True)
+        for label, scores in report["autoattack"].items():
+            pl_module.log(f"test/aa_bacc@eps={label}", scores["bacc"], rank_zero_only=True)
+        self.report = report
+        if trainer.is_global_zero:
+            self.report_path = write_json_atomic(self._report_path(trainer), report)
+            rank_zero_info(f"robustness report: {self.report_path}")
+
+    def _autoattack(self, pl_module, dm, split, eps: float, trainer: L.Trainer) -> dict:
+        keep = subsample_indices(len(split), min(self.autoattack_samples or len(split), len(split)), self.seed)
+        index = _shard(torch.arange(len(split)) if keep is None else torch.as_tensor(keep), trainer)
+        device = next(pl_module.parameters()).device
+        x = split.images[index].to(device).float() / 255
+        y = split.targets[index].to(device)
+        x_adv, info = run_autoattack(
+            pl_module, x, y, eps, norm=self.norm, version=self.autoattack_version, attacks=self.autoattack_attacks,
+            num_classes=dm.num_classes, multilabel=dm.task == MULTILABEL, seed=self.seed,
+            batch_size=self.batch_size, n_queries_square=self.square_queries,
+        )
+        clean = self._score(pl_module, x, y, None)
+        scores = self._score(pl_module, x_adv, y, None)
+        return {**scores, "clean_bacc_same_examples": clean["bacc"], "epsilon": eps, "info": info}
+
+    def _score(self, pl_module, images, targets, attack, progress: Optional[str] = None) -> dict[str, float]:
+        return evaluate(pl_module, images, targets, pl_module.task, pl_module.hparams.num_classes, attack=attack,
+                        batch_size=self.batch_size, progress=progress)
+
+    @staticmethod
+    def _datamodule(trainer: L.Trainer):
+        dm = trainer.datamodule
+        if dm is None or not hasattr(dm, "split"):
+            raise ConfigError("RobustnessCallback needs the MedMNISTDataModule (it reads its in-memory splits)")
+        return dm
+
+    @staticmethod
+    def _report_path(trainer: L.Trainer) -> Path:
+        if trainer.ckpt_path:
+            ckpt = Path(trainer.ckpt_path)
+            return ckpt.with_name(f"{ckpt.stem}.robustness.json")
+        return Path(trainer.default_root_dir) / "robustness.json"
