@@ -87,6 +87,11 @@ def autograd_ready(t: Tensor) -> Tensor:
     return t.clone() if t.is_inference() else t.detach()
 
 
+def _seeded_generator(seed: Optional[int], device: torch.device) -> Optional[torch.Generator]:
+    """A fresh generator for seeded random starts; None (the global RNG) without a seed."""
+    return None if seed is None else torch.Generator(device=device).manual_seed(seed)
+
+
 def _l2(t: Tensor) -> Tensor:
     """Per-example L2 norm, shaped to broadcast against t."""
     return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
@@ -133,6 +138,18 @@ class Attack:
         (grad,) = torch.autograd.grad(objective.sum(), x_adv)
         return logits.detach(), objective.detach(), grad
 
+    def _random_start(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
+        """Uniform point of the L-inf ball, or uniform direction and radius in the L2 ball."""
+        if self.norm == "linf":
+            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = (2 * noise - 1) * self.epsilon
+        else:
+            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            radius_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+            radius = torch.rand(radius_shape, generator=generator, device=x.device, dtype=x.dtype)
+            delta = direction / _l2(direction).clamp_min(1e-12) * radius * self.epsilon
+        return (x + delta).clamp(0.0, 1.0)
+
     def _ascend(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
         """Steepest-ascent step for the threat model: gradient sign (L-inf) or unit gradient (L2)."""
         if self.norm == "linf":
@@ -150,14 +167,28 @@ class Attack:
 
 
 class FGSM(Attack):
-    """Fast gradient method: one step of size epsilon along the gradient sign (L-inf) or unit gradient (L2)."""
+    """Fast gradient method: one step along the gradient sign (L-inf) or unit gradient (L2).
+
+    With random_start=True and alpha=1.25 * epsilon it is FGSM-RS, the attack of fast adversarial
+    training (Wong et al. 2020): a uniform start in the ball, one step, projection back.
+    """
+
+    def __init__(self, model: nn.Module, epsilon, norm: str = "linf", loss: Optional[Loss] = None,
+                 alpha=None, random_start: bool = False, seed: Optional[int] = None):
+        super().__init__(model, epsilon, norm=norm, loss=loss)
+        self.alpha = self.epsilon if alpha is None else parse_epsilon(alpha)
+        self.random_start = bool(random_start)
+        self.seed = seed
 
     def __call__(self, x: Tensor, y: Tensor) -> Tensor:
         return self._run(x, y, None)
 
     def _perturb(self, x, y, target):
-        _, _, grad = self._objective_and_grad(x, y, target)
-        return self._project(self._ascend(x, grad, self.epsilon), x)
+        start = x
+        if self.random_start:
+            start = self._random_start(x, _seeded_generator(self.seed, x.device))
+        _, _, grad = self._objective_and_grad(start, y, target)
+        return self._project(self._ascend(start, grad, self.alpha), x)
 
 
 class PGD(Attack):
@@ -209,9 +240,7 @@ class PGD(Attack):
         return self._run(x, y, target)
 
     def _perturb(self, x, y, target):
-        generator = None
-        if self.seed is not None:
-            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        generator = _seeded_generator(self.seed, x.device)
         strongest = _Strongest()
         for _ in range(self.restarts):
             x_adv = self._random_start(x, generator) if self.random_start else x
@@ -223,18 +252,6 @@ class PGD(Attack):
                 logits = self.model(x_adv)
                 strongest.update(x_adv, self._success(logits, y, target), self._objective(logits, y, target))
         return strongest.x
-
-    def _random_start(self, x: Tensor, generator: Optional[torch.Generator]) -> Tensor:
-        """Uniform point of the L-inf ball, or uniform direction and radius in the L2 ball."""
-        if self.norm == "linf":
-            noise = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            delta = (2 * noise - 1) * self.epsilon
-        else:
-            direction = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-            radius_shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-            radius = torch.rand(radius_shape, generator=generator, device=x.device, dtype=x.dtype)
-            delta = direction / _l2(direction).clamp_min(1e-12) * radius * self.epsilon
-        return (x + delta).clamp(0.0, 1.0)
 
     @staticmethod
     def _success(logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
