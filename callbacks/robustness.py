@@ -13,9 +13,9 @@ from lightning.pytorch.utilities import rank_zero_info
 from datamodules.errors import ConfigError
 from datamodules.info import MULTILABEL
 from datamodules.tensors import subsample_indices
-from lightning_modules.attacks import PGD, parse_norm
+from lightning_modules.attacks import PGD
 from lightning_modules.autoattack import AUTOATTACK_ATTACKS, run_autoattack
-from lightning_modules.epsilon import format_epsilon, parse_epsilon
+from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
 from lightning_modules.evaluation import evaluate
 from .reports import package_versions, timestamp, write_json_atomic
 
@@ -62,10 +62,10 @@ class RobustnessCallback(Callback):
             seed: fixes the subsets and every attack's random start.
         """
         super().__init__()
-        self.epsilons = [parse_epsilon(e) for e in epsilons]
+        self.norm = parse_norm(norm)
+        self.epsilons = [parse_epsilon(e, self.norm) for e in epsilons]
         if not self.epsilons:
             raise ConfigError("RobustnessCallback needs at least one evaluation epsilon")
-        self.norm = parse_norm(norm)
         if every_n_epochs < 1:
             raise ConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if autoattack_version == "standard":

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 
 from datamodules.errors import ConfigError
 from datamodules.info import MULTILABEL
-from .attacks import FGSM, PGD, parse_norm
-from .epsilon import parse_epsilon
+from .attacks import FGSM, PGD
+from .epsilon import parse_epsilon, parse_norm
 from .erm import ERM
 from .metrics import probabilities
 
@@ -32,8 +32,8 @@ class AdversarialTraining(ERM):
             warmup_epochs: grow epsilon linearly from 0 over this many epochs (helps small datasets).
         """
         super().__init__(**kwargs)
-        self.epsilon = parse_epsilon(epsilon)
         self.norm = parse_norm(norm)
+        self.epsilon = parse_epsilon(epsilon, self.norm)
         if warmup_epochs < 0:
             raise ConfigError(f"warmup_epochs must be >= 0, got {warmup_epochs}")
         self.warmup_epochs = warmup_epochs
@@ -53,7 +53,7 @@ class _PGDTraining(AdversarialTraining):
 
     def __init__(self, alpha: Optional[Epsilon] = None, steps: int = 7, **kwargs):
         super().__init__(**kwargs)
-        self.alpha = None if alpha is None else parse_epsilon(alpha)
+        self.alpha = None if alpha is None else parse_epsilon(alpha, self.norm)
         if steps < 1:
             raise ConfigError(f"PGD steps must be >= 1, got {steps}")
         self.steps = steps

@@ -13,20 +13,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from datamodules.errors import ConfigError
-from lightning_modules.epsilon import format_epsilon, parse_epsilon
+from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
 
 Loss = Callable[[Tensor, Tensor], Tensor]
-NORMS = ("linf", "l2")
-
-
-def parse_norm(norm: str) -> str:
-    """Canonical threat-model name, "linf" or "l2" (case-insensitive, so AutoAttack's "Linf" works too)."""
-    name = str(norm).lower()
-    if name not in NORMS:
-        raise ConfigError(f"norm must be one of {', '.join(NORMS)}, got {norm!r}")
-    return name
-
-
 def is_class_index(y: Tensor, logits: Tensor) -> bool:
     """True when y holds one integer class per example for logits of shape (B, C)."""
     return (
@@ -102,9 +91,13 @@ class Attack:
 
     def __init__(self, model: nn.Module, epsilon, norm: str = "linf", loss: Optional[Loss] = None):
         self.model = model
-        self.epsilon = parse_epsilon(epsilon)
         self.norm = parse_norm(norm)
+        self.epsilon = self.budget(epsilon)
         self.loss = default_loss if loss is None else loss
+
+    def budget(self, value) -> float:
+        """A radius or step size in pixel units: at most 1 for L-inf, any finite size for L2."""
+        return parse_epsilon(value, self.norm)
 
     def __repr__(self) -> str:
         fields = {k: v for k, v in vars(self).items() if k not in ("model", "loss")}
@@ -176,7 +169,7 @@ class FGSM(Attack):
     def __init__(self, model: nn.Module, epsilon, norm: str = "linf", loss: Optional[Loss] = None,
                  alpha=None, random_start: bool = False, seed: Optional[int] = None):
         super().__init__(model, epsilon, norm=norm, loss=loss)
-        self.alpha = self.epsilon if alpha is None else parse_epsilon(alpha)
+        self.alpha = self.epsilon if alpha is None else self.budget(alpha)
         self.random_start = bool(random_start)
         self.seed = seed
 
@@ -223,10 +216,10 @@ class PGD(Attack):
             self.alpha = 2.5 * self.epsilon / self.steps
         else:
             try:
-                self.alpha = parse_epsilon(alpha)
+                self.alpha = self.budget(alpha)
             except ConfigError:
                 raise ConfigError(
-                    f"alpha (step size) must be in [0, 1] or a fraction like '2/255', got {alpha!r}"
+                    f"alpha (step size) must be a non-negative number or a fraction like '2/255', got {alpha!r}"
                 ) from None
         self.random_start = bool(random_start)
         self.targeted = bool(targeted)

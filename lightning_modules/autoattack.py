@@ -26,8 +26,8 @@ import torch
 from torch import Tensor, nn
 
 from datamodules.errors import ConfigError
-from lightning_modules.attacks import PGD, attack_mode, autograd_ready, check_pixels, parse_norm
-from lightning_modules.epsilon import parse_epsilon
+from lightning_modules.attacks import PGD, attack_mode, autograd_ready, check_pixels
+from lightning_modules.epsilon import parse_epsilon, parse_norm
 
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")
@@ -84,8 +84,8 @@ def run_autoattack(
     epsilon, seed, number of examples, clean/robust accuracy, pyautoattack's robustness-check
     warnings and its version. The caller's RNG state is left untouched.
     """
-    epsilon = parse_epsilon(epsilon)
     norm = parse_norm(norm)
+    epsilon = parse_epsilon(epsilon, norm)
     if version not in VERSIONS:
         raise ConfigError(f"AutoAttack version must be one of {', '.join(VERSIONS)}, got {version!r}")
     if version == "standard" and attacks is not None:

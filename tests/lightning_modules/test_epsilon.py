@@ -56,3 +56,13 @@ def test_format_epsilon_round_trips_through_parse():
 def test_format_epsilon_validates_like_parse():
     with pytest.raises(ConfigError):
         format_epsilon(-1 / 255)
+
+
+def test_l2_budgets_may_exceed_one_but_linf_budgets_may_not():
+    from lightning_modules.epsilon import parse_epsilon
+
+    assert parse_epsilon("3/2", norm="l2") == 1.5
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        parse_epsilon(1.5, norm="linf")
+    with pytest.raises(ConfigError, match="norm must be one of"):
+        parse_epsilon(0.1, norm="l1")
