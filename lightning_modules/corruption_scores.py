@@ -1,0 +1,197 @@
+"""MedMNIST-C scores of a model: balanced accuracy per corruption and severity, BE and rBE as medmnistc/eval.py.
+
+The formulas are the MedMNIST-C paper's (medmnistc's `Evaluator.populate_summary`): with balanced error
+e = 1 - balanced accuracy, averaged over the severities of corruption c,
+    BE_c  = e_c / e_c(AlexNet)
+    rBE_c = (e_c - e_clean) / (e_c(AlexNet) - e_clean(AlexNet))
+and the mean BE / rBE average over corruptions. The AlexNet errors (`medmnistc.utils.baselines.BASELINES`) were
+measured on the native 224 px MedMNIST-C; under another protocol they are a fixed scale that keeps runs of the
+same protocol comparable, not a comparison with the published numbers. Predictions follow eval.py: binary tasks
+threshold the positive-class probability, multi-label tasks average the per-label balanced accuracy at a
+threshold per label, multi-class and ordinal tasks take the argmax.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from datamodules.errors import ConfigError, DataError
+from datamodules.info import BINARY, MULTILABEL, DatasetInfo
+
+DEFAULT_THRESHOLD = 0.5
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean recall over the classes present in `y_true` (sklearn's balanced_accuracy_score, not adjusted)."""
+    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel().astype(np.int64)
+    if y_true.shape != y_pred.shape or y_true.size == 0:
+        raise DataError(f"balanced accuracy needs equal, non-empty label arrays, got {y_true.shape} and {y_pred.shape}")
+    recalls = [np.mean(y_pred[y_true == label] == label) for label in np.unique(y_true)]
+    return float(np.mean(recalls))
+
+
+def task_balanced_accuracy(task: str, labels: np.ndarray, probabilities: np.ndarray,
+                           threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> float:
+    """Balanced accuracy of `probabilities` (N x C) against MedMNIST `labels` (N x 1, or N x L multi-label)."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    if len(labels) != len(probabilities):
+        raise DataError(f"{len(probabilities)} predictions for {len(labels)} labels")
+    if task == MULTILABEL:
+        thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (labels.shape[1],))
+        return float(np.mean([balanced_accuracy(labels[:, i], probabilities[:, i] > thresholds[i])
+                              for i in range(labels.shape[1])]))
+    if task == BINARY:
+        return balanced_accuracy(labels, probabilities[:, -1] > float(threshold))
+    return balanced_accuracy(labels, np.argmax(probabilities, axis=-1))
+
+
+def probabilities_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
+    """Softmax (sigmoid for multi-label, and for a single binary logit, as [1 - p, p])."""
+    if task == MULTILABEL:
+        return torch.sigmoid(logits)
+    if task == BINARY and logits.shape[1] == 1:
+        positive = torch.sigmoid(logits)
+        return torch.cat([1 - positive, positive], dim=1)
+    return torch.softmax(logits, dim=1)
+
+
+@dataclass(frozen=True)
+class CorruptionScores:
+    """One model's MedMNIST-C table. `bacc[c]` holds one balanced accuracy per entry of `severities`."""
+
+    flag: str
+    protocol: str
+    size: int
+    severities: tuple[int, ...]
+    clean_bacc: float
+    bacc: dict[str, tuple[float, ...]]
+    corruption_bacc: dict[str, float]  # mean over severities
+    be: dict[str, float]
+    rbe: dict[str, float]
+    mean_bacc: float  # mean corrupted balanced accuracy over corruptions
+    mean_be: float
+    mean_rbe: float
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict (for loggers and result files)."""
+        return asdict(self)
+
+
+def _alexnet(flag: str) -> dict:
+    from medmnistc.utils.baselines import BASELINES
+
+    if flag not in BASELINES:
+        raise ConfigError(f"medmnistc has no AlexNet baseline for {flag!r}")
+    return BASELINES[flag]
+
+
+def scores_from_probabilities(info: DatasetInfo, labels: np.ndarray, clean_probabilities: np.ndarray,
+                              corrupted_probabilities: Mapping[str, np.ndarray], *, protocol: str, size: int,
+                              clean_labels: np.ndarray | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
+                              threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> CorruptionScores:
+    """The table from probabilities: clean N x C, and per corruption (len(severities) * N) x C stacked
+    severity-major (medmnistc's `Evaluator.evaluate` input); `labels` are MedMNIST's N x 1 or N x L, and
+    `clean_labels` default to them."""
+    labels = _as_2d(labels)
+    n, baseline = len(labels), _alexnet(info.flag)
+    clean_labels = labels if clean_labels is None else _as_2d(clean_labels)
+    clean_bacc = task_balanced_accuracy(info.task, clean_labels, clean_probabilities, threshold)
+    bacc, be, rbe = {}, {}, {}
+    for corruption, stacked in corrupted_probabilities.items():
+        stacked = np.asarray(stacked)
+        if len(stacked) != len(severities) * n:
+            raise DataError(f"{corruption}: {len(stacked)} predictions, expected {len(severities)} x {n}")
+        bacc[corruption] = tuple(task_balanced_accuracy(info.task, labels, stacked[s * n:(s + 1) * n], threshold)
+                                 for s in range(len(severities)))
+        if corruption not in baseline["raw_scores"]:
+            raise ConfigError(f"medmnistc has no AlexNet error for {info.flag}/{corruption}")
+        error, alexnet_error = 1.0 - float(np.mean(bacc[corruption])), baseline["raw_scores"][corruption]
+        be[corruption] = error / alexnet_error
+        rbe[corruption] = (error - (1.0 - clean_bacc)) / (alexnet_error - baseline["clean_score"])
+    corruption_bacc = {c: float(np.mean(v)) for c, v in bacc.items()}
+    return CorruptionScores(info.flag, protocol, int(size), tuple(severities), clean_bacc, bacc, corruption_bacc,
+                            be, rbe, float(np.mean(list(corruption_bacc.values()))),
+                            float(np.mean(list(be.values()))), float(np.mean(list(rbe.values()))))
+
+
+def _as_2d(labels) -> np.ndarray:
+    labels = np.asarray(labels)
+    return labels.reshape(-1, 1) if labels.ndim == 1 else labels
+
+
+def _device_and_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+    return torch.device("cpu"), torch.float32
+
+
+def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, task: str, num_classes: int,
+                          batch_size: int = 512) -> np.ndarray:
+    """Probabilities (N x C, float64) of `model` on uint8 (or [0, 1] float) N x C x H x W images, batched on the
+    model's device. The caller sets eval mode and no_grad."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    device, dtype = _device_and_dtype(model)
+    want = (1, 2) if task == BINARY else (num_classes,)
+    chunks = []
+    for start in range(0, len(images), batch_size):
+        batch = images[start:start + batch_size].to(device, non_blocking=True)
+        batch = batch.to(dtype).div_(255) if batch.dtype == torch.uint8 else batch.to(dtype)
+        logits = model(batch)
+        if logits.ndim != 2 or logits.shape[1] not in want:
+            raise ConfigError(f"model returned {tuple(logits.shape)} logits; a {task} task with {num_classes} "
+                              f"classes needs N x {' or '.join(map(str, want))}")
+        chunks.append(probabilities_from_logits(task, logits.float()).double().cpu())
+    return torch.cat(chunks).numpy()
+
+
+def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.Tensor | None = None,
+                      clean_labels: np.ndarray | torch.Tensor | None = None, batch_size: int = 512,
+                      threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> CorruptionScores:
+    """Score `model` (images in [0, 1] -> logits) on a `CorruptedTestSet`; the clean error comes from the set's own
+    clean images unless `clean_images`/`clean_labels` (uint8 N x C x H x W, MedMNIST N x L labels) are given."""
+    info, labels = corrupted.info, corrupted.raw_labels
+    clean = corrupted.clean_images() if clean_images is None else clean_images
+    if clean_labels is not None:
+        clean_labels = clean_labels.cpu().numpy() if isinstance(clean_labels, torch.Tensor) else clean_labels
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            def predict(images):
+                return predict_probabilities(model, images, info.task, info.num_classes, batch_size)
+
+            clean_probabilities = predict(clean)
+            stacked = {c: np.concatenate([predict(corrupted.images_for(c, s)) for s in corrupted.severities])
+                       for c in corrupted.corruptions}
+    finally:
+        model.train(was_training)
+    return scores_from_probabilities(info, labels, clean_probabilities, stacked, clean_labels=clean_labels,
+                                     protocol=corrupted.protocol, size=corrupted.size,
+                                     severities=corrupted.severities, threshold=threshold)
+
+
+def format_table(result: CorruptionScores, digits: int = 3) -> str:
+    """Plain-text table: balanced accuracy per corruption and severity, its mean, BE and rBE, then the means."""
+    name_width = max(len("corruption"), *(len(c) for c in result.bacc))
+    number = f"{{:>{digits + 4}.{digits}f}}"
+    heads = [f"s{s}" for s in result.severities] + ["mean", "BE", "rBE"]
+    head = f"{'corruption':<{name_width}}" + "".join(f"{h:>{digits + 4}}" for h in heads)
+    lines = [
+        f"MedMNIST-C {result.flag} {result.size}px, protocol {result.protocol}",
+        f"clean balanced accuracy {result.clean_bacc:.{digits}f}",
+        head,
+        "-" * len(head),
+    ]
+    for corruption, per_severity in result.bacc.items():
+        values = [*per_severity, result.corruption_bacc[corruption], result.be[corruption], result.rbe[corruption]]
+        lines.append(f"{corruption:<{name_width}}" + "".join(number.format(v) for v in values))
+    lines.append("-" * len(head))
+    pad = " " * ((digits + 4) * len(result.severities))
+    means = (result.mean_bacc, result.mean_be, result.mean_rbe)
+    lines.append(f"{'mean':<{name_width}}{pad}" + "".join(number.format(v) for v in means))
+    return "\n".join(lines)
