@@ -17,6 +17,8 @@ from lightning_modules.attacks import PGD
 from lightning_modules.autoattack import AUTOATTACK_ATTACKS, run_autoattack
 from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
 from lightning_modules.evaluation import evaluate
+from lightning_modules.corruption_scores import format_table
+from .corruption import CorruptionEvaluation
 from .reports import package_versions, timestamp, write_json_atomic
 
 
@@ -48,6 +50,13 @@ class RobustnessCallback(Callback):
         square_queries: Optional[int] = None,
         batch_size: int = 256,
         seed: int = 0,
+        corruption_epoch: bool = True,
+        corruption_report: bool = True,
+        corruptions: Optional[Sequence[str]] = None,
+        corruption_severities: Sequence[int] = (3,),
+        corruption_val_samples: int = 128,
+        corruption_cache: str = "~/.medmnist-c",
+        corruption_workers: Optional[int] = None,
     ):
         """
         Args:
@@ -60,6 +69,11 @@ class RobustnessCallback(Callback):
                 (apgd-ce, apgd-t, fab-t, square with 5,000 queries: about 2 s per image on a CPU).
             square_queries: cap on Square's queries, when Square runs.
             seed: fixes the subsets and every attack's random start.
+            corruption_epoch: log `val/corr_bacc` (and per corruption) each check, on
+                `corruption_val_samples` validation images under `corruptions` (default: all of the
+                dataset's MedMNIST-C corruptions) at `corruption_severities`.
+            corruption_report: add the full MedMNIST-C table (balanced accuracy, BE, rBE) to the test
+                report; corrupted test sets are cached in `corruption_cache`.
         """
         super().__init__()
         self.norm = parse_norm(norm)
@@ -79,6 +93,10 @@ class RobustnessCallback(Callback):
         self.autoattack_attacks = None if autoattack_attacks is None else list(autoattack_attacks)
         self.autoattack_samples, self.square_queries = autoattack_samples, square_queries
         self.batch_size, self.seed = batch_size, seed
+        self.corruption = CorruptionEvaluation(
+            corruptions, corruption_severities, corruption_val_samples, corruption_cache, corruption_workers, seed
+        ) if corruption_epoch or corruption_report else None
+        self.corruption_epoch, self.corruption_report = corruption_epoch, corruption_report
         self.report: Optional[dict] = None
         self.report_path: Optional[Path] = None
 
@@ -99,6 +117,9 @@ class RobustnessCallback(Callback):
                 adv = self._score(pl_module, images, targets, attack)
                 logged[f"val/adv_bacc@eps={format_epsilon(eps)}"] = adv["bacc"]
                 logged[f"val/adv_acc@eps={format_epsilon(eps)}"] = adv["acc"]
+            if self.corruption_epoch:
+                dm = self._datamodule(trainer)
+                logged.update(self.corruption.epoch_metrics(pl_module, dm, trainer.global_rank, trainer.world_size))
         for key, value in logged.items():
             pl_module.log(key, value, prog_bar=key.startswith("val/adv_bacc"), rank_zero_only=True)
 
@@ -129,6 +150,13 @@ class RobustnessCallback(Callback):
                 report["pgd"][label] = {**scores, "epsilon": eps, "attack": repr(attack)}
                 if self.autoattack:
                     report["autoattack"][label] = self._autoattack(pl_module, dm, split, eps, trainer)
+            if self.corruption_report and trainer.is_global_zero:
+                table = self.corruption.test_table(pl_module, dm)
+                report["corruptions"] = table.to_dict()
+                rank_zero_info(f"MedMNIST-C ({table.protocol}, {dm.flag} at {dm.size} px):\n{format_table(table)}")
+                pl_module.log("test/corr_bacc", table.mean_bacc, rank_zero_only=True)
+                pl_module.log("test/corr_be", table.mean_be, rank_zero_only=True)
+                pl_module.log("test/corr_rbe", table.mean_rbe, rank_zero_only=True)
         report["seconds"] = round(time.time() - started, 1)
         for label, scores in report["pgd"].items():
             pl_module.log(f"test/adv_bacc@eps={label}", scores["bacc"], rank_zero_only=True)

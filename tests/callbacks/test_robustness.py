@@ -41,7 +41,7 @@ def _validate(model, dm, callback):
 def test_epsilon_zero_equals_clean_and_accuracy_never_rises_with_epsilon(trained):
     model, dm = trained
     epsilons = [0, "2/255", "8/255", "32/255", "64/255"]
-    metrics = _validate(model, dm, RobustnessCallback(epsilons=epsilons, val_samples=None, val_steps=10))
+    metrics = _validate(model, dm, RobustnessCallback(epsilons=epsilons, val_samples=None, val_steps=10, corruption_epoch=False))
     assert metrics["val/subset_clean_bacc"] > 0.8
     assert metrics["val/adv_bacc@eps=0"] == pytest.approx(metrics["val/subset_clean_bacc"])
     curve = [metrics[f"val/adv_bacc@eps={e}"] for e in ("0", "2/255", "8/255", "32/255", "64/255")]
@@ -51,15 +51,16 @@ def test_epsilon_zero_equals_clean_and_accuracy_never_rises_with_epsilon(trained
 
 def test_validation_subset_is_fixed_and_seeded(trained):
     model, dm = trained
-    first = _validate(model, dm, RobustnessCallback(epsilons=["8/255"], val_samples=32, seed=3))
-    again = _validate(model, dm, RobustnessCallback(epsilons=["8/255"], val_samples=32, seed=3))
+    first = _validate(model, dm, RobustnessCallback(epsilons=["8/255"], val_samples=32, seed=3, corruption_epoch=False))
+    again = _validate(model, dm, RobustnessCallback(epsilons=["8/255"], val_samples=32, seed=3, corruption_epoch=False))
     assert first["val/adv_bacc@eps=8/255"] == again["val/adv_bacc@eps=8/255"]
 
 
 def test_test_report_is_complete_and_not_stronger_than_clean(trained, tmp_path):
     model, dm = trained
     callback = RobustnessCallback(epsilons=["4/255", "16/255"], test_steps=10, test_restarts=2,
-                                  autoattack_attacks=["apgd-ce"], autoattack_samples=32)
+                                  autoattack_attacks=["apgd-ce"], autoattack_samples=32,
+                                  corruption_report=False)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
                         default_root_dir=str(tmp_path))
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
@@ -78,7 +79,8 @@ def test_test_report_is_complete_and_not_stronger_than_clean(trained, tmp_path):
 
 def test_test_report_works_under_inference_mode(trained, tmp_path):
     model, dm = trained
-    callback = RobustnessCallback(epsilons=["64/255"], test_steps=5, test_restarts=1, autoattack=False)
+    callback = RobustnessCallback(epsilons=["64/255"], test_steps=5, test_restarts=1, autoattack=False,
+                                  corruption_report=False)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
                         default_root_dir=str(tmp_path), inference_mode=True)
     result = trainer.test(model, datamodule=dm, verbose=False)[0]
@@ -112,11 +114,36 @@ def test_ddp_on_two_cpu_processes_logs_the_same_keys_as_one(synthetic_root, tmp_
                 "--data.root", str(root), "--data.verify_md5", "false", "--trainer.accelerator", "cpu",
                 "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(out), "--data.batch_size", "16",
                 "--trainer.enable_progress_bar", "false", "--model.init_args.steps", "2",
-                "--trainer.callbacks.init_args.autoattack_samples", "16", *extra]
+                "--trainer.callbacks.init_args.autoattack_samples", "16",
+                "--trainer.callbacks.init_args.corruptions", "[brightness_up, contrast_down]",
+                "--trainer.callbacks.init_args.corruption_val_samples", "16",
+                "--trainer.callbacks.init_args.corruption_report", "false", *extra]
         env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
         result = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
         assert result.returncode == 0, result.stderr[-3000:]
         keys[name] = _metric_keys(out)
         assert list((out / "checkpoints").glob("*.robustness.json"))
-    assert "val/adv_bacc@eps=4/255" in keys["single"] and "test/aa_bacc@eps=4/255" in keys["single"]
+    assert {"val/adv_bacc@eps=4/255", "test/aa_bacc@eps=4/255", "val/corr_bacc", "val/corr_bacc/brightness_up"} <= keys["single"]
     assert keys["ddp"] == keys["single"]
+
+
+def test_corruption_accuracy_each_epoch_and_medmnist_c_table_in_the_report(trained, tmp_path):
+    model, dm = trained
+    callback = RobustnessCallback(epsilons=["4/255"], test_steps=2, test_restarts=1, autoattack=False,
+                                  corruptions=["brightness_down", "contrast_down"], corruption_severities=[1, 5],
+                                  corruption_val_samples=32, corruption_cache=str(tmp_path / "cache"))
+    metrics = _validate(model, dm, callback)
+    assert set(k for k in metrics if k.startswith("val/corr")) == {
+        "val/corr_bacc", "val/corr_bacc/brightness_down", "val/corr_bacc/contrast_down"}
+    assert metrics["val/corr_bacc"] == pytest.approx(
+        (metrics["val/corr_bacc/brightness_down"] + metrics["val/corr_bacc/contrast_down"]) / 2)
+    trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                        default_root_dir=str(tmp_path))
+    result = trainer.test(model, datamodule=dm, verbose=False)[0]
+    table = json.loads((tmp_path / "robustness.json").read_text())["corruptions"]
+    assert table["protocol"] == "upsample224-corrupt-box" and table["flag"] == "breastmnist"
+    assert set(table["bacc"]) == {"pixelate", "jpeg_compression", "speckle_noise", "motion_blur", "brightness_up",
+                                  "brightness_down", "contrast_down"}
+    assert all(len(per_severity) == 5 for per_severity in table["bacc"].values())
+    assert result["test/corr_bacc"] == pytest.approx(table["mean_bacc"])
+    assert list((tmp_path / "cache" / "breastmnist").glob("*.npz"))
