@@ -60,7 +60,8 @@ class RobustnessCallback(Callback):
     ):
         """
         Args:
-            epsilons: evaluation budgets in [0, 1] pixel units ("4/255" works).
+            epsilons: evaluation budgets in [0, 1] pixel units ("4/255" works); [] scores only
+                clean and corrupted images.
             norm: threat model, linf or l2.
             val_samples: size of the fixed validation subset attacked each epoch (None: all).
             val_steps: PGD steps for the per-epoch check; test_steps/test_restarts for the final one.
@@ -78,8 +79,6 @@ class RobustnessCallback(Callback):
         super().__init__()
         self.norm = parse_norm(norm)
         self.epsilons = [parse_epsilon(e, self.norm) for e in epsilons]
-        if not self.epsilons:
-            raise ConfigError("RobustnessCallback needs at least one evaluation epsilon")
         if every_n_epochs < 1:
             raise ConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
         if autoattack_version == "standard":
