@@ -20,6 +20,7 @@ import torch
 
 from datamodules.errors import ConfigError, DataError
 from datamodules.info import BINARY, MULTILABEL, DatasetInfo
+from lightning_modules.evaluation import predict as predict_probabilities
 
 DEFAULT_THRESHOLD = 0.5
 
@@ -46,16 +47,6 @@ def task_balanced_accuracy(task: str, labels: np.ndarray, probabilities: np.ndar
     if task == BINARY:
         return balanced_accuracy(labels, probabilities[:, -1] > float(threshold))
     return balanced_accuracy(labels, np.argmax(probabilities, axis=-1))
-
-
-def probabilities_from_logits(task: str, logits: torch.Tensor) -> torch.Tensor:
-    """Softmax (sigmoid for multi-label, and for a single binary logit, as [1 - p, p])."""
-    if task == MULTILABEL:
-        return torch.sigmoid(logits)
-    if task == BINARY and logits.shape[1] == 1:
-        positive = torch.sigmoid(logits)
-        return torch.cat([1 - positive, positive], dim=1)
-    return torch.softmax(logits, dim=1)
 
 
 @dataclass(frozen=True)
@@ -122,33 +113,6 @@ def _as_2d(labels) -> np.ndarray:
     return labels.reshape(-1, 1) if labels.ndim == 1 else labels
 
 
-def _device_and_dtype(model: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
-    for tensor in (*model.parameters(), *model.buffers()):
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-    return torch.device("cpu"), torch.float32
-
-
-def predict_probabilities(model: torch.nn.Module, images: torch.Tensor, task: str, num_classes: int,
-                          batch_size: int = 512) -> np.ndarray:
-    """Probabilities (N x C, float64) of `model` on uint8 (or [0, 1] float) N x C x H x W images, batched on the
-    model's device. The caller sets eval mode and no_grad."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be positive, got {batch_size}")
-    device, dtype = _device_and_dtype(model)
-    want = (1, 2) if task == BINARY else (num_classes,)
-    chunks = []
-    for start in range(0, len(images), batch_size):
-        batch = images[start:start + batch_size].to(device, non_blocking=True)
-        batch = batch.to(dtype).div_(255) if batch.dtype == torch.uint8 else batch.to(dtype)
-        logits = model(batch)
-        if logits.ndim != 2 or logits.shape[1] not in want:
-            raise ConfigError(f"model returned {tuple(logits.shape)} logits; a {task} task with {num_classes} "
-                              f"classes needs N x {' or '.join(map(str, want))}")
-        chunks.append(probabilities_from_logits(task, logits.float()).double().cpu())
-    return torch.cat(chunks).numpy()
-
-
 def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.Tensor | None = None,
                       clean_labels: np.ndarray | torch.Tensor | None = None, batch_size: int = 512,
                       threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> CorruptionScores:
@@ -158,18 +122,13 @@ def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.
     clean = corrupted.clean_images() if clean_images is None else clean_images
     if clean_labels is not None:
         clean_labels = clean_labels.cpu().numpy() if isinstance(clean_labels, torch.Tensor) else clean_labels
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            def predict(images):
-                return predict_probabilities(model, images, info.task, info.num_classes, batch_size)
 
-            clean_probabilities = predict(clean)
-            stacked = {c: np.concatenate([predict(corrupted.images_for(c, s)) for s in corrupted.severities])
-                       for c in corrupted.corruptions}
-    finally:
-        model.train(was_training)
+    def predict(images):
+        return predict_probabilities(model, images, info.task, info.num_classes, batch_size=batch_size).double().numpy()
+
+    clean_probabilities = predict(clean)
+    stacked = {c: np.concatenate([predict(corrupted.images_for(c, s)) for s in corrupted.severities])
+               for c in corrupted.corruptions}
     return scores_from_probabilities(info, labels, clean_probabilities, stacked, clean_labels=clean_labels,
                                      protocol=corrupted.protocol, size=corrupted.size,
                                      severities=corrupted.severities, threshold=threshold)

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from datamodules.errors import ConfigError
 from datamodules.tensors import to_unit_range
 from .metrics import make_metrics, probabilities
 
@@ -14,7 +15,48 @@ Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
+    """Where the model's first parameter or buffer lives (the CPU for a model with neither)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def predict(
+    model: nn.Module,
+    images: torch.Tensor,
+    task: str,
+    num_classes: int,
+    attack: Optional[Attack] = None,
+    targets: Optional[torch.Tensor] = None,
+    batch_size: int = 256,
+    progress: Optional[str] = None,
+) -> torch.Tensor:
+    """Class (or label) probabilities, N x C on the CPU, of `model` in eval mode on images that are uint8
+    or [0, 1] floats, batch by batch on the model's device; attacked first when `attack` is given."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    if attack is not None and targets is None:
+        raise ConfigError("an attack needs the targets")
+    device = model_device(model)
+    was_training = model.training
+    model.eval()
+    batches: Iterable[int] = range(0, len(images), batch_size)
+    if progress:
+        batches = tqdm(batches, desc=progress, leave=False, total=-(-len(images) // batch_size))
+    chunks = []
+    try:
+        for start in batches:
+            x = to_unit_range(images[start : start + batch_size].to(device))
+            if attack is not None:
+                x = attack(x, targets[start : start + batch_size].to(device))
+            with torch.no_grad():
+                logits = model(x)
+            if logits.ndim != 2 or logits.shape[1] != num_classes:
+                raise ConfigError(f"model returned {tuple(logits.shape)} logits; the task needs N x {num_classes}")
+            chunks.append(probabilities(logits.float(), task).cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(chunks) if chunks else torch.empty(0, num_classes)
 
 
 def evaluate(
@@ -31,22 +73,8 @@ def evaluate(
 
     Metrics are torchmetrics objects: under DDP each rank passes its shard and `compute` reduces them.
     """
-    device = model_device(model)
-    metrics = make_metrics(task, num_classes).to(device)
-    was_training = model.training
-    model.eval()
-    batches: Iterable[int] = range(0, len(images), batch_size)
-    if progress:
-        batches = tqdm(batches, desc=progress, leave=False, total=-(-len(images) // batch_size))
-    try:
-        for start in batches:
-            x = to_unit_range(images[start : start + batch_size].to(device))
-            y = targets[start : start + batch_size].to(device)
-            if attack is not None:
-                x = attack(x, y)
-            with torch.no_grad():
-                metrics.update(probabilities(model(x), task), y.long() if y.is_floating_point() else y)
-        return {name: float(value) for name, value in metrics.compute().items()}
-    finally:
-        model.train(was_training)
-
+    probs = predict(model, images, task, num_classes, attack, targets, batch_size, progress)
+    metrics = make_metrics(task, num_classes)
+    targets = targets.cpu()
+    metrics.update(probs, targets.long() if targets.is_floating_point() else targets)
+    return {name: float(value) for name, value in metrics.compute().items()}

@@ -148,22 +148,6 @@ def test_perfect_model_scores_zero_error():
     assert result.mean_be == 0.0 and result.mean_rbe == 0.0
 
 
-def test_single_binary_logit_equals_two_logits():
-    corrupted = _corrupted_set("breastmnist", 25, 4)
-    two = _Model(1, 2)
-
-    class One(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.two = two
-
-        def forward(self, x):
-            logits = self.two(x)
-            return logits[:, 1:] - logits[:, :1]
-
-    assert corruption_scores(One(), corrupted).be == corruption_scores(two, corrupted).be
-
-
 def test_multilabel_and_subset():
     corrupted = _corrupted_set("chestmnist", 16, 5).subset(n=12, severities=[1, 4], seed=0)
     result = corruption_scores(_Model(1, 14), corrupted, batch_size=5)
