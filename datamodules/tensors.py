@@ -8,10 +8,18 @@ from torch.utils.data import Dataset
 from .info import MULTILABEL
 
 
+def channels_first_view(images: torch.Tensor, rgb: bool) -> torch.Tensor:
+    """... x H x W -> ... x 1 x H x W (grey) and ... x H x W x C -> ... x C x H x W (`rgb`), as views (no copy).
+
+    Any number of leading dimensions (a batch, severities x batch, ...): whether the last axis holds channels is
+    the caller's to say, since a grey ... x H x W stack cannot be told from a colour one by its shape alone."""
+    return images.movedim(-1, -3) if rgb else images.unsqueeze(-3)
+
+
 def to_channels_first(images: np.ndarray, as_rgb: bool = False) -> torch.Tensor:
     """uint8 N x H x W [x C] array to a uint8 N x C x H x W tensor (grey repeated to 3 if as_rgb)."""
     x = torch.from_numpy(np.ascontiguousarray(images))
-    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    x = channels_first_view(x, rgb=x.ndim != 3)
     if as_rgb and x.shape[1] == 1:
         x = x.expand(-1, 3, -1, -1)
     return x.contiguous()

@@ -266,7 +266,7 @@ def test_second_build_reuses_cache_without_recomputing(roots, tmp_path, monkeypa
     def forbidden(*args, **kwargs):
         raise AssertionError("a valid cache file was recomputed")
 
-    monkeypatch.setattr(mc, "corrupt_chunk", forbidden)
+    monkeypatch.setattr(mc.builder, "corrupt_chunk", forbidden)  # where build looks it up
     second = mc.build("breastmnist", 28, roots, tmp_path, corruptions=names, workers=1, progress=False, verify=False)
     assert second.built == () and second.reused == tuple(names)
     assert {p.name: p.stat().st_mtime_ns for p in folder.iterdir()} == stamps

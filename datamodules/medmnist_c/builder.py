@@ -1,0 +1,245 @@
+"""Building MedMNIST-C test sets: the checked build plan, parallel generation with a progress bar, loading of the
+official pre-built files, and `build` / `load_corrupted`, which reuse valid cache files and (re)write the others.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import multiprocessing
+import os
+import time
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..errors import ConfigError, DataError
+from ..info import DatasetInfo, check_size, dataset_info
+from ..npz import load_split, locate
+from .cache import CACHE_FORMAT, DEFAULT_CACHE, StaleCache, _tiled, cache_dir, read_cache, write_cache
+from .corruptors import (CORRUPTION_SIZE, MEDMNISTC_VERSION, SEEDING, SEVERITIES, corrupt_chunk, corruption_names,
+                         protocol_for, resample_prebuilt)
+from .dataset import CorruptedTestSet
+
+log = logging.getLogger(__package__)  # "datamodules.medmnist_c", the name it logged under before the split
+
+
+# ---------------------------------------------------------------- what to build
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything a build needs, resolved and checked once."""
+
+    info: DatasetInfo
+    size: int
+    source: str
+    protocol: str
+    seed: int | None
+    clean_images: np.ndarray
+    clean_labels: np.ndarray
+    corruption_input: np.ndarray | None  # images handed to the corruptions; None when loading pre-built files
+    prebuilt_dir: Path | None
+    folder: Path
+    corruptions: tuple[str, ...]
+    clean_sha256: str = field(repr=False)
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return self.clean_images.shape[1:]
+
+    def meta(self, corruption: str) -> dict:
+        return {
+            "format": CACHE_FORMAT, "flag": self.info.flag, "corruption": corruption, "size": self.size,
+            "protocol": self.protocol, "source": self.source, "seed": self.seed,
+            "seeding": SEEDING if self.source != "prebuilt" else None, "medmnistc": MEDMNISTC_VERSION,
+            "n_images": len(self.clean_labels), "severities": list(SEVERITIES), "clean_sha256": self.clean_sha256,
+        }
+
+    def path(self, corruption: str) -> Path:
+        return self.folder / f"{corruption}.npz"
+
+
+def _fingerprint(images: np.ndarray, labels: np.ndarray) -> str:
+    digest = hashlib.sha256()
+    for array in (images, labels):
+        digest.update(str((array.dtype.str, array.shape)).encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
+    return digest.hexdigest()
+
+
+def _plan(flag, size, root, cache_root, seed, source, prebuilt_root, corruptions, verify) -> _Plan:
+    info = dataset_info(flag)
+    size = check_size(size)
+    protocol = protocol_for(size, source)
+    if size == CORRUPTION_SIZE and source == "upsample":
+        source = "official224"  # at 224 px the test images are the official ones: one cache for both names
+    if source != "prebuilt" and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ConfigError(f"MedMNIST-C seed must be a non-negative integer, got {seed!r}")
+    if (source == "prebuilt") != (prebuilt_root is not None):
+        raise ConfigError("give prebuilt_root exactly when source='prebuilt' (the official MedMNIST-C folder)")
+    all_names = corruption_names(info.flag)
+    names = all_names if corruptions is None else tuple(corruptions)
+    unknown = [name for name in names if name not in all_names]
+    if unknown or not names:
+        raise ConfigError(f"{info.flag} has no MedMNIST-C corruption {', '.join(unknown) or '(none given)'}: "
+                          f"choose from {', '.join(all_names)}")
+    clean_images, clean_labels = load_split(locate(root, info.flag, size, verify=verify), "test", info, size)
+    folder = cache_dir(cache_root, info.flag, size)
+    corruption_input, prebuilt_dir = clean_images, None
+    if source == "official224" and size != CORRUPTION_SIZE:
+        corruption_input, labels_224 = load_split(locate(root, info.flag, CORRUPTION_SIZE, verify=verify), "test",
+                                                  info, CORRUPTION_SIZE)
+        if not np.array_equal(labels_224, clean_labels):
+            raise DataError(f"the 224 px and {size} px {info.flag} test sets differ in their labels")
+    if source == "prebuilt":
+        corruption_input, seed = None, None
+        prebuilt_dir = Path(prebuilt_root).expanduser() / info.flag
+        if prebuilt_dir.resolve() == folder.resolve():
+            raise ConfigError(f"the cache folder {folder} is the pre-built MedMNIST-C folder: choose another cache")
+    return _Plan(info, size, source, protocol, None if seed is None else int(seed), clean_images, clean_labels,
+                 corruption_input, prebuilt_dir, folder, names, _fingerprint(clean_images, clean_labels))
+
+
+# ---------------------------------------------------------------- building
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    """What a build did: which corruption files it wrote and which valid ones it reused."""
+
+    flag: str
+    size: int
+    protocol: str
+    folder: Path
+    built: tuple[str, ...]
+    reused: tuple[str, ...]
+    seconds: float
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(flag: str, images: np.ndarray, seed: int, size: int) -> None:
+    from wand.resource import limits
+
+    torch.set_num_threads(1)  # one process per core: no thread pools on top
+    cv2.setNumThreads(1)
+    limits["thread"] = 1
+    _WORKER.update(flag=flag, images=images, seed=seed, size=size)
+
+
+def _worker_chunk(task: tuple[str, int]) -> tuple[str, int, np.ndarray]:
+    corruption, severity = task
+    w = _WORKER
+    return corruption, severity, corrupt_chunk(w["flag"], corruption, severity, w["images"], w["seed"], w["size"])
+
+
+def _generate(plan: _Plan, names: Sequence[str], workers: int, progress: bool) -> Iterator[tuple[str, np.ndarray]]:
+    """Yield (corruption, 5N images) as each corruption's five severity chunks complete."""
+    from tqdm.auto import tqdm
+
+    tasks = [(name, severity) for name in names for severity in SEVERITIES]
+    init = (plan.info.flag, plan.corruption_input, plan.seed, plan.size)
+    pending: dict[str, dict[int, np.ndarray]] = {name: {} for name in names}
+    n = len(plan.clean_labels)
+    bar = tqdm(total=len(tasks) * n, unit="img", desc=f"MedMNIST-C {plan.info.flag} {plan.size}px",
+               disable=not progress, dynamic_ncols=True)
+    processes = min(workers, len(tasks))
+    with bar:
+        if processes <= 1:
+            flag, images, seed, size = init
+            chunks = ((name, sev, corrupt_chunk(flag, name, sev, images, seed, size)) for name, sev in tasks)
+            yield from _collect(chunks, pending, bar, n)
+            return
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        with multiprocessing.get_context(method).Pool(processes, _init_worker, init) as pool:
+            yield from _collect(pool.imap_unordered(_worker_chunk, tasks), pending, bar, n)
+
+
+def _collect(chunks, pending, bar, n) -> Iterator[tuple[str, np.ndarray]]:
+    for name, severity, images in chunks:
+        pending[name][severity] = images
+        bar.update(n)
+        if len(pending[name]) == len(SEVERITIES):
+            done = pending.pop(name)
+            yield name, np.concatenate([done[severity] for severity in SEVERITIES])
+
+
+def _load_prebuilt(plan: _Plan, name: str) -> np.ndarray:
+    """One official MedMNIST-C file, checked against the clean test set and resampled to the plan's size."""
+    path = plan.prebuilt_dir / f"{name}.npz"
+    if not path.exists():
+        raise DataError(f"{path} not found: the pre-built MedMNIST-C folder lacks {name} for {plan.info.flag}")
+    try:
+        with np.load(path) as npz:
+            images, labels = npz["test_images"], npz["test_labels"]
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
+        raise DataError(f"{path} is not a readable MedMNIST-C file ({type(err).__name__}: {err})") from None
+    grey = plan.info.n_channels == 1
+    want = (len(SEVERITIES) * len(plan.clean_labels), CORRUPTION_SIZE, CORRUPTION_SIZE) + (() if grey else (3,))
+    if images.dtype != np.uint8 or images.shape != want:
+        raise DataError(f"{path}: test_images must be uint8 {want} (224 px, 5 severities), got "
+                        f"{images.dtype} {images.shape}")
+    if labels.shape != (want[0], plan.clean_labels.shape[1]) or not np.array_equal(labels, _tiled(plan.clean_labels)):
+        raise DataError(f"{path}: test_labels do not match the {plan.size} px {plan.info.flag} test set")
+    return resample_prebuilt(images, plan.size)
+
+
+def _ensure(plan: _Plan, workers: int | None, progress: bool, keep: bool):
+    """Reuse valid cache files, (re)build the others; returns (report, {corruption: 5N images} if keep)."""
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise ConfigError(f"workers must be a positive integer, got {workers!r}")
+    started = time.perf_counter()
+    arrays: dict[str, np.ndarray] = {}
+    missing = []
+    for name in plan.corruptions:
+        try:
+            images = read_cache(plan.path(name), plan.meta(name), plan.image_shape, plan.clean_labels)
+        except StaleCache as why:
+            if plan.path(name).exists():
+                log.warning("rebuilding MedMNIST-C cache %s: %s", plan.path(name), why)
+            missing.append(name)
+            continue
+        if keep:
+            arrays[name] = images
+    if plan.source == "prebuilt":
+        produced = ((name, _load_prebuilt(plan, name)) for name in missing)
+    else:
+        produced = _generate(plan, missing, workers, progress) if missing else iter(())
+    labels = _tiled(plan.clean_labels)
+    for name, images in produced:
+        write_cache(plan.path(name), images, labels, plan.meta(name))
+        if keep:
+            arrays[name] = images
+    report = BuildReport(plan.info.flag, plan.size, plan.protocol, plan.folder, tuple(missing),
+                         tuple(name for name in plan.corruptions if name not in missing),
+                         time.perf_counter() - started)
+    return report, {name: arrays[name] for name in plan.corruptions} if keep else None
+
+
+def build(flag: str, size: int, root: str | os.PathLike, cache_root: str | os.PathLike = DEFAULT_CACHE, *,
+          seed: int = 0, source: str = "upsample", prebuilt_root: str | os.PathLike | None = None,
+          corruptions: Sequence[str] | None = None, workers: int | None = None, progress: bool = True,
+          verify: bool = True) -> BuildReport:
+    """Write (or reuse) the MedMNIST-C cache of `flag` at `size` px; `workers` processes (default: all cores)."""
+    plan = _plan(flag, size, root, cache_root, seed, source, prebuilt_root, corruptions, verify)
+    return _ensure(plan, workers, progress, keep=False)[0]
+
+
+def load_corrupted(flag: str, size: int, root: str | os.PathLike, cache_root: str | os.PathLike = DEFAULT_CACHE, *,
+                   seed: int = 0, source: str = "upsample", prebuilt_root: str | os.PathLike | None = None,
+                   corruptions: Sequence[str] | None = None, as_rgb: bool = False, workers: int | None = None,
+                   progress: bool = True, verify: bool = True) -> CorruptedTestSet:
+    """The MedMNIST-C test set of `flag` at `size` px, building missing or stale cache files first."""
+    plan = _plan(flag, size, root, cache_root, seed, source, prebuilt_root, corruptions, verify)
+    _, arrays = _ensure(plan, workers, progress, keep=True)
+    return CorruptedTestSet.from_arrays(plan.info, arrays, plan.clean_images, plan.clean_labels,
+                                        protocol=plan.protocol, size=plan.size, as_rgb=as_rgb,
+                                        meta={k: v for k, v in plan.meta("").items() if k != "corruption"})
