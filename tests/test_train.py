@@ -1,5 +1,6 @@
 """train.py end to end, as a user runs it: fit, test, resume, and one-line errors."""
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -19,11 +20,20 @@ def run_train(*args, timeout=300):
     )
 
 
-def fit_args(root, out, *extra):
+def fit_args(root, out, *extra, full_report=False):
     return [
         "fit", "--config", "configs/erm.yaml", "--data.flag", "breastmnist", "--data.root", str(root),
         "--data.verify_md5", "false", "--trainer.default_root_dir", str(out), "--trainer.enable_progress_bar",
-        "false", "--trainer.enable_model_summary", "false", *extra,
+        "false", "--trainer.enable_model_summary", "false",
+        # keep the robustness callback cheap and its MedMNIST-C cache inside the test's folder
+        "--trainer.callbacks.init_args.epsilons", "[4/255]",
+        "--trainer.callbacks.init_args.test_steps", "5",
+        "--trainer.callbacks.init_args.autoattack", str(full_report).lower(),
+        "--trainer.callbacks.init_args.corruption_report", str(full_report).lower(),
+        "--trainer.callbacks.init_args.autoattack_samples", "16",
+        "--trainer.callbacks.init_args.corruptions", "[brightness_up]",
+        "--trainer.callbacks.init_args.corruption_val_samples", "16",
+        "--trainer.callbacks.init_args.corruption_cache", str(Path(out) / "medmnist-c"), *extra,
     ]
 
 
@@ -38,12 +48,15 @@ def logged_rows(out):
 def test_fit_logs_stable_keys_checkpoints_and_tests(synthetic_root, tmp_path):
     root = synthetic_root("breastmnist", n_train=64, n_val=32, n_test=32)
     out = tmp_path / "run"
-    result = run_train(*fit_args(root, out, "--trainer.max_epochs", "2", "--data.batch_size", "32"))
+    result = run_train(*fit_args(root, out, "--trainer.max_epochs", "2", "--data.batch_size", "32", full_report=True))
     assert result.returncode == 0, result.stderr[-2000:]
     assert (out / "checkpoints" / "last.ckpt").exists()
     assert list((out / "checkpoints").glob("best-*.ckpt"))
     keys = set().union(*(row.keys() for row in logged_rows(out)))
-    assert {"train/loss", "val/clean_bacc", "val/clean_acc", "val/clean_auroc", "test/clean_bacc"} <= keys
+    assert {"train/loss", "val/clean_bacc", "val/clean_acc", "val/clean_auroc", "test/clean_bacc",
+            "val/adv_bacc@eps=4/255", "val/corr_bacc", "test/aa_bacc@eps=4/255", "test/corr_bacc"} <= keys
+    (report,) = (out / "checkpoints").glob("best-*.robustness.json")
+    assert json.loads(report.read_text())["corruptions"]["protocol"] == "upsample224-corrupt-box"
 
 
 def test_test_subcommand_scores_a_checkpoint(synthetic_root, tmp_path):
