@@ -39,3 +39,21 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def merge_report(path: str | os.PathLike, new: dict) -> dict:
+    """`new` on top of the report already at `path` for the same checkpoint, so a later evaluation
+    (say, corruptions only) adds to the attacks measured before instead of erasing them."""
+    try:
+        old = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return new
+    if not new.get("checkpoint") or old.get("checkpoint") != new["checkpoint"]:
+        return new
+    merged = {**old, **new}
+    for section in ("pgd", "autoattack"):
+        merged[section] = {**old.get(section, {}), **new.get(section, {})}
+    epsilons = {label: entry["epsilon"] for label, entry in merged["pgd"].items()}
+    merged["threat_model"] = {**new["threat_model"], "epsilons": sorted(epsilons.values()),
+                              "epsilon_labels": sorted(epsilons, key=epsilons.get)}
+    return merged

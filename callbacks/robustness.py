@@ -19,7 +19,7 @@ from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
 from lightning_modules.evaluation import evaluate
 from lightning_modules.corruption_scores import format_table
 from .corruption import CorruptionEvaluation
-from .reports import package_versions, timestamp, write_json_atomic
+from .reports import merge_report, package_versions, timestamp, write_json_atomic
 
 
 def _shard(indices: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
@@ -164,7 +164,9 @@ class RobustnessCallback(Callback):
             pl_module.log(f"test/aa_bacc@eps={label}", scores["bacc"], rank_zero_only=True)
         self.report = report
         if trainer.is_global_zero:
-            self.report_path = write_json_atomic(self._report_path(trainer), report)
+            path = self._report_path(trainer)
+            self.report = merge_report(path, report)
+            self.report_path = write_json_atomic(path, self.report)
             rank_zero_info(f"robustness report: {self.report_path}")
 
     def _autoattack(self, pl_module, dm, split, eps: float, trainer: L.Trainer) -> dict:
