@@ -1,0 +1,210 @@
+"""Time of medrobust's PGD vs torchattacks' PGD on the same model and batch, and their robust accuracy.
+
+Both are L-inf PGD with `steps` steps of size 2.5 * eps / steps from a uniform random start, run on
+`build_model('small_cnn', 1, 2)` (briefly trained on PneumoniaMNIST so robust accuracy means
+something) and the first `--batch-size` real PneumoniaMNIST test images. medrobust's PGD also keeps,
+per example, the strongest iterate over all steps (a success beats a failure, then the higher
+loss), which costs one extra forward pass and some bookkeeping; torchattacks returns the last iterate.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (  # noqa: E402
+    DEFAULT_ROOT, BenchError, Parser, environment, existing_dir, format_table, interleaved_order,
+    positive_int, run_main, summary, timed, write_json,
+)
+
+VARIANTS = ("medrobust", "torchattacks")
+LABELS = {
+    "medrobust": "medrobust PGD (best iterate per example)",
+    "torchattacks": "torchattacks.PGD (last iterate)",
+}
+
+
+def parse_args(argv=None):
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    epilog="Example: python bench/attacks.py --repeats 5 --json runs/bench/attacks.json")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=256, help="test images attacked at once (default: %(default)s)")
+    parser.add_argument("--eps", default="8/255", help="L-inf budget for the timing (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default: %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=5, help="timed attacks per variant; the median is reported (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed attacks per variant first (default: %(default)s)")
+    parser.add_argument("--train-epochs", type=int, default=2, help="ERM epochs on the train split before attacking; 0 keeps random weights (default: %(default)s)")
+    parser.add_argument("--strength-eps", nargs="+", default=["1/255", "2/255", "8/255"],
+                        help="budgets at which both attacks' robust accuracy is compared (default: %(default)s)")
+    parser.add_argument("--threads", type=positive_int, nargs="+", default=None,
+                        help="torch.set_num_threads setting(s) to time, each in every repeat (default: torch's current)")
+    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the MD5 check (custom or synthetic files)")
+    parser.add_argument("--seed", type=int, default=0, help="seed for the model, training and the strength runs (default: %(default)s)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
+    args = parser.parse_args(argv)
+    if args.warmup < 0 or args.train_epochs < 0:
+        parser.error("--warmup and --train-epochs must be >= 0")
+    from lightning_modules.epsilon import parse_epsilon
+
+    args.eps = parse_epsilon(args.eps)  # a bad budget is a ConfigError: one line, exit 2
+    args.strength_eps = [parse_epsilon(e) for e in args.strength_eps]
+    if args.threads is None:
+        import torch
+
+        args.threads = [torch.get_num_threads()]
+    if not (Path(args.root) / "pneumoniamnist.npz").is_file():
+        raise BenchError(f"{Path(args.root) / 'pneumoniamnist.npz'} not found (pass --root)")
+    return args
+
+
+def load_data(args):
+    """(train split, test images as [0, 1] floats, test labels) of PneumoniaMNIST."""
+    from datamodules.medmnist import MedMNISTDataModule
+
+    dm = MedMNISTDataModule("pneumoniamnist", 28, root=args.root, verify_md5=args.verify_md5)
+    test = dm.split("test")
+    if args.batch_size > len(test):
+        raise BenchError(f"--batch-size {args.batch_size} exceeds the {len(test)} test images")
+    return dm.split("train"), test.images[: args.batch_size].float() / 255, test.targets[: args.batch_size]
+
+
+def train(model, split, epochs: int, seed: int) -> None:
+    """A few Adam epochs of plain ERM, so the model is not a constant predictor."""
+    import torch
+    import torch.nn.functional as F
+    from tqdm.auto import tqdm
+
+    if epochs == 0:
+        return
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    model.train()
+    for epoch in range(epochs):
+        order = torch.randperm(len(split), generator=generator)
+        for start in tqdm(range(0, len(order), 128), desc=f"ERM epoch {epoch + 1}/{epochs}", leave=False):
+            index = order[start : start + 128]
+            loss = F.cross_entropy(model(split.images[index].float() / 255), split.targets[index])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+
+
+def make_attack(variant: str, model, eps: float, steps: int, seed=None):
+    """The two attacks under comparison with the same budget, step size, steps and random start."""
+    if variant == "medrobust":
+        from lightning_modules.attacks import PGD
+
+        return PGD(model, eps, steps=steps, seed=seed)
+    import torchattacks
+
+    return torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=True)
+
+
+def accuracy(model, x, y) -> float:
+    import torch
+
+    with torch.no_grad():
+        return (model(x).argmax(1) == y).float().mean().item()
+
+
+def strength(model, x, y, args) -> list[dict]:
+    """Robust accuracy of both attacks (seeded) at each budget, and the largest perturbation each made."""
+    import torch
+
+    rows = []
+    for eps in args.strength_eps:
+        row = {"epsilon": eps}
+        for variant in VARIANTS:
+            torch.manual_seed(args.seed)  # torchattacks draws its start from the global RNG
+            x_adv = make_attack(variant, model, eps, args.steps, seed=args.seed)(x, y)
+            row[variant] = {"robust_acc": accuracy(model, x_adv, y), "max_linf": (x_adv - x).abs().max().item()}
+        rows.append(row)
+    return rows
+
+
+def measure(model, x, y, args) -> dict:
+    """Warm-up, then `repeats` rounds; each round times both attacks at every thread setting, alternating order."""
+    import torch
+
+    seconds = {(t, v): [] for t in args.threads for v in VARIANTS}
+    for r in range(args.warmup + args.repeats):
+        timed_run = r >= args.warmup
+        tag = f"repeat {r - args.warmup + 1}/{args.repeats}" if timed_run else f"warm-up {r + 1}/{args.warmup}"
+        for threads in args.threads:
+            torch.set_num_threads(threads)
+            for variant in interleaved_order(r, VARIANTS):
+                attack = make_attack(variant, model, args.eps, args.steps)
+                elapsed, _ = timed(lambda: attack(x, y))
+                if timed_run:
+                    seconds[threads, variant].append(elapsed)
+                print(f"[{tag}] threads={threads} {variant:<12} {elapsed:.3f} s", flush=True)
+    runs = []
+    for threads in args.threads:
+        ratios = [a / b for a, b in zip(seconds[threads, "medrobust"], seconds[threads, "torchattacks"])]
+        runs.append({
+            "torch_threads": threads,
+            "seconds": {v: {**summary(seconds[threads, v]), "repeats": seconds[threads, v]} for v in VARIANTS},
+            "ratio_ours_over_theirs": {**summary(ratios), "repeats": ratios},
+        })
+    return {"runs": runs}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from lightning_modules.epsilon import format_epsilon
+    from lightning_modules.models import build_model
+
+    torch.manual_seed(args.seed)
+    train_split, x, y = load_data(args)
+    model = build_model("small_cnn", 1, 2)
+    print(f"training small_cnn for {args.train_epochs} ERM epoch(s) on {len(train_split)} images ...", flush=True)
+    train(model, train_split, args.train_epochs, args.seed)
+    model.eval()
+    threads_before = torch.get_num_threads()
+    print(f"PGD-{args.steps} at eps={format_epsilon(args.eps)} on {len(x)} PneumoniaMNIST test images; "
+          f"{args.warmup} warm-up + {args.repeats} timed repeats, interleaved", flush=True)
+    timing = measure(model, x, y, args)
+    torch.set_num_threads(threads_before)
+    print("robust accuracy of both attacks (seeded) ...", flush=True)
+    clean = accuracy(model, x, y)
+    strong = strength(model, x, y, args)
+
+    rows = []
+    for run in timing["runs"]:
+        for v in VARIANTS:
+            s = run["seconds"][v]
+            rows.append([LABELS[v], run["torch_threads"], s["median"], s["min"], s["max"], len(x) / s["median"]])
+    print()
+    print(format_table(["attack", "threads", "s median", "min", "max", "images/s"], rows))
+    print()
+    for run in timing["runs"]:
+        ratio = run["ratio_ours_over_theirs"]
+        print(f"threads={run['torch_threads']}: time ratio ours/theirs, median of {args.repeats} paired repeats: "
+              f"{ratio['median']:.2f} (range {ratio['min']:.2f}-{ratio['max']:.2f}); < 1 means medrobust is faster")
+    print("medrobust's PGD also tracks the best iterate per example (one extra forward pass + bookkeeping).")
+    print()
+    print(format_table(["eps", "clean acc", "medrobust robust acc", "torchattacks robust acc", "max |delta| ours", "max |delta| theirs"],
+                       [[format_epsilon(r["epsilon"]), clean, r["medrobust"]["robust_acc"], r["torchattacks"]["robust_acc"],
+                         r["medrobust"]["max_linf"], r["torchattacks"]["max_linf"]] for r in strong]))
+    print("Equally strong: robust accuracies agree up to a few examples (the random starts differ; from the same "
+          "start ours can only be lower, since it keeps the best iterate).")
+    write_json(args.json, {
+        "benchmark": "attacks",
+        "settings": {"batch_size": len(x), "epsilon": args.eps, "steps": args.steps, "alpha": 2.5 * args.eps / args.steps,
+                     "repeats": args.repeats, "warmup": args.warmup, "train_epochs": args.train_epochs,
+                     "seed": args.seed, "threads": args.threads, "model": "small_cnn(1, 2)"},
+        "clean_acc": clean,
+        **timing,
+        "strength": strong,
+        "notes": "medrobust PGD keeps the strongest iterate per example (extra forward pass); torchattacks returns the last",
+        "environment": environment(),
+    })
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,116 @@
+"""Shared helpers for the bench scripts: one-line errors, timing, summary tables and JSON output."""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+
+DEFAULT_ROOT = str(REPO.parent / "shared" / "data" / "medmnist")
+
+
+class BenchError(Exception):
+    """A bad path or argument: the script prints `error: ...` and exits with code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a bad argument in one line, `error: ...`, with exit code 2."""
+
+    def error(self, message: str):
+        print(f"error: {message} (see --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def run_main(main: Callable[[], int]) -> None:
+    """Run a script's main; a BenchError or a MedRobustError (bad file, flag, epsilon) ends in one line."""
+    from datamodules.errors import MedRobustError
+
+    try:
+        code = main()
+    except (BenchError, MedRobustError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def existing_dir(text: str) -> str:
+    """argparse type: a folder that exists."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"folder {text!r} not found")
+    return str(Path(text).expanduser())
+
+
+def timed(fn: Callable[[], object]) -> tuple[float, object]:
+    """(seconds, result) of one call, on a monotonic high-resolution clock."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def interleaved_order(repeat: int, names: Sequence[str]) -> list[str]:
+    """Alternate which variant runs first, so slow drift (other jobs, thermals) hits both equally."""
+    return list(names) if repeat % 2 == 0 else list(reversed(names))
+
+
+def summary(values: Sequence[float]) -> dict[str, float]:
+    """Median (the reported figure), min and max of a list of repeats."""
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A plain fixed-width table: numbers right-aligned, text left-aligned."""
+    cells = [[str(h) for h in header]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    numeric = [all(isinstance(row[i], (int, float)) or row[i] is None for row in rows) for i in range(len(header))]
+
+    def line(row):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(row, widths, numeric)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(cells[0]), rule] + [line(row) for row in cells[1:]])
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.4g}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def write_json(path: str | None, data: dict) -> None:
+    """Write `data` atomically (temporary file, then rename) when a path was given."""
+    if path:
+        from callbacks.reports import write_json_atomic
+
+        print(f"wrote {write_json_atomic(path, data)}")
+
+
+def environment() -> dict:
+    """Versions and thread count that a timing depends on."""
+    import platform
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": __import__("os").cpu_count(),
+        "machine": platform.machine(),
+    }
