@@ -24,7 +24,9 @@ def file_md5(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
 
 
 def _stamp_path(path: Path) -> Path:
-    return path.with_name(path.name + ".md5ok")
+    """Where a passed check is remembered: a small cache file outside the (maybe read-only) data folder."""
+    cache = Path(os.environ.get("MEDROBUST_CACHE") or Path.home() / ".cache" / "medrobust") / "md5"
+    return cache / (hashlib.sha1(str(path.resolve()).encode()).hexdigest() + ".json")
 
 
 def verify_md5(path: Path, expected: str) -> None:
@@ -44,6 +46,7 @@ def verify_md5(path: Path, expected: str) -> None:
             "release; delete it and download again (or pass verify_md5=False for a custom file)"
         )
     try:
+        stamp.parent.mkdir(parents=True, exist_ok=True)
         tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
         tmp.write_text(json.dumps(key))
         os.replace(tmp, stamp)
