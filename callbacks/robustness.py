@@ -134,6 +134,7 @@ class RobustnessCallback(Callback):
             "checkpoint": trainer.ckpt_path,
             "model": {"class": type(pl_module).__name__, "hparams": dict(pl_module.hparams)},
             "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test", "n_examples": len(split)},
+            "datamodule": {k: dm.hparams[k] for k in ("root", "as_rgb", "train_npz", "subsample_test", "subsample_seed")},
             "threat_model": {"norm": self.norm, "epsilons": self.epsilons,
                              "epsilon_labels": [format_epsilon(e) for e in self.epsilons]},
             "seed": self.seed,
