@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from datamodules.medmnist_c import DEFAULT_CACHE, SEVERITIES, corrupt_chunk, corruption_names, load_corrupted
-from datamodules.tensors import subsample_indices, to_channels_first
+from datamodules.tensors import fixed_subset, to_channels_first
 from lightning_modules.corruption_scores import CorruptionScores, corruption_scores
 from lightning_modules.evaluation import evaluate
 
@@ -39,8 +39,7 @@ class CorruptionEvaluation:
         """Corrupted copies of a fixed, seeded validation subset, built once per run."""
         if self._val is None:
             split = dm.split("val")
-            keep = subsample_indices(len(split), min(self.val_samples, len(split)), self.seed)
-            index = torch.arange(len(split)) if keep is None else torch.as_tensor(keep)
+            index = fixed_subset(len(split), self.val_samples, self.seed)
             raw = _as_medmnist_arrays(split.images[index], dm.info.n_channels)
             names = self.corruptions or corruption_names(dm.flag)
             images = {

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from datamodules.errors import ConfigError
 from datamodules.info import MULTILABEL
-from datamodules.tensors import subsample_indices
+from datamodules.tensors import fixed_subset, to_unit_range
 from lightning_modules.attacks import PGD
 from lightning_modules.autoattack import AUTOATTACK_ATTACKS, run_autoattack
 from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
@@ -104,8 +104,7 @@ class RobustnessCallback(Callback):
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
         split = self._datamodule(trainer).split("val")
-        keep = subsample_indices(len(split), min(self.val_samples or len(split), len(split)), self.seed)
-        index = _shard(torch.arange(len(split)) if keep is None else torch.as_tensor(keep), trainer)
+        index = _shard(fixed_subset(len(split), self.val_samples, self.seed), trainer)
         images, targets = split.images[index], split.targets[index]
         logged = {}
         with torch.inference_mode(False):
@@ -171,10 +170,9 @@ class RobustnessCallback(Callback):
             rank_zero_info(f"robustness report: {self.report_path}")
 
     def _autoattack(self, pl_module, dm, split, eps: float, trainer: L.Trainer) -> dict:
-        keep = subsample_indices(len(split), min(self.autoattack_samples or len(split), len(split)), self.seed)
-        index = _shard(torch.arange(len(split)) if keep is None else torch.as_tensor(keep), trainer)
+        index = _shard(fixed_subset(len(split), self.autoattack_samples, self.seed), trainer)
         device = next(pl_module.parameters()).device
-        x = split.images[index].to(device).float() / 255
+        x = to_unit_range(split.images[index].to(device))
         y = split.targets[index].to(device)
         x_adv, info = run_autoattack(
             pl_module, x, y, eps, norm=self.norm, version=self.autoattack_version, attacks=self.autoattack_attacks,

@@ -72,6 +72,12 @@ def subsample_indices(n: int, keep: int | float | None, seed: int) -> np.ndarray
     return np.sort(np.random.default_rng(seed).permutation(n)[:count])
 
 
+def fixed_subset(n: int, keep: int | None, seed: int) -> torch.Tensor:
+    """Indices of a fixed, seeded subset of at most `keep` of n items (all of them when keep is None)."""
+    picked = subsample_indices(n, min(keep or n, n), seed)
+    return torch.arange(n) if picked is None else torch.as_tensor(picked)
+
+
 def random_flip_crop(x: torch.Tensor, padding: int, hflip: bool = True) -> torch.Tensor:
     """Per-sample random horizontal flip and random crop after reflect padding, all on x's device."""
     n, _, h, w = x.shape
