@@ -17,74 +17,35 @@ from torch import nn
 from datamodules.errors import ConfigError
 from lightning_modules.attacks import PGD
 from lightning_modules.autoattack import STANDARD_ATTACKS, attack_plan, run_autoattack
+from tiny_models import one_thread, trained  # noqa: F401 (one_thread is a fixture)
 
-IMAGE = (1, 8, 8)
-N = 256
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and threads spinning on a shared 2-core box cost seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-class TinyNet(nn.Module):
-    """MLP on [0, 1] pixels with its normalization inside."""
-
-    def __init__(self, n_outputs: int):
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, n_outputs))
-
-    def forward(self, x):
-        return self.body((x - 0.5) / 0.25)
-
-
-def trained(n_outputs: int, multilabel: bool = False):
-    """Class (or label) patterns of amplitude 0.05 under noise 0.1: learnable, and breakable near 8/255."""
-    g = torch.Generator().manual_seed(0)
-    patterns = torch.randn((n_outputs, *IMAGE), generator=g).sign()
-    if multilabel:
-        y = (torch.rand((N, n_outputs), generator=g) < 0.5).float()
-        signal = 0.05 * torch.einsum("nl,lchw->nchw", y, patterns)
-    else:
-        y = torch.randint(n_outputs, (N,), generator=g)
-        signal = 0.05 * patterns[y]
-    x = (0.5 + signal + 0.1 * torch.randn((N, *IMAGE), generator=g)).clamp(0, 1)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = TinyNet(n_outputs)
-    loss = F.binary_cross_entropy_with_logits if multilabel else F.cross_entropy
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(150):
-        optimizer.zero_grad()
-        loss(model(x), y).backward()
-        optimizer.step()
-    model.zero_grad(set_to_none=True)
-    model.eval()
+def first_64(model_x_y):
+    """The attacks run on 64 of the 256 training images: enough signal, a fraction of the time."""
+    model, x, y = model_x_y
     return model, x[:64], y[:64]
 
 
 @pytest.fixture(scope="module")
 def multiclass():
-    return trained(4)
+    return first_64(trained(4))
 
 
 @pytest.fixture(scope="module")
 def binary():
-    return trained(2)
+    return first_64(trained(2))
 
 
 @pytest.fixture(scope="module")
 def three_class():
-    return trained(3)
+    return first_64(trained(3))
 
 
 @pytest.fixture(scope="module")
 def multilabel():
-    return trained(3, multilabel=True)
+    return first_64(trained(3, multilabel=True))
 
 
 def accuracy(model, x, y):
