@@ -7,7 +7,7 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from datamodules.medmnist_c import DEFAULT_CACHE, SEVERITIES, corrupt_chunk, corruption_names, load_corrupted
+from datamodules.medmnist_c import DEFAULT_CACHE, corrupt_chunk, corruption_names, load_corrupted
 from datamodules.tensors import fixed_subset, to_channels_first
 from lightning_modules.corruption_scores import CorruptionScores, corruption_scores
 from lightning_modules.evaluation import evaluate
@@ -73,4 +73,3 @@ class CorruptionEvaluation:
         return corruption_scores(pl_module, corrupted)
 
 
-__all__ = ["CorruptionEvaluation", "SEVERITIES"]
