@@ -71,5 +71,3 @@ class CorruptionEvaluation:
             workers=self.workers, verify=dm.hparams.verify_md5,
         )
         return corruption_scores(pl_module, corrupted)
-
-
