@@ -13,7 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from datamodules.errors import MedRobustError
+from core.errors import MedRobustError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
 

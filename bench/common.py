@@ -27,7 +27,7 @@ class Parser(argparse.ArgumentParser):
 
 def run_main(main: Callable[[], int]) -> None:
     """Run a script's main; a BenchError or a MedRobustError (bad file, flag, epsilon) ends in one line."""
-    from datamodules.errors import MedRobustError
+    from core.errors import MedRobustError
 
     try:
         code = main()
@@ -39,13 +39,13 @@ def run_main(main: Callable[[], int]) -> None:
 
 def positive_int(text: str) -> int:
     """argparse type: an integer >= 1."""
+    from core.checks import positive_int as check
+    from core.errors import ConfigError
+
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+        return check("the value", text)
+    except ConfigError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def existing_dir(text: str) -> str:
@@ -96,7 +96,7 @@ def _cell(value) -> str:
 def write_json(path: str | None, data: dict) -> None:
     """Write `data` atomically (temporary file, then rename) when a path was given."""
     if path:
-        from callbacks.reports import write_json_atomic
+        from core.files import write_json_atomic
 
         print(f"wrote {write_json_atomic(path, data)}")
 

@@ -14,9 +14,9 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BenchError, Parser, environment, existing_dir, format_table, positive_int, run_main, write_json  # noqa: E402
+
+from bench.common import BenchError, Parser, environment, existing_dir, format_table, positive_int, run_main, write_json
 
 MODEL_CLASSES = ("ERM", "PGDAT", "TRADES", "FGSMRS")
 
@@ -159,7 +159,7 @@ def compare(report: dict, model, test, args, device) -> tuple[dict, list[dict]]:
     """Clean scores and, per epsilon, the report's robust bacc beside torchattacks'."""
     import torch
 
-    from lightning_modules.epsilon import format_epsilon
+    from attacks.threat_model import format_epsilon
 
     task, num_classes = report["dataset"]["task"], int(model.hparams.num_classes)
     norm = report["threat_model"]["norm"]

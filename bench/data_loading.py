@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+
+from bench.common import (
     DEFAULT_ROOT, BenchError, Parser, environment, existing_dir, format_table, interleaved_order,
     positive_int, run_main, summary, timed, write_json,
 )

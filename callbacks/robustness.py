@@ -10,16 +10,18 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from datamodules.errors import ConfigError
+from core.checks import positive_int
+from core.errors import ConfigError
 from datamodules.info import MULTILABEL
 from datamodules.tensors import fixed_subset, to_unit_range
-from lightning_modules.attacks import PGD
-from lightning_modules.autoattack import AUTOATTACK_ATTACKS, run_autoattack
-from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
-from lightning_modules.evaluation import evaluate
-from lightning_modules.corruption_scores import format_table
-from .corruption import CorruptionEvaluation
-from .reports import merge_report, package_versions, timestamp, write_json_atomic
+from attacks.gradient import PGD
+from attacks.autoattack import AUTOATTACK_ATTACKS, run_autoattack
+from attacks.threat_model import format_epsilon, parse_epsilon, parse_norm
+from evaluation.scoring import evaluate
+from evaluation.corruption_scores import format_table
+from evaluation.corruption import CorruptionEvaluation
+from core.files import write_json_atomic
+from evaluation.reports import merge_report, package_versions, timestamp
 
 
 def _shard(indices: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
@@ -79,8 +81,7 @@ class RobustnessCallback(Callback):
         super().__init__()
         self.norm = parse_norm(norm)
         self.epsilons = [parse_epsilon(e, self.norm) for e in epsilons]
-        if every_n_epochs < 1:
-            raise ConfigError(f"every_n_epochs must be >= 1, got {every_n_epochs}")
+        positive_int("every_n_epochs", every_n_epochs)
         if autoattack_version == "standard":
             autoattack_attacks = None
         elif autoattack and not set(autoattack_attacks or ()) <= set(AUTOATTACK_ATTACKS):

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 from medmnist import INFO
 
-from .errors import DataError
+from core.errors import DataError
 
 SIZES = (28, 64, 128, 224)
 #: Every 2D MedMNIST flag (the 3D volumes are out of scope).

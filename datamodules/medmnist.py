@@ -8,7 +8,8 @@ from typing import Optional, Union
 import lightning as L
 from torch.utils.data import DataLoader
 
-from .errors import DataError
+from core.checks import positive_int
+from core.errors import DataError
 from .info import check_size, dataset_info
 from .npz import SPLITS, load_split, locate
 from .tensors import (
@@ -71,8 +72,8 @@ class MedMNISTDataModule(L.LightningDataModule):
         self.info = dataset_info(flag)
         self.flag, self.size = self.info.flag, check_size(size)
         self.root = str(Path(root).expanduser()) if root else default_root()
-        if batch_size < 1 or eval_batch_size < 1:
-            raise DataError(f"batch sizes must be positive, got {batch_size} and {eval_batch_size}")
+        positive_int("batch_size", batch_size)
+        positive_int("eval_batch_size", eval_batch_size)
         if train_npz is not None and not Path(train_npz).is_file():
             raise DataError(f"train_npz {train_npz} not found")
         self.crop_padding = self.size // 14 if crop_padding is None else int(crop_padding)

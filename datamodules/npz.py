@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
+from core.errors import DataError
+from core.files import write_text_atomic
 from .info import DatasetInfo, MULTILABEL, dataset_info, download_url, expected_md5, npz_name
 
 SPLITS = ("train", "val", "test")
@@ -46,10 +47,7 @@ def verify_md5(path: Path, expected: str) -> None:
             "release; delete it and download again (or pass verify_md5=False for a custom file)"
         )
     try:
-        stamp.parent.mkdir(parents=True, exist_ok=True)
-        tmp = stamp.with_name(stamp.name + f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(key))
-        os.replace(tmp, stamp)
+        write_text_atomic(stamp, json.dumps(key))
     except OSError:
         pass  # a read-only data folder only costs a re-hash next time
 

@@ -66,7 +66,7 @@ def subsample_indices(n: int, keep: int | float | None, seed: int) -> np.ndarray
         return None
     count = int(round(keep * n)) if isinstance(keep, float) else int(keep)
     if not 0 < count <= n:
-        from .errors import DataError
+        from core.errors import DataError
 
         raise DataError(f"cannot keep {keep!r} of {n} samples: give a count in [1, {n}] or a fraction in (0, 1]")
     return np.sort(np.random.default_rng(seed).permutation(n)[:count])

@@ -11,10 +11,11 @@ from typing import Optional, Union
 import torch
 import torch.nn.functional as F
 
-from datamodules.errors import ConfigError
+from core.checks import positive_int
+from core.errors import ConfigError
 from datamodules.info import MULTILABEL
-from .attacks import FGSM, PGD
-from .epsilon import parse_epsilon, parse_norm
+from attacks.gradient import FGSM, PGD
+from attacks.threat_model import parse_epsilon, parse_norm
 from .erm import ERM
 from .metrics import probabilities
 
@@ -54,9 +55,7 @@ class _PGDTraining(AdversarialTraining):
     def __init__(self, alpha: Optional[Epsilon] = None, steps: int = 7, **kwargs):
         super().__init__(**kwargs)
         self.alpha = None if alpha is None else parse_epsilon(alpha, self.norm)
-        if steps < 1:
-            raise ConfigError(f"PGD steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = positive_int("PGD steps", steps)
 
     def inner_attack(self, x, y, loss=None):
         """PGD examples at this epoch's epsilon (the step size shrinks with epsilon during warm-up)."""

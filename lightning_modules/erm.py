@@ -7,7 +7,7 @@ import lightning as L
 import torch
 from torch import nn
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 from .metrics import make_metrics, probabilities, task_loss
 from .models import build_model
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 import torchvision
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 
 ARCHITECTURES = ("small_cnn", "resnet18_28", "resnet18", "resnet50")
 

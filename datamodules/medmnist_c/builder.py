@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from ..info import DatasetInfo, check_size, dataset_info
 from ..npz import load_split, locate
 from .cache import CACHE_FORMAT, DEFAULT_CACHE, StaleCache, _tiled, cache_dir, read_cache, write_cache

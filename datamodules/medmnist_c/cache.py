@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from core.files import atomic_write
+
 from ..info import check_size
 from .corruptors import SEVERITIES
 
@@ -30,17 +32,9 @@ def cache_dir(cache_root: str | os.PathLike, flag: str, size: int) -> Path:
 
 
 def write_cache(path: Path, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
-    """Write one corruption's npz atomically: a temporary file in the same folder, then os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, test_images=images, test_labels=labels, meta=np.array(json.dumps(meta)))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write one corruption's npz atomically (core.files.atomic_write)."""
+    with atomic_write(path, "wb") as handle:
+        np.savez_compressed(handle, test_images=images, test_labels=labels, meta=np.array(json.dumps(meta)))
 
 
 def read_cache(path: Path, meta: dict, image_shape: tuple[int, ...], labels: np.ndarray) -> np.ndarray:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from ..errors import MedRobustError
+from core.errors import MedRobustError
 from . import __doc__ as _package_doc
 from .builder import build
 from .cache import DEFAULT_CACHE

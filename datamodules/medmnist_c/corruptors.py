@@ -22,7 +22,7 @@ from medmnistc.corruptions.microscopy import StainDeposit
 from medmnistc.corruptions.registry import CORRUPTIONS_DS
 from PIL import Image
 
-from ..errors import ConfigError
+from core.errors import ConfigError
 from ..info import check_size, dataset_info
 
 SEVERITIES = (1, 2, 3, 4, 5)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from ..info import MULTILABEL, DatasetInfo
 from ..tensors import channels_first_view
 from .corruptors import SEVERITIES

@@ -45,7 +45,7 @@ def test_data_loading_writes_both_variants_and_a_ratio(pneumonia_root, tmp_path)
 
 def test_attacks_times_both_and_reports_strength(pneumonia_root, tmp_path):
     out = tmp_path / "attacks.json"
-    result = run("attacks.py", "--root", pneumonia_root, "--no-verify-md5", "--repeats", 1, "--warmup", 0,
+    result = run("attack_speed.py", "--root", pneumonia_root, "--no-verify-md5", "--repeats", 1, "--warmup", 0,
                  "--batch-size", 8, "--steps", 2, "--train-epochs", 0, "--strength-eps", "8/255", "--threads", 1,
                  "--json", out)
     assert result.returncode == 0, result.stderr
@@ -61,7 +61,7 @@ def test_attacks_times_both_and_reports_strength(pneumonia_root, tmp_path):
 
 @pytest.mark.parametrize("script, args, message", [
     ("data_loading.py", ["--root", "/no/such/folder"], "not found"),
-    ("attacks.py", ["--repeats", "0"], "positive integer"),
+    ("attack_speed.py", ["--repeats", "0"], "positive integer"),
     ("crosscheck.py", ["--ckpt", "/no/such.ckpt", "--root", "."], "checkpoint /no/such.ckpt not found"),
 ])
 def test_bad_input_ends_in_one_error_line(script, args, message):
@@ -102,7 +102,7 @@ def honest_report(tmp_path_factory):
 
 def crosscheck(*args) -> int:
     """bench/crosscheck.py's main in this process (the subprocess start-up is what makes tests slow)."""
-    sys.path.insert(0, str(REPO))  # bench/ is not an installed package
+
     from bench.crosscheck import main
 
     return main([str(a) for a in args])

@@ -9,7 +9,7 @@ import lightning as L
 import pytest
 
 from callbacks.robustness import RobustnessCallback
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
 

@@ -1,7 +1,7 @@
 import pytest
 from medmnist import INFO
 
-from datamodules.errors import DataError
+from core.errors import DataError
 from datamodules.info import BINARY, FLAGS_2D, MULTICLASS, MULTILABEL, ORDINAL, dataset_info, npz_name
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.errors import DataError
+from core.errors import DataError
 from datamodules.info import FLAGS_2D, MULTILABEL, dataset_info
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.synthetic import write_synthetic_npz

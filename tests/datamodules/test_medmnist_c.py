@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from datamodules import medmnist_c as mc
-from datamodules.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]
 REAL = REPO.parent / "shared" / "data" / "medmnist"

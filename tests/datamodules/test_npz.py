@@ -3,7 +3,7 @@ import shutil
 import numpy as np
 import pytest
 
-from datamodules.errors import DataError
+from core.errors import DataError
 from datamodules.info import dataset_info
 from datamodules.npz import load_split, locate
 

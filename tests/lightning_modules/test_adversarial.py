@@ -5,7 +5,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.adversarial import FGSMRS, PGDAT, TRADES, trades_divergence
 from lightning_modules.erm import ERM

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 from lightning_modules.models import ARCHITECTURES, Normalize, build_model
 
 

@@ -2,8 +2,8 @@ import math
 
 import pytest
 
-from datamodules.errors import ConfigError, MedRobustError
-from lightning_modules.epsilon import format_epsilon, parse_epsilon
+from core.errors import ConfigError, MedRobustError
+from attacks.threat_model import format_epsilon, parse_epsilon
 
 
 @pytest.mark.parametrize(
@@ -59,7 +59,7 @@ def test_format_epsilon_validates_like_parse():
 
 
 def test_l2_budgets_may_exceed_one_but_linf_budgets_may_not():
-    from lightning_modules.epsilon import parse_epsilon
+    from attacks.threat_model import parse_epsilon
 
     assert parse_epsilon("3/2", norm="l2") == 1.5
     with pytest.raises(ConfigError, match=r"\[0, 1\]"):

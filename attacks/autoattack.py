@@ -25,9 +25,9 @@ import pyautoattack
 import torch
 from torch import Tensor, nn
 
-from datamodules.errors import ConfigError
-from lightning_modules.attacks import PGD, attack_mode, autograd_ready, check_pixels
-from lightning_modules.epsilon import parse_epsilon, parse_norm
+from core.errors import ConfigError
+from attacks.gradient import PGD, attack_mode, autograd_ready, check_pixels
+from attacks.threat_model import parse_epsilon, parse_norm
 
 AUTOATTACK_ATTACKS = ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
 STANDARD_ATTACKS = ("apgd-ce", "apgd-t", "fab-t", "square")

@@ -1,6 +1,7 @@
 import json
 
-from callbacks.reports import merge_report, write_json_atomic
+from core.files import write_json_atomic
+from evaluation.reports import merge_report
 
 
 def _report(ckpt, pgd=None, corruptions=None):

@@ -18,9 +18,9 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from datamodules.errors import ConfigError, DataError
+from core.errors import ConfigError, DataError
 from datamodules.info import BINARY, MULTILABEL, DatasetInfo
-from lightning_modules.evaluation import predict as predict_probabilities
+from evaluation.scoring import predict as predict_probabilities
 
 DEFAULT_THRESHOLD = 0.5
 

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 from datamodules.info import dataset_info
 from datamodules.medmnist_c import CorruptedTestSet, PROTOCOL_UPSAMPLE, SEVERITIES, corruption_names
-from lightning_modules.corruption_scores import (
+from evaluation.corruption_scores import (
     balanced_accuracy,
     corruption_scores,
     format_table,

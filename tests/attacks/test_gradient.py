@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import ConfigError
-from lightning_modules.attacks import FGSM, PGD, default_loss, make_attack
+from core.errors import ConfigError
+from attacks.gradient import FGSM, PGD, default_loss
 from tiny_models import one_thread, trained  # noqa: F401 (one_thread is a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -302,15 +302,3 @@ def test_pgd_defaults_and_validation(multiclass):
         PGD(model, 8 / 255, targeted=True)(x, y)
     with pytest.raises(ConfigError, match="targeted=True"):
         PGD(model, 8 / 255)(x, y, target=y)
-
-
-def test_make_attack_builds_named_attacks_and_lists_choices(multiclass):
-    model, _, _ = multiclass
-    pgd = make_attack("PGD", model, "8/255", steps=5, norm="L2")
-    assert isinstance(pgd, PGD) and pgd.steps == 5 and pgd.norm == "l2"
-    assert pgd.epsilon == pytest.approx(8 / 255)
-    assert isinstance(make_attack("fgsm", model, 0.01), FGSM)
-    with pytest.raises(ConfigError, match="fgsm, pgd"):
-        make_attack("cw", model, 0.01)
-    with pytest.raises(ConfigError, match="stepz"):
-        make_attack("pgd", model, 0.01, stepz=5)

@@ -3,7 +3,7 @@
 import math
 import numbers
 
-from datamodules.errors import ConfigError
+from core.errors import ConfigError
 
 _DENOMINATOR = 255
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import (  # noqa: E402
+
+from bench.common import (
     DEFAULT_ROOT, BenchError, Parser, environment, existing_dir, format_table, interleaved_order,
     positive_int, run_main, summary, timed, write_json,
 )
@@ -27,7 +27,7 @@ LABELS = {
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
-                    epilog="Example: python bench/attacks.py --repeats 5 --json runs/bench/attacks.json")
+                    epilog="Example: python bench/attack_speed.py --repeats 5 --json runs/bench/attacks.json")
     parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=256, help="test images attacked at once (default: %(default)s)")
     parser.add_argument("--eps", default="8/255", help="L-inf budget for the timing (default: %(default)s)")
@@ -45,7 +45,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.train_epochs < 0:
         parser.error("--warmup and --train-epochs must be >= 0")
-    from lightning_modules.epsilon import parse_epsilon
+    from attacks.threat_model import parse_epsilon
 
     args.eps = parse_epsilon(args.eps)  # a bad budget is a ConfigError: one line, exit 2
     args.strength_eps = [parse_epsilon(e) for e in args.strength_eps]
@@ -94,7 +94,7 @@ def train(model, split, epochs: int, seed: int) -> None:
 def make_attack(variant: str, model, eps: float, steps: int, seed=None):
     """The two attacks under comparison with the same budget, step size, steps and random start."""
     if variant == "medrobust":
-        from lightning_modules.attacks import PGD
+        from attacks.gradient import PGD
 
         return PGD(model, eps, steps=steps, seed=seed)
     import torchattacks
@@ -155,7 +155,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from lightning_modules.epsilon import format_epsilon
+    from attacks.threat_model import format_epsilon
     from lightning_modules.models import build_model
 
     torch.manual_seed(args.seed)

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.errors import ConfigError
-from lightning_modules.attacks import PGD
-from lightning_modules.autoattack import STANDARD_ATTACKS, attack_plan, run_autoattack
+from core.errors import ConfigError
+from attacks.gradient import PGD
+from attacks.autoattack import STANDARD_ATTACKS, attack_plan, run_autoattack
 from tiny_models import one_thread, trained  # noqa: F401 (one_thread is a fixture)
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -5,15 +5,15 @@ L-inf or L2 ball of radius epsilon around x (up to float rounding). Attacks need
 """
 
 import contextlib
-import inspect
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from datamodules.errors import ConfigError
-from lightning_modules.epsilon import format_epsilon, parse_epsilon, parse_norm
+from core.checks import positive_int
+from core.errors import ConfigError
+from attacks.threat_model import format_epsilon, parse_epsilon, parse_norm
 
 Loss = Callable[[Tensor, Tensor], Tensor]
 def is_class_index(y: Tensor, logits: Tensor) -> bool:
@@ -208,8 +208,8 @@ class PGD(Attack):
         seed: Optional[int] = None,
     ):
         super().__init__(model, epsilon, norm=norm, loss=loss)
-        self.steps = _positive_int("steps", steps)
-        self.restarts = _positive_int("restarts", restarts)
+        self.steps = positive_int("steps", steps)
+        self.restarts = positive_int("restarts", restarts)
         if self.restarts > 1 and not random_start:
             raise ConfigError("restarts > 1 need random_start=True (without it every restart is the same)")
         if alpha is None:
@@ -270,27 +270,3 @@ class _Strongest:
         self.x[better] = x_adv[better].detach()
         self.success = self.success | success
         self.objective = torch.where(better, objective, self.objective)
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-ATTACKS = {"fgsm": FGSM, "pgd": PGD}
-
-
-def make_attack(name: str, model: nn.Module, epsilon, **kwargs) -> Attack:
-    """Build an attack named in a config ("fgsm", "pgd") with its keyword options."""
-    key = str(name).lower()
-    if key not in ATTACKS:
-        raise ConfigError(f"unknown attack {name!r}; choose one of: {', '.join(ATTACKS)}")
-    cls = ATTACKS[key]
-    accepted = [p for p in inspect.signature(cls.__init__).parameters if p not in ("self", "model", "epsilon")]
-    unknown = sorted(set(kwargs) - set(accepted))
-    if unknown:
-        raise ConfigError(
-            f"unknown option(s) {', '.join(unknown)} for attack {key!r}; accepted: {', '.join(accepted)}"
-        )
-    return cls(model, epsilon, **kwargs)

@@ -7,9 +7,10 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from datamodules.errors import ConfigError
+from core.checks import positive_int
+from core.errors import ConfigError
 from datamodules.tensors import to_unit_range
-from .metrics import make_metrics, probabilities
+from lightning_modules.metrics import make_metrics, probabilities
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -33,8 +34,7 @@ def predict(
 ) -> torch.Tensor:
     """Class (or label) probabilities, N x C on the CPU, of `model` in eval mode on images that are uint8
     or [0, 1] floats, batch by batch on the model's device; attacked first when `attack` is given."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be positive, got {batch_size}")
+    positive_int("batch_size", batch_size)
     if attack is not None and targets is None:
         raise ConfigError("an attack needs the targets")
     device = model_device(model)

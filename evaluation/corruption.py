@@ -9,8 +9,8 @@ import torch
 
 from datamodules.medmnist_c import DEFAULT_CACHE, corrupt_chunk, corruption_names, load_corrupted
 from datamodules.tensors import fixed_subset, to_channels_first
-from lightning_modules.corruption_scores import CorruptionScores, corruption_scores
-from lightning_modules.evaluation import evaluate
+from evaluation.corruption_scores import CorruptionScores, corruption_scores
+from evaluation.scoring import evaluate
 
 
 def _as_medmnist_arrays(images: torch.Tensor, n_channels: int) -> np.ndarray:

@@ -1,0 +1,1 @@
+"""Scoring trained models: batched clean/adversarial prediction, MedMNIST-C tables, robustness reports."""
