@@ -3,6 +3,6 @@
 An attack is a small callable independent of any training loop: ``PGD(model, "8/255", steps=20)(x, y)``.
 """
 from attacks.gradient import FGSM, PGD, Attack
-from attacks.threat_model import NORMS, format_epsilon, parse_epsilon, parse_norm
+from attacks.threat_model import NORMS, epsilon_label, format_epsilon, parse_epsilon, parse_norm
 
-__all__ = ["Attack", "FGSM", "PGD", "NORMS", "format_epsilon", "parse_epsilon", "parse_norm"]
+__all__ = ["Attack", "FGSM", "PGD", "NORMS", "epsilon_label", "format_epsilon", "parse_epsilon", "parse_norm"]

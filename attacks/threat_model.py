@@ -20,7 +20,7 @@ def parse_norm(norm: str) -> str:
 
 
 def parse_epsilon(value, norm: str = "linf") -> float:
-    """Return a budget (radius or step size) from a number or text like "8/255" or "0.031".
+    """Return a budget (radius or step size) from a number or text like "8/255", "8_255" or "0.031".
 
     Images are in [0, 1], so an L-inf budget outside [0, 1] is a configuration mistake; an L2
     budget only has to be finite and non-negative (the L2 diameter of the image box is sqrt(pixels)).
@@ -46,6 +46,12 @@ def format_epsilon(epsilon) -> str:
     return f"{epsilon:.6g}"
 
 
+def epsilon_label(epsilon) -> str:
+    """The epsilon as it appears in metric keys and report sections: "4_255" (no slash, which W&B and
+    TensorBoard would read as a group separator), "0", "1" or "0.5"; `parse_epsilon` reads it back."""
+    return format_epsilon(epsilon).replace("/", "_")
+
+
 def _to_float(value):
     if isinstance(value, bool):
         return None
@@ -53,7 +59,7 @@ def _to_float(value):
         return float(value)
     if not isinstance(value, str):
         return None
-    parts = value.split("/")
+    parts = value.strip().replace("_", "/").split("/")
     try:
         values = [float(part) for part in parts]
     except ValueError:

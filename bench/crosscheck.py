@@ -159,14 +159,14 @@ def compare(report: dict, model, test, args, device) -> tuple[dict, list[dict]]:
     """Clean scores and, per epsilon, the report's robust bacc beside torchattacks'."""
     import torch
 
-    from attacks.threat_model import format_epsilon
+    from attacks.threat_model import epsilon_label, format_epsilon
 
     task, num_classes = report["dataset"]["task"], int(model.hparams.num_classes)
     norm = report["threat_model"]["norm"]
     clean = score(model, test, task, num_classes, device, args.batch_size, desc="clean")
     rows = []
     for eps in report["threat_model"]["epsilons"]:
-        label = format_epsilon(eps)
+        label = epsilon_label(eps)
         pgd = report["pgd"].get(label, {}).get("bacc")
         aa_entry = (report.get("autoattack") or {}).get(label)
         aa = aa_entry.get("bacc") if aa_entry else None
@@ -177,14 +177,14 @@ def compare(report: dict, model, test, args, device) -> tuple[dict, list[dict]]:
         torch.manual_seed(args.seed)
         attack = make_attack(model, norm, eps, args)
         ours = score(model, test, task, num_classes, device, args.batch_size, attack, args.restarts,
-                     desc=f"torchattacks PGD-{args.steps}x{args.restarts} eps={label}")
+                     desc=f"torchattacks PGD-{args.steps}x{args.restarts} eps={format_epsilon(eps)}")
         diff = None if reference is None else ours["bacc"] - reference
         rows.append({
             "epsilon": eps, "label": label, "report_pgd_bacc": pgd, "report_autoattack_bacc": aa,
             "report_autoattack_n": aa_n, "reference_bacc": reference, "torchattacks": ours, "difference": diff,
             "ok": diff is None or diff >= -args.tolerance,
         })
-        print(f"eps={label}: torchattacks bacc {ours['bacc']:.4f}, report reference "
+        print(f"eps={format_epsilon(eps)}: torchattacks bacc {ours['bacc']:.4f}, report reference "
               f"{'-' if reference is None else f'{reference:.4f}'}", flush=True)
     return clean, rows
 

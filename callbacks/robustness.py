@@ -16,8 +16,9 @@ from datamodules.info import MULTILABEL
 from datamodules.tensors import fixed_subset, to_unit_range
 from attacks.gradient import PGD
 from attacks.autoattack import AUTOATTACK_ATTACKS, run_autoattack
-from attacks.threat_model import format_epsilon, parse_epsilon, parse_norm
+from attacks.threat_model import epsilon_label, format_epsilon, parse_epsilon, parse_norm
 from evaluation.scoring import evaluate
+from lightning_modules.metrics import metric_key
 from evaluation.corruption_scores import format_table
 from evaluation.corruption import CorruptionEvaluation
 from core.files import write_json_atomic
@@ -30,9 +31,9 @@ def _shard(indices: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
 
 
 class RobustnessCallback(Callback):
-    """Logs `val/adv_bacc@eps=4/255` (and accuracy) on a fixed, seeded validation subset every
+    """Logs `val/adv_bacc@4_255` (and accuracy) on a fixed, seeded validation subset every
     `every_n_epochs`; at test time attacks the whole test split with PGD (restarts) and AutoAttack,
-    logs `test/adv_bacc@eps=...` and `test/aa_bacc@eps=...`, and writes a JSON report next to the
+    logs `test/adv_bacc@4_255` and `test/aa_bacc@4_255`, and writes a JSON report next to the
     checkpoint. Works inside Lightning's no-grad/inference-mode loops: attacks re-enable autograd.
     """
 
@@ -110,12 +111,12 @@ class RobustnessCallback(Callback):
         logged = {}
         with torch.inference_mode(False):
             clean = self._score(pl_module, images, targets, None)
-            logged["val/subset_clean_bacc"] = clean["bacc"]
+            logged[metric_key("val", "clean", "bacc", "subset")] = clean["bacc"]
             for eps in self.epsilons:
                 attack = PGD(pl_module, eps, steps=self.val_steps, norm=self.norm, seed=self.seed)
                 adv = self._score(pl_module, images, targets, attack)
-                logged[f"val/adv_bacc@eps={format_epsilon(eps)}"] = adv["bacc"]
-                logged[f"val/adv_acc@eps={format_epsilon(eps)}"] = adv["acc"]
+                logged[metric_key("val", "adv", "bacc", eps)] = adv["bacc"]
+                logged[metric_key("val", "adv", "acc", eps)] = adv["acc"]
             if self.corruption_epoch:
                 dm = self._datamodule(trainer)
                 logged.update(self.corruption.epoch_metrics(pl_module, dm, trainer.global_rank, trainer.world_size))
@@ -136,7 +137,7 @@ class RobustnessCallback(Callback):
             "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test", "n_examples": len(split)},
             "datamodule": {k: dm.hparams[k] for k in ("root", "as_rgb", "train_npz", "subsample_test", "subsample_seed")},
             "threat_model": {"norm": self.norm, "epsilons": self.epsilons,
-                             "epsilon_labels": [format_epsilon(e) for e in self.epsilons]},
+                             "epsilon_labels": [epsilon_label(e) for e in self.epsilons]},
             "seed": self.seed,
             "versions": package_versions(),
         }
@@ -144,9 +145,9 @@ class RobustnessCallback(Callback):
             report["clean"] = self._score(pl_module, images, targets, None)
             report["pgd"], report["autoattack"] = {}, {}
             for eps in self.epsilons:
-                label = format_epsilon(eps)
+                label = epsilon_label(eps)
                 attack = PGD(pl_module, eps, steps=self.test_steps, restarts=self.test_restarts, norm=self.norm, seed=self.seed)
-                scores = self._score(pl_module, images, targets, attack, progress=f"PGD-{self.test_steps} eps={label}")
+                scores = self._score(pl_module, images, targets, attack, progress=f"PGD-{self.test_steps} eps={format_epsilon(eps)}")
                 report["pgd"][label] = {**scores, "epsilon": eps, "attack": repr(attack)}
                 if self.autoattack:
                     report["autoattack"][label] = self._autoattack(pl_module, dm, split, eps, trainer)
@@ -154,15 +155,13 @@ class RobustnessCallback(Callback):
                 table = self.corruption.test_table(pl_module, dm)
                 report["corruptions"] = table.to_dict()
                 rank_zero_info(f"MedMNIST-C ({table.protocol}, {dm.flag} at {dm.size} px):\n{format_table(table)}")
-                pl_module.log("test/corr_bacc", table.mean_bacc, rank_zero_only=True)
-                pl_module.log("test/corr_be", table.mean_be, rank_zero_only=True)
-                pl_module.log("test/corr_rbe", table.mean_rbe, rank_zero_only=True)
+                for metric, value in (("bacc", table.mean_bacc), ("be", table.mean_be), ("rbe", table.mean_rbe)):
+                    pl_module.log(metric_key("test", "corr", metric), value, rank_zero_only=True)
         report["seconds"] = round(time.time() - started, 1)
-        for label, scores in report["pgd"].items():
-            pl_module.log(f"test/adv_bacc@eps={label}", scores["bacc"], rank_zero_only=True)
-            pl_module.log(f"test/adv_acc@eps={label}", scores["acc"], rank_zero_only=True)
-        for label, scores in report["autoattack"].items():
-            pl_module.log(f"test/aa_bacc@eps={label}", scores["bacc"], rank_zero_only=True)
+        for kind, section in (("adv", "pgd"), ("aa", "autoattack")):
+            for scores in report[section].values():
+                for metric in ("bacc", "acc"):
+                    pl_module.log(metric_key("test", kind, metric, scores["epsilon"]), scores[metric], rank_zero_only=True)
         self.report = report
         if trainer.is_global_zero:
             path = self._report_path(trainer)

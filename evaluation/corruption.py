@@ -11,6 +11,7 @@ from datamodules.medmnist_c import DEFAULT_CACHE, corrupt_chunk, corruption_name
 from datamodules.tensors import fixed_subset, to_channels_first
 from evaluation.corruption_scores import CorruptionScores, corruption_scores
 from evaluation.scoring import evaluate
+from lightning_modules.metrics import metric_key
 
 
 def _as_medmnist_arrays(images: torch.Tensor, n_channels: int) -> np.ndarray:
@@ -53,15 +54,15 @@ class CorruptionEvaluation:
         return self._val
 
     def epoch_metrics(self, pl_module, dm, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-        """`val/corr_bacc` (mean over the chosen corruptions and severities) and one key per corruption."""
+        """`val/corr_bacc` (mean over the chosen corruptions and severities) and `val/corr_bacc@<corruption>`."""
         images, targets = self._validation_set(dm)
         shard = slice(rank, None, world_size)
         per_corruption: dict[str, list[float]] = {}
         for (name, _), x in images.items():
             scores = evaluate(pl_module, x[shard], targets[shard], dm.task, dm.num_classes)
             per_corruption.setdefault(name, []).append(scores["bacc"])
-        logged = {f"val/corr_bacc/{name}": float(np.mean(v)) for name, v in per_corruption.items()}
-        logged["val/corr_bacc"] = float(np.mean(list(logged.values())))
+        logged = {metric_key("val", "corr", "bacc", name): float(np.mean(v)) for name, v in per_corruption.items()}
+        logged[metric_key("val", "corr", "bacc")] = float(np.mean(list(logged.values())))
         return logged
 
     def test_table(self, pl_module, dm) -> CorruptionScores:

@@ -69,6 +69,8 @@ class _PGDTraining(AdversarialTraining):
 class PGDAT(_PGDTraining):
     """Madry's PGD adversarial training: minimise the loss on PGD examples."""
 
+    train_inputs = "adv"
+
     def __init__(self, epsilon: Epsilon = "4/255", alpha: Optional[Epsilon] = None, steps: int = 7, **kwargs):
         """alpha: PGD step size (default 2.5 * epsilon / steps); steps: PGD iterations per batch."""
         super().__init__(epsilon=epsilon, alpha=alpha, steps=steps, **kwargs)
@@ -118,6 +120,8 @@ class FGSMRS(AdversarialTraining):
     epoch). A guard measures PGD accuracy on a fixed training subset after every epoch; when it
     falls by more than `guard_drop` below its best, the best weights are restored and training stops.
     """
+
+    train_inputs = "adv"
 
     def __init__(
         self,

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from .metrics import make_metrics, probabilities, task_loss
+from .metrics import make_metrics, metric_key, probabilities, task_loss
 from .models import build_model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -18,8 +18,10 @@ class ERM(L.LightningModule):
     """A classifier on [0, 1] images trained on clean inputs.
 
     Subclasses change only `training_loss` (what the model is trained on); metrics, logging keys
-    (`train/loss`, `val/clean_bacc`, `test/clean_auroc`, ...) and the optimizer are shared.
+    (`train/loss`, `train/clean_bacc`, `val/clean_bacc`, `test/clean_auroc`, ...) and the optimizer are shared.
     """
+
+    train_inputs = "clean"  # what the training metrics are measured on: clean or adv(ersarial) inputs
 
     def __init__(
         self,
@@ -53,7 +55,7 @@ class ERM(L.LightningModule):
         self.task = task
         self.model = build_model(arch, in_channels, num_classes, norm_mean, norm_std)
         metrics = make_metrics(task, num_classes)
-        self.train_metrics = metrics.clone(prefix="train/")
+        self.train_metrics = metrics.clone(prefix=f"train/{self.train_inputs}_")
         self.val_metrics = metrics.clone(prefix="val/clean_")
         self.test_metrics = metrics.clone(prefix="test/clean_")
 
@@ -79,7 +81,7 @@ class ERM(L.LightningModule):
     def _evaluate(self, batch, metrics, stage: str) -> None:
         x, y = batch
         logits = self(x)
-        self.log(f"{stage}/loss", self.loss(logits, y), batch_size=len(x), sync_dist=True)
+        self.log(metric_key(stage, "clean", "loss"), self.loss(logits, y), batch_size=len(x), sync_dist=True)
         metrics.update(probabilities(logits, self.task), self._metric_target(y))
         self.log_dict(metrics, on_step=False, on_epoch=True, prog_bar=stage == "val")
 

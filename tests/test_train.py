@@ -54,7 +54,7 @@ def test_fit_logs_stable_keys_checkpoints_and_tests(synthetic_root, tmp_path):
     assert list((out / "checkpoints").glob("best-*.ckpt"))
     keys = set().union(*(row.keys() for row in logged_rows(out)))
     assert {"train/loss", "val/clean_bacc", "val/clean_acc", "val/clean_auroc", "test/clean_bacc",
-            "val/adv_bacc@eps=4/255", "val/corr_bacc", "test/aa_bacc@eps=4/255", "test/corr_bacc"} <= keys
+            "val/adv_bacc@4_255", "val/corr_bacc", "test/aa_bacc@4_255", "test/corr_bacc"} <= keys
     (report,) = (out / "checkpoints").glob("best-*.robustness.json")
     assert json.loads(report.read_text())["corruptions"]["protocol"] == "upsample224-corrupt-box"
 

@@ -116,7 +116,7 @@ def test_crosscheck_accepts_an_honest_report(honest_report, tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["passed"] and data["model_class"] == "ERM"
     (row,) = data["epsilons"]
-    assert row["label"] == "2/255" and row["report_pgd_bacc"] is not None and row["ok"]
+    assert row["label"] == "2_255" and row["report_pgd_bacc"] is not None and row["ok"]
     assert data["clean"]["bacc"] == pytest.approx(data["clean"]["report_bacc"], abs=1e-6)
 
 

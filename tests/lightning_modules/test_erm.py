@@ -4,6 +4,7 @@ import torch
 
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
+from core.errors import ConfigError
 from lightning_modules.metrics import MultilabelBalancedAccuracy, make_metrics
 
 
@@ -22,7 +23,7 @@ def test_training_learns_the_synthetic_structure(synthetic_root, flag):
     root = synthetic_root(flag, n_train=256, n_val=64, n_test=64)
     trainer, model, dm = _fit(root, flag)
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/bacc", "val/clean_bacc", "val/clean_acc", "val/clean_auroc", "val/loss"):
+    for key in ("train/loss", "train/clean_bacc", "val/clean_bacc", "val/clean_acc", "val/clean_auroc", "val/clean_loss"):
         assert key in metrics, key
     # chance is 0.5 for binary and multi-label (per label), 0.2 for RetinaMNIST's 5 grades;
     # 14 thin label bands learn more slowly in 3 epochs than one bright class band.
@@ -58,3 +59,19 @@ def test_binary_balanced_accuracy_is_mean_recall():
     probs = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.9, 0.1]])
     out = metrics(probs, target)
     assert out["bacc"].item() == pytest.approx(0.5) and out["acc"].item() == pytest.approx(0.75)
+
+
+def test_metric_keys_follow_one_grammar_and_parse_what_users_type():
+    from lightning_modules.metrics import metric_key, parse_metric_key
+
+    assert metric_key("val", "adv", "bacc", "4/255") == "val/adv_bacc@4_255"
+    assert metric_key("test", "aa", "acc", 8 / 255) == "test/aa_acc@8_255"
+    assert metric_key("val", "corr", "bacc", "gaussian_noise") == "val/corr_bacc@gaussian_noise"
+    assert metric_key("test", "clean", "bacc") == "test/clean_bacc"
+    for typed in ("adv_bacc@4/255", "val/adv_bacc@eps=4/255", "val/adv_bacc@4_255", "adv_bacc@0.0156863"):
+        assert parse_metric_key(typed, stage="val") == "val/adv_bacc@4_255", typed
+    assert parse_metric_key("test/corr_bacc") == "test/corr_bacc"
+    with pytest.raises(ConfigError, match="needs a stage"):
+        parse_metric_key("clean_bacc")
+    with pytest.raises(ConfigError):
+        metric_key("valid", "clean")
