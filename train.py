@@ -2,14 +2,17 @@
 
 Built on LightningCLI, so every config key can be overridden on the command line and
 `--print_config` shows the whole run. Any MedRobustError ends the run with one line and exit code 2.
+`run(args)` is the same run as a function (sweeps, studies and notebooks call it).
 """
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional, Sequence
 
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
@@ -77,16 +80,70 @@ class MedRobustCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
 
 
+class EpochHistory(Callback):
+    """Every validation epoch's metrics (floats), so a run can report the epoch its best checkpoint holds."""
+
+    def __init__(self):
+        self.epochs: list[dict[str, float]] = []
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self.epochs.append({"epoch": trainer.current_epoch, **_floats(trainer.callback_metrics)})
+
+
+def _floats(metrics) -> dict[str, float]:
+    return {key: float(value) for key, value in metrics.items()}
+
+
+@dataclass
+class RunResult:
+    """What one training run gives back: `metrics` holds the validation metrics of the epoch whose checkpoint
+    is best (by `val/clean_bacc`) and the test metrics of that checkpoint; paths are None when absent."""
+
+    metrics: dict[str, float]
+    run_dir: Path
+    best_checkpoint: Optional[Path]
+    report: Optional[Path]
+    best_epoch: Optional[int]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_cli(args: Optional[Sequence[str]] = None, callbacks: Sequence[Callback] = ()) -> MedRobustCLI:
+    return MedRobustCLI(
+        ERM,
+        MedMNISTDataModule,
+        subclass_mode_model=True,
+        seed_everything_default=0,
+        save_config_kwargs={"overwrite": True},
+        trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
+        args=list(args) if args is not None else None,
+    )
+
+
+def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> RunResult:
+    """`python train.py ARGS` in this process (`fit` or `test` first, as on the command line), with extra
+    Lightning callbacks (say, a pruning callback); raises MedRobustError on bad input."""
+    history = EpochHistory()
+    cli = build_cli(args, [*callbacks, history])
+    trainer = cli.trainer
+    best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+    best = Path(best) if best else (Path(trainer.ckpt_path) if trainer.ckpt_path else None)
+    best_epoch, metrics = None, {}
+    if history.epochs:
+        monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else None
+        scored = [row for row in history.epochs if monitor in row] if monitor else []
+        chosen = max(scored, key=lambda row: row[monitor]) if scored else history.epochs[-1]
+        best_epoch = int(chosen["epoch"])
+        metrics.update({k: v for k, v in chosen.items() if k.startswith("val/")})
+    metrics.update({k: v for k, v in _floats(trainer.callback_metrics).items() if k.startswith("test/")})
+    report = best.with_name(f"{best.stem}.robustness.json") if best else None
+    return RunResult(metrics, Path(trainer.default_root_dir), best, report if report and report.exists() else None,
+                     best_epoch, history.epochs)
+
+
 def main(args=None) -> None:
     try:
-        MedRobustCLI(
-            ERM,
-            MedMNISTDataModule,
-            subclass_mode_model=True,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            args=args,
-        )
+        build_cli(args)
     except Exception as err:
         cause = user_error(err)
         if cause is None:
