@@ -1,4 +1,5 @@
-"""LightningDataModule for every 2D MedMNIST dataset and size, held in memory as uint8 tensors."""
+"""LightningDataModule for every 2D MedMNIST dataset and size, held in memory as uint8 tensors
+(a constructed `train_npz` may hold float32 images in [0, 1], kept as they are)."""
 from __future__ import annotations
 
 import os
@@ -64,7 +65,8 @@ class MedMNISTDataModule(L.LightningDataModule):
             as_rgb: repeat grey images to 3 channels (for RGB backbones).
             augment: random horizontal flip and small random crop on training batches.
             crop_padding: pixels of reflect padding for the crop (default size // 14: 2 px at 28).
-            train_npz: replace the training split by this npz (same format; e.g. a constructed dataset).
+            train_npz: replace the training split by this npz (same format, images uint8 or float32 in [0, 1];
+                e.g. a constructed dataset).
             subsample_*: keep a seeded random subset of a split: a count (int) or fraction (float).
         """
         super().__init__()
@@ -112,7 +114,7 @@ class MedMNISTDataModule(L.LightningDataModule):
         path = self.npz_path()
         for split in SPLITS:
             if split == "train" and self.hparams.train_npz:
-                images, labels = load_split(self.hparams.train_npz, "train", self.info, self.size)
+                images, labels = load_split(self.hparams.train_npz, "train", self.info, self.size, allow_float=True)
             else:
                 images, labels = load_split(path, split, self.info, self.size)
             keep = subsample_indices(len(images), getattr(self.hparams, f"subsample_{split}"), self.hparams.subsample_seed)
@@ -123,7 +125,8 @@ class MedMNISTDataModule(L.LightningDataModule):
             )
 
     def split(self, name: str) -> TensorPairDataset:
-        """The in-memory split ('train', 'val' or 'test'): uint8 images and targets, after setup."""
+        """The in-memory split ('train', 'val' or 'test'): images (uint8; float32 for a float train_npz) and
+        targets, after setup."""
         if not self._splits:
             self.setup()
         return self._splits[name]

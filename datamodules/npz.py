@@ -82,8 +82,12 @@ def _download(path: Path, flag: str, size: int) -> None:
         ) from None
 
 
-def load_split(path: str | os.PathLike, split: str, info: DatasetInfo, size: int | None = None):
-    """(images uint8 N x H x W [x C], labels uint8 N x L) of one split, checked for shape and range."""
+def load_split(
+    path: str | os.PathLike, split: str, info: DatasetInfo, size: int | None = None, allow_float: bool = False
+):
+    """(images N x H x W [x C], labels N x L) of one split, checked for shape and range.
+
+    Images are uint8; with `allow_float` also float32 in [0, 1] (constructed datasets keep their perturbations)."""
     if split not in SPLITS:
         raise DataError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
     path = Path(path)
@@ -98,18 +102,25 @@ def load_split(path: str | os.PathLike, split: str, info: DatasetInfo, size: int
         raise
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as err:
         raise DataError(f"{path} is not a readable npz file ({err})") from None
-    check_arrays(images, labels, info, size, where=f"{path.name}[{split}]")
+    check_arrays(images, labels, info, size, where=f"{path.name}[{split}]", allow_float=allow_float)
     return images, labels
 
 
-def check_arrays(images: np.ndarray, labels: np.ndarray, info: DatasetInfo, size: int | None, where: str) -> None:
-    """Raise DataError when images or labels do not fit the dataset's format."""
+def check_arrays(
+    images: np.ndarray, labels: np.ndarray, info: DatasetInfo, size: int | None, where: str, allow_float: bool = False
+) -> None:
+    """Raise DataError when images or labels do not fit the dataset's format (float32 images only if allowed)."""
     want_ndim = 3 if info.n_channels == 1 else 4
-    if images.dtype != np.uint8 or images.ndim != want_ndim or images.shape[1] != images.shape[2]:
+    dtypes = (np.uint8, np.float32) if allow_float else (np.uint8,)
+    if images.dtype not in dtypes or images.ndim != want_ndim or images.shape[1] != images.shape[2]:
         raise DataError(
-            f"{where}: images must be uint8 N x H x W{'' if info.n_channels == 1 else ' x 3'}, "
-            f"got {images.dtype} {tuple(images.shape)}"
+            f"{where}: images must be {' or '.join(np.dtype(d).name for d in dtypes)} "
+            f"N x H x W{'' if info.n_channels == 1 else ' x 3'}, got {images.dtype} {tuple(images.shape)}"
         )
+    if images.dtype == np.float32 and images.size:
+        low, high = float(images.min()), float(images.max())
+        if not (0.0 <= low and high <= 1.0):  # also catches NaN
+            raise DataError(f"{where}: float32 images must lie in [0, 1], found [{low:.4g}, {high:.4g}]")
     if want_ndim == 4 and images.shape[3] != info.n_channels:
         raise DataError(f"{where}: expected {info.n_channels} channels, got {images.shape[3]}")
     if size is not None and images.shape[1] != size:

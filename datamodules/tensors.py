@@ -1,4 +1,4 @@
-"""In-memory uint8 image tensors: batched indexing, conversion to [0, 1] floats, tensor augmentation."""
+"""In-memory image tensors (uint8, or float32 in [0, 1]): batched indexing, conversion to [0, 1] floats, tensor augmentation."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,7 +17,7 @@ def channels_first_view(images: torch.Tensor, rgb: bool) -> torch.Tensor:
 
 
 def to_channels_first(images: np.ndarray, as_rgb: bool = False) -> torch.Tensor:
-    """uint8 N x H x W [x C] array to a uint8 N x C x H x W tensor (grey repeated to 3 if as_rgb)."""
+    """N x H x W [x C] array to an N x C x H x W tensor of the same dtype (grey repeated to 3 if as_rgb)."""
     x = torch.from_numpy(np.ascontiguousarray(images))
     x = channels_first_view(x, rgb=x.ndim != 3)
     if as_rgb and x.shape[1] == 1:
@@ -32,7 +32,8 @@ def to_targets(labels: np.ndarray, task: str) -> torch.Tensor:
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] to float32 [0, 1]: the pixel contract every model and attack shares."""
+    """uint8 [0, 255] to float32 [0, 1]: the pixel contract every model and attack shares; float images are
+    already in [0, 1] and pass unchanged (never divided by 255)."""
     return images.float().div_(255.0) if images.dtype == torch.uint8 else images
 
 

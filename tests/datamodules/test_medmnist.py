@@ -99,3 +99,49 @@ def test_augmentation_only_in_training(synthetic_root):
     batch = next(iter(dm.val_dataloader()))
     x, _ = dm.on_after_batch_transfer(batch, 0)  # no trainer attached: evaluation path
     assert torch.equal(x, batch[0].float() / 255)
+
+
+def _float_train_npz(path, flag, n, size=28, seed=3):
+    """A constructed-style file: float32 [0, 1] training images, uint8 labels."""
+    from datamodules.synthetic import synthetic_arrays
+
+    images, labels = synthetic_arrays(flag, size, n, seed)
+    floats = (images.astype(np.float32) / 255 + np.float32(1e-3)).clip(0, 1)  # not a multiple of 1/255
+    np.savez(path, train_images=floats, train_labels=labels)
+    return path, floats, labels
+
+
+@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist"])
+def test_float32_train_npz_is_kept_as_floats_and_never_divided_by_255(synthetic_root, tmp_path, flag):
+    root = synthetic_root(flag, n_train=30)
+    path, floats, labels = _float_train_npz(tmp_path / "c.npz", flag, 20)
+    dm = _module(root, flag, train_npz=str(path), augment=False)
+    train = dm.split("train")
+    assert train.images.dtype == torch.float32 and dm.split("val").images.dtype == torch.uint8
+    x, y = dm.on_after_batch_transfer(train[list(range(20))], 0)
+    expected = torch.from_numpy(floats)
+    expected = expected.unsqueeze(1) if expected.ndim == 3 else expected.permute(0, 3, 1, 2)
+    assert torch.equal(x, expected)  # unchanged: not divided by 255, not rounded to uint8 steps
+    assert torch.equal(y, torch.from_numpy(labels).reshape(-1).long())
+
+
+def test_float32_train_npz_is_augmented_within_its_own_values(synthetic_root, tmp_path):
+    import types
+
+    root = synthetic_root("breastmnist", n_train=30)
+    path, floats, _ = _float_train_npz(tmp_path / "c.npz", "breastmnist", 16)
+    dm = _module(root, "breastmnist", train_npz=str(path))
+    dm.trainer = types.SimpleNamespace(training=True)  # the training path, without a Trainer
+    batch = dm.split("train")[list(range(16))]
+    torch.manual_seed(0)
+    x, _ = dm.on_after_batch_transfer(batch, 0)
+    assert x.dtype == torch.float32 and x.shape == (16, 1, 28, 28) and not torch.equal(x, batch[0])
+    assert set(x.unique().tolist()) <= set(np.unique(floats).tolist())  # flips and crops move pixels only
+
+
+def test_float32_train_npz_outside_unit_range_is_a_clear_error(synthetic_root, tmp_path):
+    root = synthetic_root("breastmnist")
+    path, floats, labels = _float_train_npz(tmp_path / "c.npz", "breastmnist", 8)
+    np.savez(path, train_images=floats * 255, train_labels=labels)
+    with pytest.raises(DataError, match=r"float32 images must lie in \[0, 1\]"):
+        _module(root, "breastmnist", train_npz=str(path))

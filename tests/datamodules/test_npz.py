@@ -84,3 +84,25 @@ def test_missing_keys_wrong_shapes_and_labels_out_of_range(tmp_path):
     with pytest.raises(DataError, match="28 px, expected 64"):
         load_split(path, "train", info, 64)
     assert load_split(path, "train", info, 28)[0].shape == (4, 28, 28)
+
+
+def test_float32_images_only_where_allowed_and_only_in_unit_range(tmp_path):
+    info = dataset_info("breastmnist")
+    labels = np.zeros((4, 1), np.uint8)
+    floats = np.random.default_rng(0).random((4, 28, 28)).astype(np.float32)
+    path = _write(tmp_path / "f.npz", train_images=floats, train_labels=labels)
+    with pytest.raises(DataError, match="images must be uint8 N x H x W, got float32"):
+        load_split(path, "train", info, 28)  # official files stay uint8
+    images, _ = load_split(path, "train", info, 28, allow_float=True)
+    assert images.dtype == np.float32 and np.array_equal(images, floats)
+    path = _write(tmp_path / "g.npz", train_images=floats * 2, train_labels=labels)
+    with pytest.raises(DataError, match=r"float32 images must lie in \[0, 1\]"):
+        load_split(path, "train", info, 28, allow_float=True)
+    nan = floats.copy()
+    nan[0, 0, 0] = np.nan
+    path = _write(tmp_path / "h.npz", train_images=nan, train_labels=labels)
+    with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
+        load_split(path, "train", info, 28, allow_float=True)
+    path = _write(tmp_path / "i.npz", train_images=floats.astype(np.float64), train_labels=labels)
+    with pytest.raises(DataError, match="uint8 or float32"):
+        load_split(path, "train", info, 28, allow_float=True)
