@@ -1,0 +1,447 @@
+"""Reproduce "Useful nonrobust features are ubiquitous in biomedical images" (arXiv 2604.22579) in one command.
+
+For each dataset and seed: train ERM, PGD-AT and an L2-robust source model on the real training split; build the
+Ilyas et al. training sets (D_rand, D_det, D_NR, D_R) from them; train a fresh model on each; test every model on
+the real test split (clean, PGD at several epsilons, MedMNIST-C where asked) with the RobustnessCallback; write
+`results.csv`, `results.md` and figures. Every finished step is kept under --out and reused on a rerun.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import yaml
+
+from attacks.threat_model import parse_epsilon
+from core.errors import ConfigError, MedRobustError
+from core.files import write_json_atomic, write_text_atomic
+from datamodules.info import MULTILABEL, dataset_info
+
+STUDY_KEYS = {"name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
+              "constructed_training"}
+REQUIRED_MODELS = ("erm", "pgd_at")
+CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
+DONE = "result.json"
+
+
+# ---- configuration ------------------------------------------------------------------------------------------
+@dataclass
+class Study:
+    """A parsed, validated study config (see configs/study/quick.yaml)."""
+
+    name: str
+    seeds: list[int]
+    datasets: list[dict]
+    train: dict
+    models: dict[str, dict]
+    constructions: dict[str, dict]
+    construction_defaults: dict
+    constructed_training: dict
+    source: Path
+
+
+def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
+    """Read a study YAML, apply `key=value` overrides (dotted keys, YAML values), and check it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(f"cannot read study config {path}: {err.strerror or err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"study config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"study config {path} must be a mapping of keys (name, datasets, models, ...)")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"override {item!r} must read key=value (for example seeds=[0,1])")
+        node, parts = raw, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
+        node[parts[-1]] = yaml.safe_load(value)
+    unknown = sorted(set(raw) - STUDY_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown study key(s) {', '.join(unknown)}: the keys are {', '.join(sorted(STUDY_KEYS))}")
+    models = raw.get("models") or {}
+    missing = [m for m in REQUIRED_MODELS if m not in models]
+    if missing:
+        raise ConfigError(f"the study needs models {', '.join(missing)} (ERM and PGD-AT are what it compares)")
+    for name, spec in models.items():
+        _check_training_spec(f"models.{name}", spec)
+    constructions = raw.get("constructions") or {}
+    for kind, spec in constructions.items():
+        if kind not in CONSTRUCTION_KINDS:
+            raise ConfigError(f"unknown construction {kind!r}: choose from {', '.join(CONSTRUCTION_KINDS)}")
+        if not isinstance(spec, dict) or spec.get("source") not in models:
+            raise ConfigError(f"constructions.{kind}.source must name one of the models ({', '.join(models)})")
+    datasets = raw.get("datasets") or []
+    if not datasets:
+        raise ConfigError("the study needs at least one dataset: datasets: [{flag: pneumoniamnist, size: 28}]")
+    for entry in datasets:
+        if not isinstance(entry, dict) or "flag" not in entry:
+            raise ConfigError(f"each dataset needs a flag, got {entry!r}")
+        info = dataset_info(entry["flag"])
+        if constructions and info.task == MULTILABEL:
+            raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
+    seeds = raw.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    constructed = raw.get("constructed_training") or {"config": "configs/erm.yaml"}
+    _check_training_spec("constructed_training", constructed)
+    return Study(str(raw.get("name") or path.stem), seeds, datasets, dict(raw.get("train") or {}), models,
+                 constructions, dict(raw.get("construction_defaults") or {}), constructed, path)
+
+
+def _check_training_spec(where: str, spec) -> None:
+    if not isinstance(spec, dict) or "config" not in spec:
+        raise ConfigError(f"{where} needs a training config: {{config: configs/erm.yaml, overrides: {{...}}}}")
+    if not Path(spec["config"]).is_file():
+        raise ConfigError(f"{where}.config {spec['config']} not found (paths are relative to the working directory)")
+    if not isinstance(spec.get("overrides") or {}, dict):
+        raise ConfigError(f"{where}.overrides must be a mapping of train.py keys to values")
+
+
+def cli_args(overrides: dict) -> list[str]:
+    """`--key value` pairs for train.py from a mapping; lists and mappings become YAML/JSON text."""
+    args = []
+    for key, value in overrides.items():
+        if isinstance(value, (list, dict)):
+            text = json.dumps(value)
+        elif isinstance(value, bool):
+            text = str(value).lower()
+        elif value is None:
+            text = "null"
+        else:
+            text = str(value)
+        args += [f"--{key}", text]
+    return args
+
+
+# ---- steps --------------------------------------------------------------------------------------------------
+def _done(step_dir: Path) -> Optional[dict]:
+    try:
+        return json.loads((step_dir / DONE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: int,
+               extra: Optional[dict] = None, corruptions: bool = False) -> dict:
+    """One training run (fit, then test of its best checkpoint), or its stored result when already done."""
+    done = _done(step_dir)
+    if done is not None:
+        return done
+    import train
+
+    overrides = {
+        "data.flag": dataset["flag"], "data.size": dataset.get("size", 28),
+        **({"data.root": dataset["root"]} if dataset.get("root") else {}),
+        **({"data.download": dataset["download"]} if "download" in dataset else {}),
+        "seed_everything": seed, "trainer.default_root_dir": str(step_dir),
+        **study.train, **(spec.get("overrides") or {}), **(extra or {}),
+    }
+    if corruptions:
+        overrides["trainer.callbacks.init_args.corruption_report"] = True
+    args = ["fit", "--config", spec["config"], *cli_args(overrides)]
+    if (step_dir / "checkpoints" / "last.ckpt").is_file():
+        args += ["--ckpt_path", "last"]  # an interrupted run resumes
+    started = time.time()
+    result = train.run(args)
+    summary = {
+        "metrics": result.metrics, "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
+        "report": str(result.report) if result.report else None, "best_epoch": result.best_epoch,
+        "seconds": round(time.time() - started, 1), "args": args,
+    }
+    write_json_atomic(step_dir / DONE, summary)
+    return summary
+
+
+def construct_step(out: Path, kind: str, source: dict, study: Study, dataset: dict, seed: int) -> Path:
+    """Build one constructed training set from a source checkpoint (kept and reused when already built)."""
+    from constructions import build_file
+
+    if out.is_file():
+        return out
+    settings = {**study.construction_defaults, **{k: v for k, v in study.constructions[kind].items() if k != "source"}}
+    build_file(kind, source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
+               root=dataset.get("root"), seed=seed, **settings)
+    return out
+
+
+# ---- results ------------------------------------------------------------------------------------------------
+def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict) -> dict:
+    """One results.csv row: test metrics of one model (from its robustness report when there is one)."""
+    info = dataset_info(dataset["flag"])
+    row: dict[str, Any] = {"dataset": info.flag, "size": dataset.get("size", 28), "model": model, "kind": kind,
+                           "seed": seed, "chance_bacc": 1.0 / info.num_classes if info.task != MULTILABEL else 0.5}
+    report = {}
+    if summary.get("report") and Path(summary["report"]).is_file():
+        report = json.loads(Path(summary["report"]).read_text())
+    metrics = summary.get("metrics") or {}
+    row["clean_bacc"] = report.get("clean", {}).get("bacc", metrics.get("test/clean_bacc"))
+    row["clean_acc"] = report.get("clean", {}).get("acc", metrics.get("test/clean_acc"))
+    for label, entry in sorted((report.get("pgd") or {}).items(), key=lambda item: item[1]["epsilon"]):
+        row[f"adv_bacc@{label}"] = entry["bacc"]
+    table = report.get("corruptions")
+    if table:
+        row["corr_bacc"] = table["mean_bacc"]
+        row["corr_be"], row["corr_rbe"] = table.get("mean_be"), table.get("mean_rbe")
+        reference = table.get("clean_roundtrip_bacc", table.get("clean_bacc"))
+        row["corr_clean_reference_bacc"] = reference
+        for name, value in table["corruption_bacc"].items():
+            row[f"corr_bacc@{name}"] = value
+            row[f"corr_delta@{name}"] = value - reference
+    return row
+
+
+def write_results(rows: list[dict], out: Path) -> None:
+    """results.csv (one row per model, dataset and seed), results.md and the figures."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out / "results.csv", buffer.getvalue())
+    write_text_atomic(out / "results.md", results_markdown(rows))
+    figures(rows, out)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    if not values:
+        return float("nan"), float("nan")
+    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _cell(values: list[float]) -> str:
+    mean, sd = _mean_sd(values)
+    if math.isnan(mean):
+        return "-"
+    return f"{mean:.3f}" + (f" ± {sd:.3f}" if len(values) > 1 else "")
+
+
+MODEL_ORDER = ("erm", "pgd_at", "robust_l2", "d_rand", "d_det", "d_nr", "d_r")
+
+
+def _ordered_models(rows):
+    seen = list(dict.fromkeys(r["model"] for r in rows))
+    return sorted(seen, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))
+
+
+def results_markdown(rows: list[dict]) -> str:
+    """The study's tables: balanced accuracy per model kind and dataset with chance beside it; ERM vs PGD-AT
+    under MedMNIST-C; corrupted minus clean per corruption."""
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    seeds = sorted({r["seed"] for r in rows})
+    lines = [f"# Study reproduction: test balanced accuracy (mean ± sd over seeds {seeds})", "",
+             "| model | trained on | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
+    trained_on = {"erm": "real (ERM)", "pgd_at": "real (PGD-AT, L-inf)", "robust_l2": "real (PGD-AT, L2)",
+                  "d_rand": "D_rand (nonrobust features only)", "d_det": "D_det (nonrobust features only)",
+                  "d_nr": "D_NR (standard-model features)", "d_r": "D_R (robust-model features)"}
+    for model in _ordered_models(rows):
+        cells = [_cell([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d]) for d in datasets]
+        lines.append(f"| {model} | {trained_on.get(model, model)} | " + " | ".join(cells) + " |")
+    chance = [f"{next(r['chance_bacc'] for r in rows if r['dataset'] == d):.3f}" for d in datasets]
+    lines.append("| chance | | " + " | ".join(chance) + " |")
+    corr_rows = [r for r in rows if r.get("corr_bacc") is not None]
+    if corr_rows:
+        lines += ["", "## Clean vs MedMNIST-C (mean over corruptions and severities)", "",
+                  "| dataset | model | clean bacc | clean bacc, round-tripped | corrupted bacc | corrupted - round-tripped clean | mean rBE |",
+                  "|---|---|---|---|---|---|---|"]
+        for d in datasets:
+            for model in _ordered_models(corr_rows):
+                sel = [r for r in corr_rows if r["dataset"] == d and r["model"] == model]
+                if sel:
+                    lines.append(f"| {d} | {model} | {_cell([r['clean_bacc'] for r in sel])} | "
+                                 f"{_cell([r['corr_clean_reference_bacc'] for r in sel])} | "
+                                 f"{_cell([r['corr_bacc'] for r in sel])} | "
+                                 f"{_cell([r['corr_bacc'] - r['corr_clean_reference_bacc'] for r in sel])} | "
+                                 f"{_cell([r['corr_rbe'] for r in sel])} |")
+        lines += ["", "## PGD-AT minus ERM under each corruption (corrupted balanced accuracy)", ""]
+        for d in datasets:
+            erm = [r for r in corr_rows if r["dataset"] == d and r["model"] == "erm"]
+            at = [r for r in corr_rows if r["dataset"] == d and r["model"] == "pgd_at"]
+            if not erm or not at:
+                continue
+            names = [k.split("@", 1)[1] for k in erm[0] if k.startswith("corr_bacc@")]
+            lines += [f"**{d}**", "", "| corruption | ERM | PGD-AT | PGD-AT - ERM | ERM: corrupted - clean | PGD-AT: corrupted - clean |",
+                      "|---|---|---|---|---|---|"]
+            for name in names:
+                e = _mean_sd([r.get(f"corr_bacc@{name}") for r in erm])[0]
+                a = _mean_sd([r.get(f"corr_bacc@{name}") for r in at])[0]
+                de = _mean_sd([r.get(f"corr_delta@{name}") for r in erm])[0]
+                da = _mean_sd([r.get(f"corr_delta@{name}") for r in at])[0]
+                lines.append(f"| {name} | {e:.3f} | {a:.3f} | {a - e:+.3f} | {de:+.3f} | {da:+.3f} |")
+            lines.append("")
+    lines += ["", findings(rows)]
+    return "\n".join(lines) + "\n"
+
+
+def findings(rows: list[dict]) -> str:
+    """Plain sentences: does each of the study's two findings hold here, and by how much."""
+    out = ["## Findings", ""]
+    for d in dict.fromkeys(r["dataset"] for r in rows):
+        chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
+        for model in ("d_rand", "d_det"):
+            values = [r["clean_bacc"] for r in rows if r["dataset"] == d and r["model"] == model]
+            if values:
+                mean = _mean_sd(values)[0]
+                verdict = "holds" if mean > chance + 0.05 else "does not hold"
+                out.append(f"- {d}, {model}: test balanced accuracy {mean:.3f} vs chance {chance:.3f} "
+                           f"({mean - chance:+.3f}): finding 1 (nonrobust features generalise) {verdict}.")
+        erm = [r for r in rows if r["dataset"] == d and r["model"] == "erm" and r.get("corr_bacc") is not None]
+        at = [r for r in rows if r["dataset"] == d and r["model"] == "pgd_at" and r.get("corr_bacc") is not None]
+        if erm and at:
+            ce, ca = _mean_sd([r["clean_bacc"] for r in erm])[0], _mean_sd([r["clean_bacc"] for r in at])[0]
+            me, ma = _mean_sd([r["corr_bacc"] for r in erm])[0], _mean_sd([r["corr_bacc"] for r in at])[0]
+            verdict = "holds" if ca <= ce and ma > me else ("partly holds" if ma > me else "does not hold")
+            out.append(f"- {d}, ERM -> PGD-AT: clean {ce:.3f} -> {ca:.3f} ({ca - ce:+.3f}), MedMNIST-C {me:.3f} -> "
+                       f"{ma:.3f} ({ma - me:+.3f}): finding 2 (AT trades clean accuracy for corruption robustness) {verdict}.")
+    return "\n".join(out)
+
+
+def figures(rows: list[dict], out: Path) -> None:
+    """constructed.png (constructed-set accuracies vs chance), corruption.png (clean vs corrupted, ERM and PGD-AT),
+    robust_curve.png (PGD balanced accuracy against epsilon)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in rows))
+    models = _ordered_models(rows)
+
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(datasets) * max(1, len(models)) / 4, 3.6))
+    width = 0.8 / max(1, len(models))
+    for i, model in enumerate(models):
+        means, sds = zip(*[_mean_sd([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d])
+                           for d in datasets])
+        ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=sds, label=model, capsize=2)
+    for j, d in enumerate(datasets):
+        chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
+        ax.hlines(chance, j - width / 2, j + 0.8 - width / 2, colors="k", linestyles="--",
+                  label="chance" if j == 0 else None)
+    ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets)
+    ax.set_ylabel("test balanced accuracy")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("Models trained on real and constructed training sets")
+    _save(fig, out / "constructed.png")
+
+    corr = [r for r in rows if r.get("corr_bacc") is not None and r["model"] in ("erm", "pgd_at")]
+    if corr:
+        fig, ax = plt.subplots(figsize=(5, 4))
+        for model, marker in (("erm", "o"), ("pgd_at", "s")):
+            for d in datasets:
+                sel = [r for r in corr if r["model"] == model and r["dataset"] == d]
+                if sel:
+                    x = _mean_sd([r["clean_bacc"] for r in sel])[0]
+                    y = _mean_sd([r["corr_bacc"] for r in sel])[0]
+                    ax.scatter(x, y, marker=marker, s=50, label=f"{model} {d}")
+        ax.plot([0, 1], [0, 1], "k:", lw=1)
+        ax.set_xlabel("clean test balanced accuracy")
+        ax.set_ylabel("MedMNIST-C balanced accuracy (mean)")
+        ax.legend(fontsize=7)
+        ax.set_title("Clean vs corruption: ERM and PGD-AT")
+        _save(fig, out / "corruption.png")
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        for model in ("erm", "pgd_at", "robust_l2"):
+            sel = [r for r in rows if r["dataset"] == d and r["model"] == model]
+            if not sel:
+                continue
+            if model == "robust_l2":
+                continue  # an L2 threat model: not on the L-inf axis
+            labels = sorted({k.split("@", 1)[1] for r in sel for k in r if k.startswith("adv_bacc@")},
+                            key=parse_epsilon)
+            eps = [0.0] + [parse_epsilon(label) for label in labels]
+            ys = [_mean_sd([r["clean_bacc"] for r in sel])[0]] + [_mean_sd([r.get(f"adv_bacc@{label}") for r in sel])[0]
+                                                                   for label in labels]
+            ax.plot(np.array(eps) * 255, ys, marker="o", label=model)
+        ax.set_xlabel("PGD epsilon (x 1/255, L-inf)")
+        ax.set_ylabel("test balanced accuracy")
+        ax.set_ylim(0, 1)
+        ax.set_title(d)
+        ax.legend(fontsize=7)
+    _save(fig, out / "robust_curve.png")
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    from core.files import atomic_write
+
+    with atomic_write(path, "wb") as handle:
+        handle.write(buffer.getvalue())
+
+
+# ---- the pipeline -------------------------------------------------------------------------------------------
+def reproduce(study: Study, out: Path, log=print) -> list[dict]:
+    """Run (or reuse) every step of the study and write the results; returns the results rows."""
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dataset in study.datasets:
+        flag = dataset_info(dataset["flag"]).flag
+        for seed in study.seeds:
+            base = out / f"{flag}_{dataset.get('size', 28)}" / f"seed_{seed}"
+            trained = {}
+            for name, spec in study.models.items():
+                log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if _done(base / name) else ""))
+                trained[name] = train_step(base / name, spec, study, dataset, seed, corruptions=spec.get("corruptions", False))
+                rows.append(result_row(dataset, name, "real", seed, trained[name]))
+            for kind, spec in study.constructions.items():
+                npz = base / "constructed" / f"{kind}.npz"
+                log(f"[{flag} seed {seed}] construct {kind} from {spec['source']}" + (" (reused)" if npz.is_file() else ""))
+                construct_step(npz, kind, trained[spec["source"]], study, dataset, seed)
+                training = study.constructed_training
+                extra = {"data.train_npz": str(npz), "data.verify_md5": False}
+                log(f"[{flag} seed {seed}] train on {kind}" + (" (reused)" if _done(base / f"train_{kind}") else ""))
+                summary = train_step(base / f"train_{kind}", training, study, dataset, seed, extra=extra)
+                rows.append(result_row(dataset, kind, "constructed", seed, summary))
+            write_results(rows, out)  # partial results after every dataset and seed
+    write_results(rows, out)
+    return rows
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m sweeps reproduce",
+        description="Reproduce the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate.",
+        epilog="Example: python -m sweeps reproduce configs/study/quick.yaml --out runs/study/quick")
+    parser.add_argument("config", help="study YAML (configs/study/quick.yaml, configs/study/paper.yaml)")
+    parser.add_argument("--out", required=True, help="folder for every step's run and the results (reused on rerun)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a study key, e.g. --set seeds=[0,1] --set train.trainer.max_epochs=2")
+    args = parser.parse_args(argv)
+    try:
+        study = load_study(args.config, args.overrides)
+        started = time.time()
+        rows = reproduce(study, Path(args.out))
+    except MedRobustError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print((Path(args.out) / "results.md").read_text())
+    print(f"{len(rows)} models in {time.time() - started:.0f} s; results in {args.out}/results.csv, results.md, *.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
