@@ -1,0 +1,90 @@
+"""The study reproduction: config checks, and the tables and figures it writes from results rows."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from core.errors import MedRobustError
+from sweeps.reproduce import findings, load_study, result_row, write_results
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def at_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # study configs name training configs relative to the repository
+
+
+def test_shipped_study_configs_load():
+    for name in ("quick", "paper", "causes"):
+        study = load_study(REPO / "configs" / "study" / f"{name}.yaml")
+        assert {"erm", "pgd_at"} <= set(study.models)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["datasets=[]"], "at least one dataset"),
+    (["datasets=[{flag: nosuchmnist}]"], "nosuchmnist"),
+    (["constructions.d_magic={source: erm}"], "unknown construction 'd_magic'"),
+    (["constructions.d_rand={source: nobody}"], "must name one of the models"),
+    (["seeds=[]"], "seeds must be a non-empty list"),
+    (["bogus=1"], "unknown study key(s) bogus"),
+    (["models.erm.config=configs/missing.yaml"], "not found"),
+    (["datasets=[{flag: chestmnist}]"], "multi-label"),
+    (["seeds"], "key=value"),
+])
+def test_bad_study_configs_end_in_one_clear_error(overrides, message):
+    with pytest.raises(MedRobustError) as err:
+        load_study(REPO / "configs" / "study" / "quick.yaml", overrides)
+    assert message in str(err.value)
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    result = subprocess.run([sys.executable, "-m", "sweeps.reproduce", str(bad), "--out", str(tmp_path / "out")],
+                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "not valid YAML" in lines[0]
+    assert not (tmp_path / "out").exists()
+
+
+def _report(path: Path, clean: float, adv: dict, corr=None) -> str:
+    import json
+
+    report = {"clean": {"bacc": clean, "acc": clean},
+              "pgd": {label: {"bacc": v, "epsilon": e} for label, (e, v) in adv.items()}}
+    if corr:
+        report["corruptions"] = {"mean_bacc": sum(corr.values()) / len(corr), "mean_be": 1.0, "mean_rbe": 0.5,
+                                 "clean_bacc": clean, "clean_roundtrip_bacc": clean - 0.01, "corruption_bacc": corr}
+    path.write_text(json.dumps(report))
+    return str(path)
+
+
+def test_results_tables_findings_and_figures(tmp_path):
+    dataset = {"flag": "pneumoniamnist", "size": 28}
+    adv = {"1_255": (1 / 255, 0.6), "4_255": (4 / 255, 0.2)}
+    rows = [
+        result_row(dataset, "erm", "real", 0, {"report": _report(tmp_path / "e.json", 0.85, adv,
+                                                                  {"gaussian_noise": 0.80, "brightness_up": 0.70})}),
+        result_row(dataset, "pgd_at", "real", 0, {"report": _report(tmp_path / "a.json", 0.80, adv,
+                                                                     {"gaussian_noise": 0.79, "brightness_up": 0.78})}),
+        result_row(dataset, "d_rand", "constructed", 0, {"metrics": {"test/clean_bacc": 0.64}}),
+        result_row(dataset, "d_det", "constructed", 0, {"metrics": {"test/clean_bacc": 0.52}}),
+    ]
+    assert rows[0]["chance_bacc"] == 0.5 and rows[0]["adv_bacc@4_255"] == 0.2
+    assert rows[1]["corr_delta@brightness_up"] == pytest.approx(0.78 - 0.79)
+    write_results(rows, tmp_path)
+    with open(tmp_path / "results.csv") as handle:
+        assert [r["model"] for r in csv.DictReader(handle)] == ["erm", "pgd_at", "d_rand", "d_det"]
+    markdown = (tmp_path / "results.md").read_text()
+    assert "| d_rand | D_rand (nonrobust features only) | 0.640 |" in markdown
+    assert "| brightness_up | 0.700 | 0.780 | +0.080 |" in markdown
+    text = findings(rows)
+    assert "d_rand: test balanced accuracy 0.640 vs chance 0.500 (+0.140): finding 1 (nonrobust features generalise) holds" in text
+    assert "d_det: test balanced accuracy 0.520" in text and "does not hold" in text
+    assert "MedMNIST-C 0.750 -> 0.785 (+0.035): finding 2" in text and "holds" in text
+    for figure in ("constructed.png", "corruption.png", "robust_curve.png"):
+        assert (tmp_path / figure).stat().st_size > 1000
