@@ -324,7 +324,7 @@ def figures(rows: list[dict], out: Path) -> None:
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     models = _ordered_models(rows)
 
-    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(datasets) * max(1, len(models)) / 4, 3.6))
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.45 * len(datasets) * len(models)), 3.8))
     width = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
         means, sds = zip(*[_mean_sd([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d])
@@ -338,7 +338,7 @@ def figures(rows: list[dict], out: Path) -> None:
     ax.set_ylabel("test balanced accuracy")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Models trained on real and constructed training sets")
+    ax.set_title("Trained on real vs constructed sets")
     _save(fig, out / "constructed.png")
 
     corr = [r for r in rows if r.get("corr_bacc") is not None and r["model"] in ("erm", "pgd_at")]
