@@ -46,8 +46,12 @@ class SmallCNN(nn.Module):
             nn.Linear(128, num_classes),
         )
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The 128-d hidden layer after its ReLU: what the last linear layer reads."""
+        return self.head[:-1](self.features(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x))
+        return self.head[-1](self.penultimate(x))
 
 
 def _resnet(name: str, in_channels: int, num_classes: int, small_input: bool) -> nn.Module:
@@ -58,6 +62,44 @@ def _resnet(name: str, in_channels: int, num_classes: int, small_input: bool) ->
     elif in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
     return net
+
+
+def _resnet_penultimate(net: torchvision.models.ResNet, x: torch.Tensor) -> torch.Tensor:
+    """torchvision's ResNet forward up to the pooled, flattened vector that `fc` reads."""
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    x = net.layer4(net.layer3(net.layer2(net.layer1(x))))
+    return torch.flatten(net.avgpool(x), 1)
+
+
+def classifier_layer(model: nn.Module) -> nn.Linear:
+    """The last linear layer (features -> logits) of a `build_model` model."""
+    backbone = _backbone(model)
+    return backbone.head[-1] if isinstance(backbone, SmallCNN) else backbone.fc
+
+
+def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Penultimate-layer representation (N x D) of [0, 1] images for a `build_model` model (or a module
+    holding one as `.model`, like ERM): small_cnn's 128-d hidden layer, a ResNet's pooled vector before fc."""
+    normalize, backbone = _unpack(model)
+    x = normalize(x)
+    if isinstance(backbone, SmallCNN):
+        return backbone.penultimate(x)
+    return _resnet_penultimate(backbone, x)
+
+
+def _unpack(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(Normalize, backbone) of a `build_model` model, or a ConfigError naming what was given."""
+    inner = model if isinstance(model, nn.Sequential) else getattr(model, "model", None)
+    if (
+        isinstance(inner, nn.Sequential) and len(inner) == 2 and isinstance(inner[0], Normalize)
+        and isinstance(inner[1], (SmallCNN, torchvision.models.ResNet))
+    ):
+        return inner[0], inner[1]
+    raise ConfigError(f"features() needs a model from build_model (Normalize + backbone), got {type(model).__name__}")
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    return _unpack(model)[1]
 
 
 def build_model(

@@ -32,3 +32,37 @@ def test_bad_architecture_and_normalization():
         build_model("vgg", 1, 2)
     with pytest.raises(ConfigError, match="positive stds"):
         build_model("small_cnn", 1, 2, std=0.0)
+
+
+@pytest.mark.parametrize(
+    "arch,size,channels,dim",
+    [("small_cnn", 28, 1, 128), ("small_cnn", 32, 3, 128), ("resnet18_28", 28, 1, 512), ("resnet18", 32, 3, 512),
+     ("resnet50", 32, 1, 2048)],
+)
+def test_features_are_what_the_last_layer_reads(arch, size, channels, dim):
+    from lightning_modules.models import classifier_layer, features
+
+    torch.manual_seed(0)
+    model = build_model(arch, in_channels=channels, num_classes=3).eval()
+    x = torch.rand(2, channels, size, size)
+    with torch.no_grad():
+        z = features(model, x)
+        assert z.shape == (2, dim)
+        assert torch.allclose(classifier_layer(model)(z), model(x), atol=1e-5)
+    if arch == "small_cnn":
+        assert z.min() >= 0  # after the ReLU
+    x.requires_grad_(True)
+    (grad,) = torch.autograd.grad(features(model, x).square().sum(), x)
+    assert grad.abs().sum() > 0  # differentiable in the input: representation matching needs it
+
+
+def test_features_accept_a_module_holding_the_model_and_refuse_others():
+    from lightning_modules.erm import ERM
+    from lightning_modules.models import features
+
+    module = ERM(num_classes=2, in_channels=1).eval()
+    x = torch.rand(1, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(features(module, x), features(module.model, x))
+    with pytest.raises(ConfigError, match="needs a model from build_model"):
+        features(torch.nn.Linear(4, 2), x)
