@@ -21,32 +21,33 @@ import torch
 from core.errors import ConfigError, DataError
 from datamodules.info import BINARY, MULTILABEL, DatasetInfo
 from evaluation.scoring import predict as predict_probabilities
+from lightning_modules.metrics import BalancedAccuracy, MultilabelBalancedAccuracy
 
 DEFAULT_THRESHOLD = 0.5
 
 
-def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean recall over the classes present in `y_true` (sklearn's balanced_accuracy_score, not adjusted)."""
-    y_true, y_pred = np.asarray(y_true).ravel(), np.asarray(y_pred).ravel().astype(np.int64)
-    if y_true.shape != y_pred.shape or y_true.size == 0:
-        raise DataError(f"balanced accuracy needs equal, non-empty label arrays, got {y_true.shape} and {y_pred.shape}")
-    recalls = [np.mean(y_pred[y_true == label] == label) for label in np.unique(y_true)]
-    return float(np.mean(recalls))
-
-
 def task_balanced_accuracy(task: str, labels: np.ndarray, probabilities: np.ndarray,
                            threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> float:
-    """Balanced accuracy of `probabilities` (N x C) against MedMNIST `labels` (N x 1, or N x L multi-label)."""
+    """Balanced accuracy of `probabilities` (N x C) against MedMNIST `labels` (N x 1, or N x L multi-label), by
+    the project's one definition (lightning_modules.metrics): binary heads predict p1 > threshold (argmax at
+    0.5), multi-label heads p > threshold per label, multi-class and ordinal heads the argmax."""
     labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    if len(labels) != len(probabilities):
+    if len(labels) != len(probabilities) or len(labels) == 0:
         raise DataError(f"{len(probabilities)} predictions for {len(labels)} labels")
     if task == MULTILABEL:
         thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (labels.shape[1],))
-        return float(np.mean([balanced_accuracy(labels[:, i], probabilities[:, i] > thresholds[i])
-                              for i in range(labels.shape[1])]))
-    if task == BINARY:
-        return balanced_accuracy(labels, probabilities[:, -1] > float(threshold))
-    return balanced_accuracy(labels, np.argmax(probabilities, axis=-1))
+        metric = MultilabelBalancedAccuracy(labels.shape[1])
+        predictions = probabilities > thresholds
+    else:
+        metric = BalancedAccuracy(probabilities.shape[1])
+        if task == BINARY:
+            predictions = probabilities[:, -1] > float(threshold)
+        else:
+            predictions = np.argmax(probabilities, axis=-1)
+        labels = labels.reshape(len(labels), -1)[:, 0]
+    metric.update(torch.from_numpy(np.asarray(predictions, dtype=np.int64)),
+                  torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    return float(metric.compute())
 
 
 @dataclass(frozen=True)

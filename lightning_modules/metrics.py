@@ -1,4 +1,9 @@
-"""Task-aware metrics: balanced accuracy (the headline), accuracy and AUROC, from torchmetrics."""
+"""Task-aware metrics: balanced accuracy (the headline), accuracy and AUROC, from torchmetrics.
+
+Balanced accuracy has one definition everywhere (training logs, callbacks, MedMNIST-C scores): sklearn's
+`balanced_accuracy_score`, the mean recall over the classes PRESENT in the targets. torchmetrics' macro
+MulticlassAccuracy would count a class that is predicted but absent from the targets as recall 0.
+"""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,6 +14,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     MulticlassAccuracy,
     MulticlassAUROC,
+    MulticlassStatScores,
     MultilabelAccuracy,
     MultilabelAUROC,
     MultilabelStatScores,
@@ -19,17 +25,39 @@ from core.errors import ConfigError
 from datamodules.info import MULTILABEL
 
 
+def _present_class_mean(recalls: torch.Tensor, present: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Mean of `recalls` over the entries where `present` (classes seen in the targets); NaN if none was seen."""
+    present = present.to(recalls.dtype)
+    return (recalls.nan_to_num(0.0) * present).sum(dim) / present.sum(dim)
+
+
+class BalancedAccuracy(MulticlassStatScores):
+    """sklearn's balanced accuracy for single-label heads: mean of tp / (tp + fn) over the classes present in
+    the targets. Updates take N x C probabilities (argmax; for 2-logit softmax heads argmax == p1 > 0.5) or N
+    class predictions; the states are per-class sums, so DDP ranks and repeated updates merge exactly."""
+
+    def __init__(self, num_classes: int, **kwargs):
+        super().__init__(num_classes=num_classes, average=None, **kwargs)
+
+    def compute(self) -> torch.Tensor:
+        tp, _, _, fn = self._final_state()
+        support = tp + fn
+        return _present_class_mean(tp.double() / support, support > 0).float()
+
+
 class MultilabelBalancedAccuracy(MultilabelStatScores):
-    """Mean over labels of (sensitivity + specificity) / 2, as MedMNIST-C scores ChestMNIST."""
+    """Mean over labels of each label's balanced accuracy, as MedMNIST-C scores ChestMNIST: (sensitivity +
+    specificity) / 2, or only the one defined when a label has no positives (or no negatives) in the targets,
+    so each label follows the same present-classes definition as `BalancedAccuracy`."""
 
     def __init__(self, num_labels: int, threshold: float = 0.5, **kwargs):
         super().__init__(num_labels=num_labels, threshold=threshold, average=None, **kwargs)
 
     def compute(self) -> torch.Tensor:
         tp, fp, tn, fn = self._final_state()
-        sensitivity = tp / (tp + fn).clamp(min=1)
-        specificity = tn / (tn + fp).clamp(min=1)
-        return ((sensitivity + specificity) / 2).float().mean()
+        recalls = torch.stack([tp.double() / (tp + fn), tn.double() / (tn + fp)], dim=-1)
+        present = torch.stack([tp + fn > 0, tn + fp > 0], dim=-1)
+        return _present_class_mean(recalls, present).mean().float()
 
 
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
@@ -42,11 +70,10 @@ def make_metrics(task: str, num_classes: int) -> MetricCollection:
                 "auroc": MultilabelAUROC(num_classes, average="macro"),
             }
         )
-    # Binary heads have two logits, so one multi-class code path serves every single-label task;
-    # macro-averaged recall is balanced accuracy.
+    # Binary heads have two logits, so one multi-class code path serves every single-label task.
     return MetricCollection(
         {
-            "bacc": MulticlassAccuracy(num_classes, average="macro"),
+            "bacc": BalancedAccuracy(num_classes),
             "acc": MulticlassAccuracy(num_classes, average="micro"),
             "auroc": MulticlassAUROC(num_classes, average="macro"),
         }

@@ -1,8 +1,6 @@
 """MedMNIST-C scores: balanced accuracy as sklearn's, BE/rBE as medmnistc's Evaluator, batched model inference."""
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -11,7 +9,6 @@ from core.errors import ConfigError
 from datamodules.info import dataset_info
 from datamodules.medmnist_c import CorruptedTestSet, PROTOCOL_UPSAMPLE, SEVERITIES, corruption_names
 from evaluation.corruption_scores import (
-    balanced_accuracy,
     corruption_scores,
     format_table,
     scores_from_probabilities,
@@ -37,18 +34,6 @@ def _probabilities(flag: str, labels: np.ndarray, rng, signal: float) -> np.ndar
     return exp / exp.sum(1, keepdims=True)
 
 
-def test_balanced_accuracy_matches_sklearn():
-    sklearn_metrics = pytest.importorskip("sklearn.metrics")
-    rng = np.random.default_rng(0)
-    for trial in range(30):
-        n_true, n_pred = rng.integers(1, 6), rng.integers(1, 6)  # y_pred may hold classes absent from y_true
-        y_true, y_pred = rng.integers(0, n_true, 40), rng.integers(0, n_pred, 40)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # sklearn warns when y_pred holds classes absent from y_true
-            expected = sklearn_metrics.balanced_accuracy_score(y_true, y_pred)
-        assert balanced_accuracy(y_true, y_pred) == pytest.approx(expected, abs=1e-12), trial
-
-
 @pytest.mark.parametrize("flag,threshold", [
     ("breastmnist", 0.5), ("pneumoniamnist", 0.3), ("dermamnist", 0.5), ("retinamnist", 0.5), ("chestmnist", 0.5),
 ])
@@ -72,13 +57,13 @@ def test_be_and_rbe_match_medmnistc_evaluator(tmp_path, flag, threshold):
 
     ours = scores_from_probabilities(info, labels, clean, stacked, protocol=PROTOCOL_UPSAMPLE, size=28,
                                      threshold=threshold)
-    assert ours.clean_bacc == pytest.approx(1 - reference["metrics"]["clean_score"], abs=1e-12)
+    assert ours.clean_bacc == pytest.approx(1 - reference["metrics"]["clean_score"], abs=1e-6)  # torchmetrics returns float32
     for corruption in names:
-        assert ours.corruption_bacc[corruption] == pytest.approx(1 - reference["raw_scores"][corruption], abs=1e-12)
-        assert ours.be[corruption] == pytest.approx(reference["be_scores"][corruption], rel=1e-12)
-        assert ours.rbe[corruption] == pytest.approx(reference["rbe_scores"][corruption], rel=1e-12)
-    assert ours.mean_be == pytest.approx(reference["metrics"]["be"], rel=1e-12)
-    assert ours.mean_rbe == pytest.approx(reference["metrics"]["rbe"], rel=1e-12)
+        assert ours.corruption_bacc[corruption] == pytest.approx(1 - reference["raw_scores"][corruption], abs=1e-6)
+        assert ours.be[corruption] == pytest.approx(reference["be_scores"][corruption], rel=1e-5)
+        assert ours.rbe[corruption] == pytest.approx(reference["rbe_scores"][corruption], rel=1e-5)
+    assert ours.mean_be == pytest.approx(reference["metrics"]["be"], rel=1e-5)
+    assert ours.mean_rbe == pytest.approx(reference["metrics"]["rbe"], rel=1e-5)
     assert len(set(ours.be.values())) > 1  # the table is not degenerate
 
 
