@@ -157,6 +157,9 @@ class RobustnessCallback(Callback):
                 rank_zero_info(f"MedMNIST-C ({table.protocol}, {dm.flag} at {dm.size} px):\n{format_table(table)}")
                 for metric, value in (("bacc", table.mean_bacc), ("be", table.mean_be), ("rbe", table.mean_rbe)):
                     pl_module.log(metric_key("test", "corr", metric), value, rank_zero_only=True)
+                if table.roundtrip_bacc is not None:  # rBE's reference: clean images resampled like the corrupted
+                    pl_module.log(metric_key("test", "clean", "bacc", "roundtrip"), table.roundtrip_bacc,
+                                  rank_zero_only=True)
         report["seconds"] = round(time.time() - started, 1)
         for kind, section in (("adv", "pgd"), ("aa", "autoattack")):
             for scores in report[section].values():

@@ -3,12 +3,15 @@
 The formulas are the MedMNIST-C paper's (medmnistc's `Evaluator.populate_summary`): with balanced error
 e = 1 - balanced accuracy, averaged over the severities of corruption c,
     BE_c  = e_c / e_c(AlexNet)
-    rBE_c = (e_c - e_clean) / (e_c(AlexNet) - e_clean(AlexNet))
-and the mean BE / rBE average over corruptions. The AlexNet errors (`medmnistc.utils.baselines.BASELINES`) were
-measured on the native 224 px MedMNIST-C; under another protocol they are a fixed scale that keeps runs of the
-same protocol comparable, not a comparison with the published numbers. Predictions follow eval.py: binary tasks
-threshold the positive-class probability, multi-label tasks average the per-label balanced accuracy at a
-threshold per label, multi-class and ordinal tasks take the argmax.
+    rBE_c = (e_c - e_ref) / (e_c(AlexNet) - e_clean(AlexNet))
+and the mean BE / rBE average over corruptions. e_ref is the error on the clean test images resampled exactly as
+the corrupted ones (to 224 px and back, `rbe_reference: "roundtrip"`) under the resampling protocols
+(`upsample224-corrupt-box`, `official224-corrupt-box`), so rBE measures the corruption and not the resampling;
+under `native224` it is the clean error (`rbe_reference: "clean"`, medmnistc's own definition). The AlexNet errors
+(`medmnistc.utils.baselines.BASELINES`) were measured on the native 224 px MedMNIST-C; under another protocol they
+are a fixed scale that keeps runs of the same protocol comparable, not a comparison with the published numbers.
+Predictions follow eval.py: binary tasks threshold the positive-class probability, multi-label tasks average the
+per-label balanced accuracy at a threshold per label, multi-class and ordinal tasks take the argmax.
 """
 from __future__ import annotations
 
@@ -59,6 +62,8 @@ class CorruptionScores:
     size: int
     severities: tuple[int, ...]
     clean_bacc: float
+    roundtrip_bacc: float | None  # clean images resampled like the corrupted ones; None under native224
+    rbe_reference: str  # "roundtrip" or "clean": whose error rBE subtracts
     bacc: dict[str, tuple[float, ...]]
     corruption_bacc: dict[str, float]  # mean over severities
     be: dict[str, float]
@@ -83,14 +88,19 @@ def _alexnet(flag: str) -> dict:
 def scores_from_probabilities(info: DatasetInfo, labels: np.ndarray, clean_probabilities: np.ndarray,
                               corrupted_probabilities: Mapping[str, np.ndarray], *, protocol: str, size: int,
                               clean_labels: np.ndarray | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
-                              threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> CorruptionScores:
+                              threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
+                              roundtrip_probabilities: np.ndarray | None = None) -> CorruptionScores:
     """The table from probabilities: clean N x C, and per corruption (len(severities) * N) x C stacked
     severity-major (medmnistc's `Evaluator.evaluate` input); `labels` are MedMNIST's N x 1 or N x L, and
-    `clean_labels` default to them."""
+    `clean_labels` default to them. With `roundtrip_probabilities` (N x C, the round-tripped clean images,
+    scored against `labels`) rBE subtracts their error instead of the clean one."""
     labels = _as_2d(labels)
     n, baseline = len(labels), _alexnet(info.flag)
     clean_labels = labels if clean_labels is None else _as_2d(clean_labels)
     clean_bacc = task_balanced_accuracy(info.task, clean_labels, clean_probabilities, threshold)
+    roundtrip_bacc = None if roundtrip_probabilities is None else \
+        task_balanced_accuracy(info.task, labels, roundtrip_probabilities, threshold)
+    reference_bacc = clean_bacc if roundtrip_bacc is None else roundtrip_bacc
     bacc, be, rbe = {}, {}, {}
     for corruption, stacked in corrupted_probabilities.items():
         stacked = np.asarray(stacked)
@@ -102,9 +112,10 @@ def scores_from_probabilities(info: DatasetInfo, labels: np.ndarray, clean_proba
             raise ConfigError(f"medmnistc has no AlexNet error for {info.flag}/{corruption}")
         error, alexnet_error = 1.0 - float(np.mean(bacc[corruption])), baseline["raw_scores"][corruption]
         be[corruption] = error / alexnet_error
-        rbe[corruption] = (error - (1.0 - clean_bacc)) / (alexnet_error - baseline["clean_score"])
+        rbe[corruption] = (error - (1.0 - reference_bacc)) / (alexnet_error - baseline["clean_score"])
     corruption_bacc = {c: float(np.mean(v)) for c, v in bacc.items()}
-    return CorruptionScores(info.flag, protocol, int(size), tuple(severities), clean_bacc, bacc, corruption_bacc,
+    return CorruptionScores(info.flag, protocol, int(size), tuple(severities), clean_bacc, roundtrip_bacc,
+                            "clean" if roundtrip_bacc is None else "roundtrip", bacc, corruption_bacc,
                             be, rbe, float(np.mean(list(corruption_bacc.values()))),
                             float(np.mean(list(be.values()))), float(np.mean(list(rbe.values()))))
 
@@ -118,7 +129,8 @@ def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.
                       clean_labels: np.ndarray | torch.Tensor | None = None, batch_size: int = 512,
                       threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> CorruptionScores:
     """Score `model` (images in [0, 1] -> logits) on a `CorruptedTestSet`; the clean error comes from the set's own
-    clean images unless `clean_images`/`clean_labels` (uint8 N x C x H x W, MedMNIST N x L labels) are given."""
+    clean images unless `clean_images`/`clean_labels` (uint8 N x C x H x W, MedMNIST N x L labels) are given, and
+    rBE's reference from the set's round-tripped clean images when it has them."""
     info, labels = corrupted.info, corrupted.raw_labels
     clean = corrupted.clean_images() if clean_images is None else clean_images
     if clean_labels is not None:
@@ -128,11 +140,13 @@ def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.
         return predict_probabilities(model, images, info.task, info.num_classes, batch_size=batch_size).double().numpy()
 
     clean_probabilities = predict(clean)
+    roundtrip = corrupted.roundtrip_images()
     stacked = {c: np.concatenate([predict(corrupted.images_for(c, s)) for s in corrupted.severities])
                for c in corrupted.corruptions}
     return scores_from_probabilities(info, labels, clean_probabilities, stacked, clean_labels=clean_labels,
                                      protocol=corrupted.protocol, size=corrupted.size,
-                                     severities=corrupted.severities, threshold=threshold)
+                                     severities=corrupted.severities, threshold=threshold,
+                                     roundtrip_probabilities=None if roundtrip is None else predict(roundtrip))
 
 
 def format_table(result: CorruptionScores, digits: int = 3) -> str:
@@ -143,7 +157,10 @@ def format_table(result: CorruptionScores, digits: int = 3) -> str:
     head = f"{'corruption':<{name_width}}" + "".join(f"{h:>{digits + 4}}" for h in heads)
     lines = [
         f"MedMNIST-C {result.flag} {result.size}px, protocol {result.protocol}",
-        f"clean balanced accuracy {result.clean_bacc:.{digits}f}",
+        f"clean balanced accuracy {result.clean_bacc:.{digits}f}" + (
+            " (rBE reference)" if result.roundtrip_bacc is None else
+            f", round-tripped clean {result.roundtrip_bacc:.{digits}f} (rBE reference: resampled like the corrupted "
+            "images, not corrupted)"),
         head,
         "-" * len(head),
     ]

@@ -21,6 +21,8 @@ Cache layout (the MedMNIST-C one): ``{cache_root}/{flag}/{corruption}.npz`` at 2
 ``{cache_root}/{flag}_{size}/{corruption}.npz`` otherwise, with ``test_images`` (5*N images, severity-major),
 ``test_labels`` (5*N x L) and ``meta`` (a JSON string: protocol, size, seed, medmnistc version, a hash of the
 clean test set). A file whose metadata, shapes or labels disagree, or that cannot be read, is rebuilt.
+Under the resampling protocols ``clean_roundtrip.npz`` holds the clean test set resampled like the corrupted
+images without a corruption (``roundtrip``): the clean reference of rBE.
 
 Modules: ``corruptors`` (protocol constants, medmnistc registry access and fixes, seeding, one chunk's corruption),
 ``cache`` (cache paths, atomic writes, validated reads), ``dataset`` (``CorruptedTestSet``), ``builder`` (build
@@ -35,7 +37,7 @@ from .cli import main
 from .corruptors import (CORRUPTION_SIZE, MEDMNISTC_VERSION, PROTOCOL_NATIVE, PROTOCOL_OFFICIAL, PROTOCOL_UPSAMPLE,
                          SEEDING, SEVERITIES, SOURCES, MotionBlurCompat, chunk_seed, corrupt_chunk, corruption_names,
                          from_corruption_output, make_corruptor, protocol_for, resample_prebuilt,
-                         seeded_like_medmnistc, to_corruption_input)
+                         roundtrip, seeded_like_medmnistc, to_corruption_input)
 from .dataset import CorruptedTestSet
 
 __all__ = [
@@ -43,5 +45,5 @@ __all__ = [
     "MotionBlurCompat", "PROTOCOL_NATIVE", "PROTOCOL_OFFICIAL", "PROTOCOL_UPSAMPLE", "SEEDING", "SEVERITIES",
     "SOURCES", "StaleCache", "build", "cache_dir", "chunk_seed", "corrupt_chunk", "corruption_names",
     "from_corruption_output", "load_corrupted", "main", "make_corruptor", "protocol_for", "read_cache",
-    "resample_prebuilt", "seeded_like_medmnistc", "to_corruption_input", "write_cache",
+    "resample_prebuilt", "roundtrip", "seeded_like_medmnistc", "to_corruption_input", "write_cache",
 ]

@@ -22,8 +22,8 @@ from core.errors import ConfigError, DataError
 from ..info import DatasetInfo, check_size, dataset_info
 from ..npz import load_split, locate
 from .cache import CACHE_FORMAT, DEFAULT_CACHE, StaleCache, _tiled, cache_dir, read_cache, write_cache
-from .corruptors import (CORRUPTION_SIZE, MEDMNISTC_VERSION, SEEDING, SEVERITIES, corrupt_chunk, corruption_names,
-                         protocol_for, resample_prebuilt)
+from .corruptors import (CORRUPTION_SIZE, MEDMNISTC_VERSION, PROTOCOL_NATIVE, SEEDING, SEVERITIES, corrupt_chunk,
+                         corruption_names, protocol_for, resample_prebuilt, roundtrip)
 from .dataset import CorruptedTestSet
 
 log = logging.getLogger(__package__)  # "datamodules.medmnist_c", the name it logged under before the split
@@ -224,6 +224,32 @@ def _ensure(plan: _Plan, workers: int | None, progress: bool, keep: bool):
     return report, {name: arrays[name] for name in plan.corruptions} if keep else None
 
 
+ROUNDTRIP = "clean_roundtrip"  # cache file of the clean test set resampled like the corrupted images
+
+
+def _roundtrip_clean(plan: _Plan, root, verify: bool) -> np.ndarray | None:
+    """The clean test set resampled like the corrupted images (cached beside them); None under native224, and
+    for pre-built files when the official 224 px file they were made from is not in `root`."""
+    if plan.protocol == PROTOCOL_NATIVE:
+        return None
+    meta = {**plan.meta(ROUNDTRIP), "seed": None, "seeding": None, "severities": []}
+    try:
+        return read_cache(plan.path(ROUNDTRIP), meta, plan.image_shape, plan.clean_labels, copies=1)
+    except StaleCache:
+        pass
+    source = plan.corruption_input
+    if source is None:  # pre-built files were made from the official 224 px test images
+        try:
+            source, _ = load_split(locate(root, plan.info.flag, CORRUPTION_SIZE, verify=verify), "test", plan.info,
+                                   CORRUPTION_SIZE)
+        except DataError as why:
+            log.warning("no round-tripped clean reference for pre-built MedMNIST-C (rBE uses the clean set): %s", why)
+            return None
+    images = roundtrip(source, plan.size)
+    write_cache(plan.path(ROUNDTRIP), images, plan.clean_labels, meta)
+    return images
+
+
 def build(flag: str, size: int, root: str | os.PathLike, cache_root: str | os.PathLike = DEFAULT_CACHE, *,
           seed: int = 0, source: str = "upsample", prebuilt_root: str | os.PathLike | None = None,
           corruptions: Sequence[str] | None = None, workers: int | None = None, progress: bool = True,
@@ -242,4 +268,5 @@ def load_corrupted(flag: str, size: int, root: str | os.PathLike, cache_root: st
     _, arrays = _ensure(plan, workers, progress, keep=True)
     return CorruptedTestSet.from_arrays(plan.info, arrays, plan.clean_images, plan.clean_labels,
                                         protocol=plan.protocol, size=plan.size, as_rgb=as_rgb,
-                                        meta={k: v for k, v in plan.meta("").items() if k != "corruption"})
+                                        meta={k: v for k, v in plan.meta("").items() if k != "corruption"},
+                                        roundtrip_images=_roundtrip_clean(plan, root, verify))

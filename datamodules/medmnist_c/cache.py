@@ -37,8 +37,10 @@ def write_cache(path: Path, images: np.ndarray, labels: np.ndarray, meta: dict) 
         np.savez_compressed(handle, test_images=images, test_labels=labels, meta=np.array(json.dumps(meta)))
 
 
-def read_cache(path: Path, meta: dict, image_shape: tuple[int, ...], labels: np.ndarray) -> np.ndarray:
-    """`test_images` of a cache file that matches `meta`, the shapes and the 5x-tiled `labels`, else StaleCache."""
+def read_cache(path: Path, meta: dict, image_shape: tuple[int, ...], labels: np.ndarray,
+               copies: int = len(SEVERITIES)) -> np.ndarray:
+    """`test_images` of a cache file that matches `meta`, the shapes and the `copies`-tiled `labels` (one copy per
+    severity; 1 for the round-tripped clean set), else StaleCache."""
     try:
         with np.load(path) as npz:
             if set(npz.files) != {"test_images", "test_labels", "meta"}:
@@ -52,13 +54,13 @@ def read_cache(path: Path, meta: dict, image_shape: tuple[int, ...], labels: np.
         raise StaleCache("missing") from None
     except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as err:
         raise StaleCache(f"unreadable ({type(err).__name__}: {err})") from None
-    want = (len(SEVERITIES) * len(labels), *image_shape)
+    want = (copies * len(labels), *image_shape)
     if images.dtype != np.uint8 or images.shape != want:
         raise StaleCache(f"images {images.dtype} {images.shape}, expected uint8 {want}")
-    if stored_labels.shape != (want[0], labels.shape[1]) or not np.array_equal(stored_labels, _tiled(labels)):
+    if stored_labels.shape != (want[0], labels.shape[1]) or not np.array_equal(stored_labels, _tiled(labels, copies)):
         raise StaleCache("labels differ from the clean test set")
     return images
 
 
-def _tiled(labels: np.ndarray) -> np.ndarray:
-    return np.tile(labels, (len(SEVERITIES), 1))
+def _tiled(labels: np.ndarray, copies: int = len(SEVERITIES)) -> np.ndarray:
+    return np.tile(labels, (copies, 1))

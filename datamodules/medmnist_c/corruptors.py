@@ -151,6 +151,16 @@ def from_corruption_output(corrupted: np.ndarray, grey: bool, size: int) -> np.n
     return np.asarray(pil)
 
 
+def roundtrip(images: np.ndarray, size: int) -> np.ndarray:
+    """`images` (uint8 N x h x w [x 3]) resampled exactly as the corrupted ones are, without a corruption: the
+    clean reference of the resampling protocols, so BE/rBE do not mix resampling with corruption."""
+    grey = images.ndim == 3
+    out = np.empty((len(images), size, size) + (() if grey else (3,)), np.uint8)
+    for index, image in enumerate(images):
+        out[index] = from_corruption_output(np.asarray(to_corruption_input(image)), grey, size)
+    return out
+
+
 def corrupt_chunk(flag: str, corruption: str, severity: int, images: np.ndarray, seed: int, size: int) -> np.ndarray:
     """`images` (uint8 N x h x w [x 3], any size) under one (corruption, severity 1..5), as N x size x size [x 3]."""
     if severity not in SEVERITIES:

@@ -10,7 +10,7 @@ from torch.utils.data import Dataset
 from core.errors import ConfigError, DataError
 from ..info import MULTILABEL, DatasetInfo
 from ..tensors import channels_first_view
-from .corruptors import SEVERITIES
+from .corruptors import PROTOCOL_UPSAMPLE, SEVERITIES, roundtrip
 
 
 class CorruptedTestSet(Dataset):
@@ -23,14 +23,19 @@ class CorruptedTestSet(Dataset):
 
     def __init__(self, info: DatasetInfo, images: torch.Tensor, clean_images: torch.Tensor, labels: np.ndarray,
                  corruptions: Sequence[str], severities: Sequence[int], *, protocol: str, size: int,
-                 as_rgb: bool = False, meta: dict | None = None, image_index: np.ndarray | None = None):
+                 as_rgb: bool = False, meta: dict | None = None, image_index: np.ndarray | None = None,
+                 roundtrip_images: torch.Tensor | None = None):
         if images.shape[:3] != (len(corruptions), len(severities), len(labels)):
             raise DataError(f"corrupted images {tuple(images.shape)} do not fit {len(corruptions)} corruptions x "
                             f"{len(severities)} severities x {len(labels)} labels")
         self.info, self.protocol, self.size, self.as_rgb = info, protocol, size, as_rgb
         self.corruptions, self.severities = tuple(corruptions), tuple(severities)
         self.meta = dict(meta or {})
+        if roundtrip_images is not None and roundtrip_images.shape != clean_images.shape:
+            raise DataError(f"round-tripped clean images {tuple(roundtrip_images.shape)} do not fit the clean ones "
+                            f"{tuple(clean_images.shape)}")
         self._images, self._clean, self._raw_labels = images, clean_images, labels
+        self._roundtrip = roundtrip_images
         #: position of each image in the full test split (a subset keeps the original positions)
         self.image_index = np.arange(len(labels)) if image_index is None else np.asarray(image_index)
         raw = torch.from_numpy(np.ascontiguousarray(labels))
@@ -39,8 +44,9 @@ class CorruptedTestSet(Dataset):
     @classmethod
     def from_arrays(cls, info: DatasetInfo, corrupted: dict[str, np.ndarray], clean_images: np.ndarray,
                     labels: np.ndarray, *, protocol: str, size: int, as_rgb: bool = False,
-                    meta: dict | None = None) -> "CorruptedTestSet":
-        """From {corruption: 5N x H x W [x 3] uint8} in the MedMNIST-C layout and the clean test split."""
+                    meta: dict | None = None, roundtrip_images: np.ndarray | None = None) -> "CorruptedTestSet":
+        """From {corruption: 5N x H x W [x 3] uint8} in the MedMNIST-C layout and the clean test split; under
+        `upsample224-corrupt-box` the round-tripped clean images are made from the clean ones unless given."""
         n, rgb = len(labels), info.n_channels == 3
         side = clean_images.shape[1]
         images = torch.empty((len(corrupted), len(SEVERITIES), n, info.n_channels, side, side), dtype=torch.uint8)
@@ -48,8 +54,13 @@ class CorruptedTestSet(Dataset):
             severity_major = torch.from_numpy(stacked).reshape(len(SEVERITIES), n, *stacked.shape[1:])
             images[k] = channels_first_view(severity_major, rgb)
         clean = channels_first_view(torch.from_numpy(np.ascontiguousarray(clean_images)), rgb).contiguous()
-        return cls(info, images, clean, labels, list(corrupted),
-                   SEVERITIES, protocol=protocol, size=size, as_rgb=as_rgb, meta=meta)
+        if roundtrip_images is None and protocol == PROTOCOL_UPSAMPLE:
+            roundtrip_images = roundtrip(clean_images, size)
+        if roundtrip_images is not None:
+            roundtrip_images = channels_first_view(torch.from_numpy(np.ascontiguousarray(roundtrip_images)),
+                                                   rgb).contiguous()
+        return cls(info, images, clean, labels, list(corrupted), SEVERITIES, protocol=protocol, size=size,
+                   as_rgb=as_rgb, meta=meta, roundtrip_images=roundtrip_images)
 
     @property
     def raw_labels(self) -> np.ndarray:
@@ -88,6 +99,11 @@ class CorruptedTestSet(Dataset):
         """uint8 N x C x H x W clean test images the corrupted ones were made from."""
         return self._rgb(self._clean)
 
+    def roundtrip_images(self) -> torch.Tensor | None:
+        """uint8 N x C x H x W clean test images resampled like the corrupted ones (to 224 px and back), the
+        reference of rBE under the resampling protocols; None under native224 (no resampling)."""
+        return None if self._roundtrip is None else self._rgb(self._roundtrip)
+
     def subset(self, n: int | None = None, corruptions: int | Sequence[str] | None = None,
                severities: int | Sequence[int] | None = None, seed: int = 0) -> "CorruptedTestSet":
         """A fixed, seeded subset (e.g. for per-epoch evaluation): `n` test images, some corruptions (names or
@@ -108,7 +124,8 @@ class CorruptedTestSet(Dataset):
                                 [self.corruptions[k] for k in keep_k], [self.severities[s] for s in keep_s],
                                 protocol=self.protocol, size=self.size, as_rgb=self.as_rgb,
                                 meta={**self.meta, "subset": {"n": n, "seed": seed}},
-                                image_index=self.image_index[keep_n])
+                                image_index=self.image_index[keep_n],
+                                roundtrip_images=None if self._roundtrip is None else self._roundtrip[index[2]])
 
     def _rgb(self, images: torch.Tensor) -> torch.Tensor:
         if self.as_rgb and images.shape[-3] == 1:

@@ -104,19 +104,20 @@ def test_scores_run_the_model_in_eval_mode_batched():
     model = _Model(3, 2).train()
     result = corruption_scores(model, corrupted, batch_size=7)
     assert model.training and all(p.grad is None for p in model.parameters())
-    assert model.calls == (1 + 3 * 5) * 5  # ceil(30 / 7) batches for the clean set and every chunk
+    assert model.calls == (2 + 3 * 5) * 5  # ceil(30 / 7) batches for the clean, round-tripped clean and every chunk
 
     model.eval()
     with torch.no_grad():
         def probs(images):
             return torch.softmax(model(images.float() / 255), 1).double().numpy()
 
-        clean = probs(corrupted.clean_images())
+        clean, resampled = probs(corrupted.clean_images()), probs(corrupted.roundtrip_images())
         stacked = {c: np.concatenate([probs(corrupted.images_for(c, s)) for s in SEVERITIES])
                    for c in corrupted.corruptions}
     expected = scores_from_probabilities(corrupted.info, corrupted.raw_labels, clean, stacked,
-                                         protocol=PROTOCOL_UPSAMPLE, size=28)
-    assert result == expected
+                                         protocol=PROTOCOL_UPSAMPLE, size=28,
+                                         roundtrip_probabilities=resampled)
+    assert result == expected and result.rbe_reference == "roundtrip"
     assert result.protocol == PROTOCOL_UPSAMPLE and tuple(result.bacc) == corrupted.corruptions
 
 
@@ -157,3 +158,62 @@ def test_format_table_lists_every_corruption_and_the_means():
         assert f"{result.be[corruption]:.3f}" in row and f"{result.rbe[corruption]:.3f}" in row
     assert lines[-1].startswith("mean") and f"{result.mean_be:.3f}" in lines[-1]
     assert task_balanced_accuracy("multiclass", corrupted.raw_labels, np.eye(7)[corrupted.raw_labels[:, 0]]) == 1.0
+
+
+# ---------------------------------------------------------------- the round-tripped clean reference of rBE
+
+
+def test_rbe_is_measured_from_the_round_tripped_clean_images():
+    """Corrupted images that are only the round trip (no corruption) have rBE exactly 0, whatever the clean score."""
+    from datamodules.medmnist_c import roundtrip
+
+    info, rng = dataset_info("breastmnist"), np.random.default_rng(9)
+    labels = _labels("breastmnist", 40, rng)
+    clean = rng.integers(0, 256, (40, 28, 28), dtype=np.uint8)
+    resampled = roundtrip(clean, 28)
+    assert not np.array_equal(resampled, clean)  # bicubic up, BOX down is not the identity
+    corrupted = CorruptedTestSet.from_arrays(info, {c: np.tile(resampled, (5, 1, 1)) for c in corruption_names(
+        "breastmnist")[:2]}, clean, labels, protocol=PROTOCOL_UPSAMPLE, size=28)
+    np.testing.assert_array_equal(corrupted.roundtrip_images()[:, 0].numpy(), resampled)
+    result = corruption_scores(_Model(1, 2), corrupted)
+    assert result.rbe_reference == "roundtrip" and result.roundtrip_bacc == result.mean_bacc
+    assert result.clean_bacc != result.roundtrip_bacc  # the model sees the resampling: a clean reference would not do
+    assert all(value == 0.0 for value in result.rbe.values())
+    assert "round-tripped clean" in format_table(result)
+    assert corrupted.subset(n=10, seed=1).roundtrip_images().shape == (10, 1, 28, 28)
+
+
+def test_load_corrupted_builds_and_caches_the_round_trip(tmp_path, monkeypatch):
+    from PIL import Image
+
+    import datamodules.medmnist_c.builder as builder
+    from datamodules.medmnist_c import PROTOCOL_OFFICIAL, load_corrupted
+    from datamodules.npz import load_split
+    from datamodules.synthetic import write_synthetic_npz
+
+    info = dataset_info("pneumoniamnist")
+    write_synthetic_npz(tmp_path / "data", "pneumoniamnist", 28, n_train=4, n_val=4, n_test=6)
+    write_synthetic_npz(tmp_path / "data", "pneumoniamnist", 224, n_train=4, n_val=4, n_test=6)
+    kwargs = dict(corruptions=["brightness_up"], workers=1, progress=False, verify=False)
+    corrupted = load_corrupted("pneumoniamnist", 28, tmp_path / "data", tmp_path / "cache", **kwargs)
+    clean, _ = load_split(tmp_path / "data" / "pneumoniamnist.npz", "test", info, 28)
+    expected = np.stack([np.asarray(Image.fromarray(x).resize((224, 224), Image.Resampling.BICUBIC).convert("RGB")
+                                    .convert("L").resize((28, 28), Image.Resampling.BOX)) for x in clean])
+    np.testing.assert_array_equal(corrupted.roundtrip_images()[:, 0].numpy(), expected)
+    assert (tmp_path / "cache" / "pneumoniamnist" / "clean_roundtrip.npz").exists()
+
+    def refuse(*args):
+        raise AssertionError("the round trip was recomputed instead of read from the cache")
+
+    monkeypatch.setattr(builder, "roundtrip", refuse)
+    again = load_corrupted("pneumoniamnist", 28, tmp_path / "data", tmp_path / "cache", **kwargs)
+    assert torch.equal(again.roundtrip_images(), corrupted.roundtrip_images())
+    monkeypatch.undo()
+
+    # official224-corrupt-box: the corrupted images come from the 224 px file, so does the reference
+    official = load_corrupted("pneumoniamnist", 28, tmp_path / "data", tmp_path / "official", source="official224",
+                              **kwargs)
+    images_224, _ = load_split(tmp_path / "data" / "pneumoniamnist_224.npz", "test", info, 224)
+    boxed = np.stack([np.asarray(Image.fromarray(x).resize((28, 28), Image.Resampling.BOX)) for x in images_224])
+    assert official.protocol == PROTOCOL_OFFICIAL
+    np.testing.assert_array_equal(official.roundtrip_images()[:, 0].numpy(), boxed)
