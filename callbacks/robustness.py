@@ -76,8 +76,8 @@ class RobustnessCallback(Callback):
             corruption_epoch: log `val/corr_bacc` (and per corruption) each check, on
                 `corruption_val_samples` validation images under `corruptions` (default: all of the
                 dataset's MedMNIST-C corruptions) at `corruption_severities`.
-            corruption_report: add the full MedMNIST-C table (balanced accuracy, BE, rBE) to the test
-                report; corrupted test sets are cached in `corruption_cache`.
+            corruption_report: add the MedMNIST-C table (balanced accuracy, BE, rBE over all severities of
+                the `corruptions`) to the test report; corrupted test sets are cached in `corruption_cache`.
         """
         super().__init__()
         self.norm = parse_norm(norm)

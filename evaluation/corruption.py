@@ -66,9 +66,10 @@ class CorruptionEvaluation:
         return logged
 
     def test_table(self, pl_module, dm) -> CorruptionScores:
-        """Balanced accuracy per corruption and severity, BE and rBE on the whole MedMNIST-C test set."""
+        """Balanced accuracy per corruption (the chosen ones; default all) and severity, BE and rBE on the whole
+        MedMNIST-C test set."""
         corrupted = load_corrupted(
             dm.flag, dm.size, dm.root, self.cache, seed=self.seed, as_rgb=dm.hparams.as_rgb,
-            workers=self.workers, verify=dm.hparams.verify_md5,
+            corruptions=self.corruptions, workers=self.workers, verify=dm.hparams.verify_md5,
         )
         return corruption_scores(pl_module, corrupted)
