@@ -1,5 +1,5 @@
-"""Throughput of one training epoch's data path on PneumoniaMNIST: medrobust's DataModule vs the
-common torchvision baseline (`medmnist.PneumoniaMNIST` + ToTensor + Normalize, per-sample PIL).
+"""Throughput of one training epoch's data path (PneumoniaMNIST by default, any 2D flag with --flag): medrobust's
+DataModule vs the common torchvision baseline (`medmnist.PneumoniaMNIST` + ToTensor + Normalize, per-sample PIL).
 
 (a) MedMNISTDataModule train loader (in-memory uint8 tensors, one index op per batch) followed by
     `on_after_batch_transfer` (uint8 -> [0, 1] floats, random flip + crop), as Lightning runs it.
@@ -24,13 +24,14 @@ from bench.common import (
 VARIANTS = ("medrobust", "torchvision")
 LABELS = {
     "medrobust": "(a) MedMNISTDataModule + on_after_batch_transfer (augment)",
-    "torchvision": "(b) medmnist.PneumoniaMNIST + ToTensor/Normalize, PIL per sample",
+    "torchvision": "(b) medmnist.<Flag>MNIST + ToTensor/Normalize, PIL per sample",
 }
 
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0], epilog="Example: python bench/data_loading.py --repeats 5 --json runs/bench/data_loading.json")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with <flag>.npz (default: %(default)s)")
+    parser.add_argument("--flag", default="pneumoniamnist", help="MedMNIST dataset at 28 px (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch for both loaders (default: %(default)s, the DataModule's)")
     parser.add_argument("--repeats", type=positive_int, default=5, help="timed epochs per variant; the median is reported (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant first (default: %(default)s)")
@@ -48,8 +49,11 @@ def parse_args(argv=None):
         args.threads = [torch.get_num_threads()]
     if args.warmup < 0:
         parser.error(f"--warmup must be >= 0, got {args.warmup}")
-    if not (Path(args.root) / "pneumoniamnist.npz").is_file():
-        raise BenchError(f"{Path(args.root) / 'pneumoniamnist.npz'} not found (pass --root)")
+    from datamodules.info import dataset_info
+
+    args.flag = dataset_info(args.flag).flag  # an unknown flag is a ConfigError: one line, exit 2
+    if not (Path(args.root) / f"{args.flag}.npz").is_file():
+        raise BenchError(f"{Path(args.root) / f'{args.flag}.npz'} not found (pass --root)")
     return args
 
 
@@ -61,7 +65,7 @@ def build(variant: str, args):
     if variant == "medrobust":
         from datamodules.medmnist import MedMNISTDataModule
 
-        dm = MedMNISTDataModule("pneumoniamnist", 28, root=args.root, verify_md5=args.verify_md5,
+        dm = MedMNISTDataModule(args.flag, 28, root=args.root, verify_md5=args.verify_md5,
                                 batch_size=args.batch_size, augment=True)
         dm.setup("fit")
         dm.trainer = SimpleNamespace(training=True)  # what on_after_batch_transfer reads to augment
@@ -76,8 +80,9 @@ def build(variant: str, args):
     import medmnist
     from torchvision import transforms
 
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5], std=[0.5])])
-    dataset = medmnist.PneumoniaMNIST(split="train", root=args.root, transform=transform)
+    channels = medmnist.INFO[args.flag]["n_channels"]
+    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5] * channels, std=[0.5] * channels)])
+    dataset = getattr(medmnist, medmnist.INFO[args.flag]["python_class"])(split="train", root=args.root, transform=transform)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0), (lambda batch: batch)
 
 
@@ -131,7 +136,7 @@ def measure(args) -> dict:
         })
     return {
         "benchmark": "data_loading",
-        "dataset": {"flag": "pneumoniamnist", "size": 28, "split": "train", "root": args.root},
+        "dataset": {"flag": args.flag, "size": 28, "split": "train", "root": args.root},
         "settings": {"batch_size": args.batch_size, "repeats": args.repeats, "warmup": args.warmup,
                      "batches": args.batches, "seed": args.seed, "num_workers": 0, "threads": args.threads},
         "images_per_epoch": images,
@@ -143,7 +148,7 @@ def measure(args) -> dict:
 def main(argv=None) -> int:
     args = parse_args(argv)
     scope = f"first {args.batches} batches" if args.batches else "one full epoch"
-    print(f"data path on PneumoniaMNIST 28 px train, batch {args.batch_size}, {scope}, torch threads "
+    print(f"data path on {args.flag} 28 px train, batch {args.batch_size}, {scope}, torch threads "
           f"{', '.join(map(str, args.threads))}; {args.warmup} warm-up + {args.repeats} timed repeats, interleaved")
     result = measure(args)
     rows = []
