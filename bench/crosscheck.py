@@ -117,53 +117,39 @@ def make_attack(model, norm: str, eps: float, args):
     return cls(model, eps=eps, alpha=args.alpha_factor * eps / args.steps, steps=args.steps, random_start=True)
 
 
-def attack_batch(model, attack, x, y, restarts: int):
-    """Per example, the first restart that fools the model (the last restart's image if none does)."""
+def restarted(model, attack, restarts: int):
+    """torchattacks' `attack` as an evaluation.scoring attack with `restarts` random restarts: per example, the
+    first restart that fools the model (the last restart's image if none does)."""
     import torch
 
-    kept, fooled = None, torch.zeros(len(y), dtype=torch.bool, device=y.device)
-    for _ in range(restarts):
-        x_adv = attack(x, y)
-        with torch.no_grad():
-            wrong = model(x_adv).argmax(1) != y
-        if kept is None:
-            kept = x_adv
-        else:
-            kept[~fooled] = x_adv[~fooled]  # fooled examples keep their success; the rest take this restart
-        fooled |= wrong
-        if fooled.all():
-            break
-    return kept
+    def run(x, y):
+        kept, fooled = None, torch.zeros(len(y), dtype=torch.bool, device=y.device)
+        for _ in range(restarts):
+            x_adv = attack(x, y)
+            with torch.no_grad():
+                wrong = model(x_adv).argmax(1) != y
+            if kept is None:
+                kept = x_adv
+            else:
+                kept[~fooled] = x_adv[~fooled]  # fooled examples keep their success; the rest take this restart
+            fooled |= wrong
+            if fooled.all():
+                break
+        return kept
+
+    return run
 
 
-def score(model, test, task: str, num_classes: int, device, batch_size: int, attack=None, restarts=1, desc=None) -> dict:
-    """{'bacc', 'acc', 'auroc'} from lightning_modules.metrics.make_metrics, attacked batch by batch if asked."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from lightning_modules.metrics import make_metrics, probabilities
-
-    metrics = make_metrics(task, num_classes).to(device)
-    starts = range(0, len(test), batch_size)
-    for start in tqdm(starts, desc=desc, leave=False, disable=desc is None):
-        x = test.images[start : start + batch_size].to(device).float() / 255
-        y = test.targets[start : start + batch_size].to(device)
-        if attack is not None:
-            x = attack_batch(model, attack, x, y, restarts)
-        with torch.no_grad():
-            metrics.update(probabilities(model(x).float(), task), y)
-    return {name: float(value) for name, value in metrics.compute().items()}
-
-
-def compare(report: dict, model, test, args, device) -> tuple[dict, list[dict]]:
+def compare(report: dict, model, test, args) -> tuple[dict, list[dict]]:
     """Clean scores and, per epsilon, the report's robust bacc beside torchattacks'."""
     import torch
 
     from attacks.threat_model import epsilon_label, format_epsilon
+    from evaluation.scoring import evaluate
 
     task, num_classes = report["dataset"]["task"], int(model.hparams.num_classes)
     norm = report["threat_model"]["norm"]
-    clean = score(model, test, task, num_classes, device, args.batch_size, desc="clean")
+    clean = evaluate(model, test.images, test.targets, task, num_classes, batch_size=args.batch_size, progress="clean")
     rows = []
     for eps in report["threat_model"]["epsilons"]:
         label = epsilon_label(eps)
@@ -175,9 +161,9 @@ def compare(report: dict, model, test, args, device) -> tuple[dict, list[dict]]:
         candidates = [v for v in (pgd, aa if aa_full else None) if v is not None]
         reference = min(candidates) if candidates else None
         torch.manual_seed(args.seed)
-        attack = make_attack(model, norm, eps, args)
-        ours = score(model, test, task, num_classes, device, args.batch_size, attack, args.restarts,
-                     desc=f"torchattacks PGD-{args.steps}x{args.restarts} eps={format_epsilon(eps)}")
+        attack = restarted(model, make_attack(model, norm, eps, args), args.restarts)
+        ours = evaluate(model, test.images, test.targets, task, num_classes, attack=attack, batch_size=args.batch_size,
+                        progress=f"torchattacks PGD-{args.steps}x{args.restarts} eps={format_epsilon(eps)}")
         diff = None if reference is None else ours["bacc"] - reference
         rows.append({
             "epsilon": eps, "label": label, "report_pgd_bacc": pgd, "report_autoattack_bacc": aa,
@@ -211,7 +197,7 @@ def main(argv=None) -> int:
           f"{report['threat_model']['norm']} PGD-{args.steps} x {args.restarts} restarts (torchattacks), "
           f"tolerance {args.tolerance}", flush=True)
 
-    clean, rows = compare(report, model, test, args, device)
+    clean, rows = compare(report, model, test, args)
     report_clean = (report.get("clean") or {}).get("bacc")
     print()
     print(f"clean bacc: report {'-' if report_clean is None else f'{report_clean:.4f}'}, here {clean['bacc']:.4f}")
