@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from core.checks import positive_int
 from core.errors import ConfigError
 from datamodules.info import MULTILABEL
-from attacks.gradient import FGSM, PGD
+from attacks.gradient import FGSM, PGD, attack_mode
 from attacks.threat_model import parse_epsilon, parse_norm
 from .erm import ERM
 from .metrics import probabilities
@@ -103,10 +103,8 @@ class TRADES(_PGDTraining):
         self.beta = beta
 
     def training_loss(self, x, y):
-        with torch.no_grad():  # the reference the attack moves away from, in eval mode as in the paper
-            was_training = self.training
-            clean_reference = self.eval()(x)
-            self.train(was_training)
+        with attack_mode(self.model), torch.no_grad():  # the attack's reference, in eval mode as in the paper
+            clean_reference = self(x)
         x_adv = self.inner_attack(x, clean_reference, loss=lambda adv, ref: trades_divergence(adv, ref, self.task))
         logits = self(x)
         robust = trades_divergence(self(x_adv), logits, self.task).mean()
@@ -156,9 +154,11 @@ class FGSMRS(AdversarialTraining):
         if self._guard_batch is None or self.current_epsilon() == 0:
             return
         x, y = self._guard_batch
-        x_adv = PGD(self.model, self.current_epsilon(), steps=self.guard_steps, norm=self.norm, seed=0)(x, y)
-        with torch.no_grad():
-            accuracy = _accuracy(self(x_adv), y, self.task)
+        # attacked and scored in eval mode: the guard must not move BatchNorm's running statistics
+        with attack_mode(self.model):
+            x_adv = PGD(self.model, self.current_epsilon(), steps=self.guard_steps, norm=self.norm, seed=0)(x, y)
+            with torch.no_grad():
+                accuracy = _accuracy(self(x_adv), y, self.task)
         self.log("train/guard_adv_acc", accuracy, on_epoch=True)
         if accuracy >= self._best_guard:
             self._best_guard = accuracy

@@ -9,6 +9,8 @@ from core.errors import ConfigError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.adversarial import FGSMRS, PGDAT, TRADES, trades_divergence
 from lightning_modules.erm import ERM
+from lightning_modules.models import classifier_layer
+from attacks.gradient import PGD
 
 
 def _batch(n=32, seed=0):
@@ -63,28 +65,70 @@ def test_warmup_grows_epsilon_linearly():
     assert values == pytest.approx([0.01, 0.02, 0.03, 0.03])
 
 
-class _PretendBestGuard(Callback):
-    """Before the guard runs at the end of epoch 1, pretend the best guard accuracy was perfect."""
+class _CollapseAtEpoch(Callback):
+    """Snapshots the weights the guard saw at the end of epoch 0, then damages the model at the end of
+    `epoch` (callbacks run before the module's hook, so the guard scores the damaged weights)."""
+
+    def __init__(self, epoch: int = 1):
+        self.epoch, self.snapshot, self.damaged = epoch, None, None
+
+    def on_train_epoch_start(self, trainer, module):
+        if trainer.current_epoch == 1:
+            self.snapshot = copy.deepcopy(module.model.state_dict())
 
     def on_train_epoch_end(self, trainer, module):
-        if trainer.current_epoch == 1:
-            module._best_guard = 1.0
-            module._best_state = copy.deepcopy(module.model.state_dict())
-            self.saved = copy.deepcopy(module._best_state)
+        if trainer.current_epoch == self.epoch:
+            head = classifier_layer(module.model)
+            with torch.no_grad():  # flipped logits: what the model got right it now gets wrong
+                head.weight.neg_()
+                head.bias.neg_()
+            self.damaged = copy.deepcopy(module.model.state_dict())
 
 
-def test_fgsm_rs_guard_rolls_back_and_stops_on_collapse(synthetic_root):
-    root = synthetic_root("breastmnist", n_train=64)
-    dm = MedMNISTDataModule("breastmnist", root=str(root), verify_md5=False, batch_size=32)
-    # at epsilon 0.5 PGD breaks any model: guard accuracy falls far below the pretended 1.0
-    module = FGSMRS(epsilon=0.5, guard_drop=0.2, lr=0.01)
-    spy = _PretendBestGuard()
-    trainer = L.Trainer(max_epochs=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[spy], limit_val_batches=0)
+def _fit_fgsm_rs(root, callbacks=(), max_epochs=2, **kwargs):
+    L.seed_everything(0)
+    dm = MedMNISTDataModule("breastmnist", root=str(root), verify_md5=False, batch_size=32, augment=False)
+    module = FGSMRS(lr=3e-3, guard_samples=64, guard_steps=3, **kwargs)
+    trainer = L.Trainer(max_epochs=max_epochs, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=list(callbacks), limit_val_batches=0)
     trainer.fit(module, datamodule=dm)
+    return trainer, module
+
+
+def test_fgsm_rs_guard_restores_the_best_weights_exactly_and_stops_on_collapse(synthetic_root):
+    root = synthetic_root("breastmnist", n_train=128)
+    collapse = _CollapseAtEpoch(epoch=1)
+    trainer, module = _fit_fgsm_rs(root, [collapse], max_epochs=5, epsilon="2/255", guard_drop=0.2)
     assert trainer.current_epoch == 2  # stopped after epoch index 1 instead of running 5 epochs
-    for name, value in module.model.state_dict().items():
-        assert torch.equal(value, spy.saved[name]), name
+    assert trainer.callback_metrics["train/catastrophic_overfitting"] == 1.0
+    restored = module.model.state_dict()
+    assert any(not torch.equal(collapse.damaged[k], restored[k]) for k in restored)
+    for name, value in restored.items():  # weights and BatchNorm statistics, bit for bit
+        assert torch.equal(value, collapse.snapshot[name]), name
+
+
+def test_fgsm_rs_guard_scores_in_eval_mode_without_moving_batchnorm_statistics(synthetic_root):
+    module = FGSMRS(epsilon="8/255", guard_samples=16, guard_steps=2)
+    module._guard_batch = _batch(16)
+    module.train()
+
+    class FakeTrainer:  # the guard reads the epoch (for epsilon) and may set should_stop
+        current_epoch, should_stop = 0, False
+
+    module._trainer = FakeTrainer()
+    module.log = lambda *args, **kwargs: None
+    before = copy.deepcopy(module.model.state_dict())
+    modes = [m.training for m in module.modules()]
+    module.on_train_epoch_end()
+    for name, value in module.model.state_dict().items():  # running_mean/var and num_batches_tracked included
+        assert torch.equal(value, before[name]), name
+    assert [m.training for m in module.modules()] == modes
+    # the score is the eval-mode accuracy on the guard's own PGD examples
+    x, y = module._guard_batch
+    x_adv = PGD(module.model, 8 / 255, steps=2, seed=0)(x, y)
+    with torch.no_grad():
+        expected = (module.model.eval()(x_adv).argmax(1) == y).float().mean().item()
+    assert module._best_guard == expected
 
 
 def test_fgsm_rs_guard_does_not_stop_healthy_training(synthetic_root):
