@@ -6,6 +6,7 @@ Built on LightningCLI, so every config key can be overridden on the command line
 """
 from __future__ import annotations
 
+import csv
 import os
 import sys
 from dataclasses import dataclass, field
@@ -21,13 +22,18 @@ from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
 
 
-def wandb_logger(project: str, save_dir: str, name: str | None) -> Logger:
-    """A W&B logger, offline unless an API key is configured (no network is needed to train)."""
+def wandb_logger(project: str, save_dir: str, name: str | None, group: str | None = None) -> Logger:
+    """A W&B logger, offline unless an API key is configured (no network is needed to train); `group`
+    gathers runs (a sweep's trials) under one name."""
     from lightning.pytorch.loggers import WandbLogger
 
+    return WandbLogger(project=project, save_dir=save_dir, name=name, group=group, mode=wandb_mode())
+
+
+def wandb_mode() -> str:
+    """WANDB_MODE when set, else online with an API key and offline without."""
     has_key = bool(os.environ.get("WANDB_API_KEY")) or "api.wandb.ai" in _read(Path.home() / ".netrc")
-    mode = os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
-    return WandbLogger(project=project, save_dir=save_dir, name=name, mode=mode)
+    return os.environ.get("WANDB_MODE") or ("online" if has_key else "offline")
 
 
 def _read(path: Path) -> str:
@@ -55,6 +61,7 @@ class MedRobustCLI(LightningCLI):
         )
         parser.add_argument("--wandb", type=bool, default=False, help="Also log to Weights & Biases.")
         parser.add_argument("--wandb_project", type=str, default="medrobust")
+        parser.add_argument("--wandb_group", type=str | None, default=None, help="W&B group (a sweep's study name).")
         parser.add_argument("--run_name", type=str | None, default=None, help="Name in W&B (default: the run folder).")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Test the best checkpoint after fit.")
 
@@ -70,7 +77,8 @@ class MedRobustCLI(LightningCLI):
             root = config.trainer.default_root_dir
             loggers: list[Logger] = [CSVLogger(root, name="csv")]
             if config.get("wandb"):
-                loggers.append(wandb_logger(config.wandb_project, root, config.run_name or Path(root).name))
+                loggers.append(wandb_logger(config.wandb_project, root, config.run_name or Path(root).name,
+                                            config.get("wandb_group")))
             kwargs["logger"] = loggers
         return super().instantiate_trainer(**kwargs)
 
@@ -128,17 +136,79 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> RunResult:
     trainer = cli.trainer
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best = Path(best) if best else (Path(trainer.ckpt_path) if trainer.ckpt_path else None)
-    best_epoch, metrics = None, {}
-    if history.epochs:
-        monitor = trainer.checkpoint_callback.monitor if trainer.checkpoint_callback else None
-        scored = [row for row in history.epochs if monitor in row] if monitor else []
-        chosen = max(scored, key=lambda row: row[monitor]) if scored else history.epochs[-1]
-        best_epoch = int(chosen["epoch"])
-        metrics.update({k: v for k, v in chosen.items() if k.startswith("val/")})
-    metrics.update({k: v for k, v in _floats(trainer.callback_metrics).items() if k.startswith("test/")})
+    # a resumed run's history starts at the resume: the CSV logs hold the epochs before it too
+    epochs = {int(row["epoch"]): row for row in logged_epochs(trainer.default_root_dir)}
+    epochs.update({int(row["epoch"]): {**epochs.get(int(row["epoch"]), {}), **row} for row in history.epochs})
+    callback = trainer.checkpoint_callback
+    best_epoch, val = _best_epoch(list(epochs.values()), best if callback and callback.best_model_path else None,
+                                  callback.monitor if callback else None, getattr(callback, "mode", "max"))
+    metrics = {**val, **{k: v for k, v in _floats(trainer.callback_metrics).items() if k.startswith("test/")}}
     report = best.with_name(f"{best.stem}.robustness.json") if best else None
     return RunResult(metrics, Path(trainer.default_root_dir), best, report if report and report.exists() else None,
-                     best_epoch, history.epochs)
+                     best_epoch, list(epochs.values()))
+
+
+def logged_epochs(run_dir) -> list[dict[str, float]]:
+    """Every epoch's metrics from a run's CSV logs, all versions in order (a resumed run logs to a new
+    version; where two versions log the same epoch, the later one wins)."""
+    rows: dict[int, dict[str, float]] = {}
+    paths = Path(run_dir).glob("csv/version_*/metrics.csv")
+    for path in sorted(paths, key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("epoch") in (None, ""):
+                    continue
+                epoch = int(float(row["epoch"]))
+                values = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in (None, "")}
+                rows.setdefault(epoch, {"epoch": epoch}).update(values)
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def checkpoint_epoch(path) -> Optional[int]:
+    """The epoch a Lightning checkpoint was saved at (None when it cannot be read)."""
+    import torch
+
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+    except Exception:
+        return None
+
+
+def _best_epoch(epochs, best_checkpoint, monitor, mode) -> tuple[Optional[int], dict[str, float]]:
+    """(epoch, its val/ metrics): the best checkpoint's epoch, else the best logged epoch by `monitor`."""
+    epochs = [row for row in epochs if any(key.startswith("val/") for key in row)]
+    if not epochs:
+        return None, {}
+    epoch = checkpoint_epoch(best_checkpoint) if best_checkpoint else None
+    chosen = next((row for row in epochs if int(row["epoch"]) == epoch), None)
+    if chosen is None:
+        scored = [row for row in epochs if monitor in row] if monitor else []
+        pick = min if mode == "min" else max
+        chosen = pick(scored, key=lambda row: row[monitor]) if scored else epochs[-1]
+    return int(chosen["epoch"]), {k: v for k, v in chosen.items() if k.startswith("val/")}
+
+
+def read_run(run_dir) -> RunResult:
+    """The RunResult of a finished `train.py fit` run from its folder alone (CSV logs, checkpoints, report):
+    for runs made in another process, such as DDP trials."""
+    run_dir = Path(run_dir)
+    best, monitor, mode = None, None, "max"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        import torch
+
+        states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
+        for key, state in states.items():
+            if str(key).startswith("ModelCheckpoint") and state.get("best_model_path"):
+                best, monitor = Path(state["best_model_path"]), state.get("monitor")
+                mode = "min" if "'mode': 'min'" in str(key) else "max"
+    epochs = logged_epochs(run_dir)
+    best_epoch, metrics = _best_epoch(epochs, best, monitor, mode)
+    tested = [row for row in epochs if any(k.startswith("test/") for k in row)]
+    if tested:
+        metrics.update({k: v for k, v in tested[-1].items() if k.startswith("test/")})
+    report = best.with_name(f"{best.stem}.robustness.json") if best else None
+    return RunResult(metrics, run_dir, best, report if report and report.exists() else None, best_epoch, epochs)
 
 
 def main(args=None) -> None:
