@@ -169,10 +169,20 @@ def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: in
 
 def construct_step(out: Path, kind: str, source: dict, study: Study, dataset: dict, seed: int) -> Path:
     """Build one constructed training set from a source checkpoint (kept and reused when already built)."""
-    from constructions import build_file
+    from constructions import Settings, construct_file
 
     if out.is_file():
         return out
+    settings = {**study.construction_defaults, **{k: v for k, v in study.constructions[kind].items() if k != "source"}}
+    limit = settings.pop("limit", None)
+    try:
+        settings = Settings(**settings)
+    except TypeError as err:
+        raise ConfigError(f"constructions.{kind}: {err}") from None
+    construct_file(kind, source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
+                   root=dataset.get("root"), settings=settings, limit=limit, seed=seed,
+                   verify_md5=dataset.get("verify_md5", True))
+    return out
     settings = {**study.construction_defaults, **{k: v for k, v in study.constructions[kind].items() if k != "source"}}
     build_file(kind, source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
                root=dataset.get("root"), seed=seed, **settings)
