@@ -2,7 +2,7 @@
 D_rand, D_det (targeted L2 PGD, relabelled) and D_NR, D_R (representation matching), as MedMNIST-format npz files.
 
 Floor 5: imports core, datamodules, attacks, lightning_modules and evaluation, never training code."""
-from .build import KINDS, Constructed, Settings, build
+from .builder import KINDS, Constructed, Settings, build
 from .dataset import construct_file, parts_path, sidecar_path
 from .source import Source, check_source, load_source
 

@@ -8,7 +8,7 @@ import warnings
 from typing import Optional, Sequence
 
 from core.errors import MedRobustError
-from .build import KINDS, Settings
+from .builder import KINDS, Settings
 from .dataset import construct_file, parts_path, sidecar_path
 
 

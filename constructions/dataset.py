@@ -20,7 +20,7 @@ from datamodules.medmnist import default_root
 from datamodules.npz import SPLITS, load_split, locate
 from datamodules.tensors import to_channels_first
 from evaluation.reports import package_versions, timestamp
-from .build import MATCHING, Constructed, Settings, build, check_kind, default_device
+from .builder import MATCHING, Constructed, Settings, build, check_kind, default_device
 from .source import Source, check_source, load_source
 
 

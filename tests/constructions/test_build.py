@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from constructions import Settings, build, load_source
-from constructions.build import _Penultimate
+from constructions.builder import _Penultimate
 from core.errors import ConfigError
 from datamodules.info import dataset_info
 from datamodules.npz import load_split
