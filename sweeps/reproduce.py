@@ -28,6 +28,8 @@ from datamodules.info import MULTILABEL, dataset_info
 
 STUDY_KEYS = {"name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
               "constructed_training"}
+FLAT_SECTIONS = ("train", "overrides")  # their keys are dotted train.py keys, not nested mappings
+DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5"}
 REQUIRED_MODELS = ("erm", "pgd_at")
 CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
 DONE = "result.json"
@@ -65,11 +67,14 @@ def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study
         if not sep:
             raise ConfigError(f"override {item!r} must read key=value (for example seeds=[0,1])")
         node, parts = raw, key.split(".")
-        for part in parts[:-1]:
+        while len(parts) > 1:
+            part = parts.pop(0)
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+            if part in FLAT_SECTIONS:  # train.py keys: the rest is one dotted key
+                parts = [".".join(parts)]
+        node[parts[0]] = yaml.safe_load(value)
     unknown = sorted(set(raw) - STUDY_KEYS)
     if unknown:
         raise ConfigError(f"unknown study key(s) {', '.join(unknown)}: the keys are {', '.join(sorted(STUDY_KEYS))}")
@@ -91,6 +96,9 @@ def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study
     for entry in datasets:
         if not isinstance(entry, dict) or "flag" not in entry:
             raise ConfigError(f"each dataset needs a flag, got {entry!r}")
+        extra = sorted(set(entry) - DATASET_KEYS)
+        if extra:
+            raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use {', '.join(sorted(DATASET_KEYS))}")
         info = dataset_info(entry["flag"])
         if constructions and info.task == MULTILABEL:
             raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
@@ -147,7 +155,7 @@ def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: in
     overrides = {
         "data.flag": dataset["flag"], "data.size": dataset.get("size", 28),
         **({"data.root": dataset["root"]} if dataset.get("root") else {}),
-        **({"data.download": dataset["download"]} if "download" in dataset else {}),
+        **{f"data.{key}": dataset[key] for key in ("download", "verify_md5") if key in dataset},
         "seed_everything": seed, "trainer.default_root_dir": str(step_dir),
         **study.train, **(spec.get("overrides") or {}), **(extra or {}),
     }
