@@ -65,6 +65,24 @@ class MedRobustCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None, help="Name in W&B (default: the run folder).")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Test the best checkpoint after fit.")
 
+    def _parse_ckpt_path(self) -> None:
+        """Before LightningCLI reads the model's hyperparameters from --ckpt_path (a traceback for a bad file): a
+        missing file, a file that is not a checkpoint, or a checkpoint of another dataset, class count, input
+        channels, task or model class than the config's ends in one line, before anything is built or trained."""
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        path = config.get("ckpt_path") if config else None
+        if path and str(path) not in ("last", "best", "hpc") and not str(path).startswith("registry"):
+            from datamodules.info import dataset_info
+            from evaluation.checkpoints import check_checkpoint, read_checkpoint
+
+            info = dataset_info(config.data.flag)
+            expect = {"flag": info.flag, "num_classes": info.num_classes, "task": info.task,
+                      "in_channels": 3 if config.data.as_rgb else info.n_channels,
+                      "model_class": config.model.class_path}
+            check_checkpoint(read_checkpoint(path), expect, path)
+        super()._parse_ckpt_path()
+
     def before_instantiate_classes(self) -> None:
         config = self.config[self.subcommand]
         root = config.trainer.default_root_dir

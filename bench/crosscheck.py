@@ -1,6 +1,6 @@
 """Independent check of a robustness report: attack its checkpoint with torchattacks' PGD.
 
-Loads the checkpoint as the report's model class, rebuilds the test split the report scored, runs
+Loads the checkpoint as its own model class (checked against the report's), rebuilds the test split the report scored, runs
 torchattacks PGD (L-inf; PGDL2 for L2 reports) at every epsilon of the report with `--steps` steps and
 `--restarts` random restarts (per example, any successful restart is kept) and compares balanced
 accuracy. The reference is the report's lowest robust bacc on the whole test split (PGD, and AutoAttack
@@ -14,11 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-
-
 from bench.common import BenchError, Parser, environment, existing_dir, format_table, positive_int, run_main, write_json
-
-MODEL_CLASSES = ("ERM", "PGDAT", "TRADES", "FGSMRS")
 
 
 def parse_args(argv=None):
@@ -64,22 +60,7 @@ def read_report(path: Path) -> dict:
         raise BenchError(f"{path} is not a readable JSON report ({err})") from None
     except (KeyError, TypeError):
         raise BenchError(f"{path} is not a robustness report: it lacks {'.'.join(keys)}") from None
-    if report["model"]["class"] not in MODEL_CLASSES:
-        raise BenchError(f"report model class {report['model']['class']!r} is not one of {', '.join(MODEL_CLASSES)}")
     return report
-
-
-def load_model(report: dict, ckpt: Path, device):
-    """The checkpoint loaded as the report's LightningModule class, in eval mode."""
-    from lightning_modules import adversarial, erm
-
-    cls = getattr(erm if report["model"]["class"] == "ERM" else adversarial, report["model"]["class"])
-    try:
-        model = cls.load_from_checkpoint(str(ckpt), map_location=device)
-    except Exception as err:  # a wrong or corrupt file: any of torch's or Lightning's loading errors
-        detail = (str(err).strip().splitlines() or [""])[0]
-        raise BenchError(f"cannot load {ckpt} as {cls.__name__}: {type(err).__name__} {detail}".rstrip()) from None
-    return model.eval()
 
 
 def check_hparams(report: dict, model) -> None:
@@ -187,7 +168,11 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model = load_model(report, args.ckpt, device)
+    from evaluation.checkpoints import load_module
+
+    data = report["dataset"]
+    expect = {"model_class": report["model"]["class"], "flag": data["flag"], "task": data["task"]}
+    model = load_module(args.ckpt, expect).to(device)
     check_hparams(report, model)
     dm, test = load_test_split(report, model, args)
     recorded = report.get("checkpoint")

@@ -98,6 +98,10 @@ class ERM(L.LightningModule):
     def _metric_target(y: torch.Tensor) -> torch.Tensor:
         return y.long() if y.is_floating_point() else y
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the class, so evaluation.checkpoints.load_module rebuilds the right module from the file alone."""
+        checkpoint["medrobust_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+
     def configure_optimizers(self):
         hp = self.hparams
         params = self.parameters()
