@@ -88,3 +88,28 @@ def test_results_tables_findings_and_figures(tmp_path):
     assert "MedMNIST-C 0.750 -> 0.785 (+0.035): finding 2" in text and "holds" in text
     for figure in ("constructed.png", "corruption.png", "robust_curve.png"):
         assert (tmp_path / figure).stat().st_size > 1000
+
+
+def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
+    """ERM, PGD-AT and D_rand on synthetic BreastMNIST: every step runs, results are written, a rerun trains nothing."""
+    from datamodules.synthetic import write_synthetic_npz
+    from sweeps.reproduce import reproduce
+
+    write_synthetic_npz(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
+    study = load_study(REPO / "configs" / "study" / "quick.yaml", [
+        f"datasets=[{{flag: breastmnist, root: {tmp_path}/data, verify_md5: false}}]",
+        "models={erm: {config: configs/erm.yaml}, pgd_at: {config: configs/pgd_at.yaml}}",
+        "models.pgd_at.overrides={model.init_args.steps: 1}",
+        "constructions={d_rand: {source: erm, steps: 2}}", "construction_defaults.limit=32",
+        "train.trainer.max_epochs=1", "train.trainer.callbacks.init_args.test_steps=1",
+        "train.trainer.callbacks.init_args.epsilons=[2/255]"])
+    log = []
+    rows = reproduce(study, tmp_path / "out", log=log.append)
+    assert [r["model"] for r in rows] == ["erm", "pgd_at", "d_rand"]
+    assert all(0 <= r["clean_bacc"] <= 1 and "adv_bacc@2_255" in r for r in rows)
+    base = tmp_path / "out" / "breastmnist_28" / "seed_0"
+    assert (base / "constructed" / "d_rand.npz").is_file() and (base / "train_d_rand" / "result.json").is_file()
+    assert {"results.csv", "results.md", "constructed.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
+    log.clear()
+    again = reproduce(study, tmp_path / "out", log=log.append)
+    assert again == rows and all("(reused)" in line for line in log), log
