@@ -72,32 +72,20 @@ def test_bad_input_ends_in_one_error_line(script, args, message):
 
 
 @pytest.fixture(scope="module")
-def honest_report(tmp_path_factory):
-    """A 1-epoch ERM checkpoint on synthetic BreastMNIST and its robustness report (PGD only)."""
+def honest_report(tiny_erm, tmp_path_factory):
+    """The session's tiny ERM checkpoint (tests/conftest.py), copied, and its robustness report (PGD only)."""
     import lightning as L
 
     from callbacks.robustness import RobustnessCallback
-    from datamodules.medmnist import MedMNISTDataModule
-    from datamodules.synthetic import write_synthetic_npz
-    from lightning_modules.erm import ERM
 
-    tmp = tmp_path_factory.mktemp("crosscheck")
-    write_synthetic_npz(tmp, "breastmnist", n_train=64, n_val=16, n_test=32)
-    L.seed_everything(0)
-    dm = MedMNISTDataModule("breastmnist", root=str(tmp), verify_md5=False, batch_size=32, augment=False)
-    model = ERM(lr=3e-3)
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, inference_mode=False, default_root_dir=str(tmp))
-    trainer.fit(model, datamodule=dm)
-    ckpt = tmp / "erm.ckpt"
-    trainer.save_checkpoint(ckpt)
+    ckpt = tiny_erm.checkpoint_copy(tmp_path_factory.mktemp("crosscheck"))
     callback = RobustnessCallback(epsilons=["2/255"], test_steps=5, test_restarts=1, autoattack=False,
                                   corruption_epoch=False, corruption_report=False)
     tester = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, inference_mode=False,
-                       callbacks=[callback], default_root_dir=str(tmp))
-    tester.test(model, datamodule=dm, ckpt_path=str(ckpt), verbose=False)
-    assert (tmp / "erm.robustness.json").is_file()
-    return tmp, ckpt
+                       callbacks=[callback], default_root_dir=str(ckpt.parent))
+    tester.test(tiny_erm.model, datamodule=tiny_erm.datamodule, ckpt_path=str(ckpt), verbose=False)
+    assert ckpt.with_name("erm.robustness.json").is_file()
+    return tiny_erm.root, ckpt
 
 
 def crosscheck(*args) -> int:
@@ -122,7 +110,7 @@ def test_crosscheck_accepts_an_honest_report(honest_report, tmp_path, capsys):
 
 def test_crosscheck_flags_overstated_reports_and_refuses_others(honest_report, tmp_path, capsys):
     root, ckpt = honest_report
-    report = json.loads((root / "erm.robustness.json").read_text())
+    report = json.loads(ckpt.with_name("erm.robustness.json").read_text())
     report["threat_model"]["epsilons"] = [0.5]  # claims perfect robustness at a budget that breaks any model
     report["pgd"] = {"0.5": {"bacc": 1.0}}
     overstated = tmp_path / "overstated.json"
