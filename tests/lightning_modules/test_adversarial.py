@@ -3,6 +3,7 @@ import copy
 import lightning as L
 import pytest
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
 
 from core.errors import ConfigError
@@ -49,6 +50,67 @@ def test_trades_with_beta_zero_is_the_clean_loss_and_divergence_is_a_kl():
     assert (trades_divergence(a, b, "multilabel") > 0).all()
     module.beta = 6.0
     assert module.training_loss(x, y)[0] > loss
+
+
+@pytest.mark.parametrize("task", ["binary", "multilabel"])
+def test_trades_loss_is_clean_loss_plus_beta_times_kl_clean_to_adv_for_a_fixed_x_adv(task, monkeypatch):
+    torch.manual_seed(0)
+    num_classes = 2 if task == "binary" else 3
+    module = TRADES(epsilon="8/255", beta=2.5, steps=1, num_classes=num_classes, task=task).train()
+    x, labels = _batch(16)
+    y = labels if task == "binary" else torch.randint(0, 2, (16, 3)).float()
+    with torch.no_grad():  # confident, input-dependent predictions: KL(p || q) and KL(q || p) then differ clearly
+        classifier_layer(module.model).weight.mul_(200)
+    x_adv = _batch(16, seed=1)[0]  # any fixed images: the loss formula does not depend on where they come from
+    seen = {}
+
+    def fixed_attack(x_in, reference, loss):
+        seen["reference"] = reference
+        return x_adv
+
+    monkeypatch.setattr(module, "inner_attack", fixed_attack)
+    reference = copy.deepcopy(module.model).eval()  # TRADES attacks away from the eval-mode clean prediction
+    replica = copy.deepcopy(module.model).train()  # the loss itself: train mode, as in the training step
+    loss, _ = module.training_loss(x, y)
+
+    with torch.no_grad():
+        assert torch.allclose(seen["reference"], reference(x))
+        clean, adv = replica(x), replica(x_adv)
+        if task == "binary":
+            p, log_p, log_q = clean.softmax(1), clean.log_softmax(1), adv.log_softmax(1)
+            kl = (p * (log_p - log_q)).sum(1).mean()
+            reverse = (log_q.exp() * (log_q - log_p)).sum(1).mean()
+            expected = F.cross_entropy(clean, y) + 2.5 * kl
+        else:  # each label a Bernoulli: KL summed over labels
+            p, q = clean.sigmoid(), adv.sigmoid()
+            log_p, log_1p = F.logsigmoid(clean), F.logsigmoid(-clean)  # log p, log(1 - p), without log(0)
+            log_q, log_1q = F.logsigmoid(adv), F.logsigmoid(-adv)
+            kl = (p * (log_p - log_q) + (1 - p) * (log_1p - log_1q)).sum(1).mean()
+            reverse = (q * (log_q - log_p) + (1 - q) * (log_1q - log_1p)).sum(1).mean()
+            expected = F.binary_cross_entropy_with_logits(clean, y) + 2.5 * kl
+    assert kl > 0.05 and abs(kl - reverse) > 0.01 * kl  # beta matters, and so does the direction of the KL
+    assert torch.allclose(loss, expected, rtol=1e-5, atol=1e-6), (loss, expected)
+
+
+def test_fgsm_rs_trains_on_adversarial_inputs_inside_the_ball():
+    torch.manual_seed(0)
+    eps = 8 / 255
+    module = FGSMRS(epsilon=eps).train()
+    x, y = _batch()
+    inputs = []
+    hook = module.model.register_forward_pre_hook(
+        lambda model, args: inputs.append((model.training, args[0].detach().clone())))
+    loss, _ = module.training_loss(x, y)
+    hook.remove()
+    trained_on = [t for training, t in inputs if training]
+    assert len(trained_on) == 1  # one train-mode forward: the batch the loss is computed on
+    (x_train,) = trained_on
+    assert not torch.equal(x_train, x)
+    assert (x_train - x).abs().max() <= eps + 1e-6 and x_train.min() >= 0 and x_train.max() <= 1
+    assert torch.allclose(loss, module.loss(copy.deepcopy(module.model)(x_train), y))
+    clean_loss, _ = ERM.training_loss(module, x, y)
+    assert loss > clean_loss
+    assert module.training  # the attack restored train mode
 
 
 def test_warmup_grows_epsilon_linearly():
