@@ -4,9 +4,9 @@ from core.files import write_json_atomic
 from evaluation.reports import merge_report
 
 
-def _report(ckpt, pgd=None, corruptions=None):
+def _report(ckpt, pgd=None, corruptions=None, autoattack=None):
     pgd = pgd or {}
-    report = {"checkpoint": ckpt, "clean": {"bacc": 0.9}, "pgd": pgd, "autoattack": {},
+    report = {"checkpoint": ckpt, "clean": {"bacc": 0.9}, "pgd": pgd, "autoattack": autoattack or {},
               "threat_model": {"norm": "linf", "epsilons": [e["epsilon"] for e in pgd.values()],
                                "epsilon_labels": list(pgd)}}
     if corruptions:
@@ -16,25 +16,43 @@ def _report(ckpt, pgd=None, corruptions=None):
 
 def test_a_later_corruption_only_run_keeps_the_attacks(tmp_path):
     path = tmp_path / "best.robustness.json"
-    write_json_atomic(path, _report("best.ckpt", pgd={"4/255": {"epsilon": 4 / 255, "bacc": 0.3}}))
+    write_json_atomic(path, _report("best.ckpt", pgd={"4_255": {"epsilon": 4 / 255, "bacc": 0.3}}))
     merged = merge_report(path, _report("best.ckpt", corruptions={"mean_bacc": 0.7}))
-    assert merged["pgd"]["4/255"]["bacc"] == 0.3 and merged["corruptions"]["mean_bacc"] == 0.7
-    assert merged["threat_model"]["epsilon_labels"] == ["4/255"]
+    assert merged["pgd"]["4_255"]["bacc"] == 0.3 and merged["corruptions"]["mean_bacc"] == 0.7
+    assert merged["threat_model"]["epsilon_labels"] == ["4_255"]
 
 
 def test_new_epsilons_are_added_and_remeasured_ones_replaced(tmp_path):
     path = tmp_path / "r.json"
-    write_json_atomic(path, _report("c", pgd={"8/255": {"epsilon": 8 / 255, "bacc": 0.1},
-                                              "1/255": {"epsilon": 1 / 255, "bacc": 0.8}}))
-    merged = merge_report(path, _report("c", pgd={"1/255": {"epsilon": 1 / 255, "bacc": 0.7},
-                                                  "4/255": {"epsilon": 4 / 255, "bacc": 0.5}}))
-    assert {k: v["bacc"] for k, v in merged["pgd"].items()} == {"8/255": 0.1, "1/255": 0.7, "4/255": 0.5}
-    assert merged["threat_model"]["epsilon_labels"] == ["1/255", "4/255", "8/255"]
+    write_json_atomic(path, _report("c", pgd={"8_255": {"epsilon": 8 / 255, "bacc": 0.1},
+                                              "1_255": {"epsilon": 1 / 255, "bacc": 0.8}}))
+    merged = merge_report(path, _report("c", pgd={"1_255": {"epsilon": 1 / 255, "bacc": 0.7},
+                                                  "4_255": {"epsilon": 4 / 255, "bacc": 0.5}}))
+    assert {k: v["bacc"] for k, v in merged["pgd"].items()} == {"8_255": 0.1, "1_255": 0.7, "4_255": 0.5}
+    assert merged["threat_model"]["epsilon_labels"] == ["1_255", "4_255", "8_255"]
+
+
+def _autoattack(epsilon, bacc, ran):
+    return {"epsilon": epsilon, "bacc": bacc, "info": {"planned": ["apgd-ce", "square"], "attacks": [
+        {"name": name, "n_attacked": 16} for name in ran], "skipped": [n for n in ("apgd-ce", "square") if n not in ran]}}
+
+
+def test_a_retest_keeps_the_autoattack_entries_of_other_epsilons_and_replaces_remeasured_ones(tmp_path):
+    path = tmp_path / "best.robustness.json"
+    first = {"1_255": _autoattack(1 / 255, 0.8, ["apgd-ce", "square"]), "2_255": _autoattack(2 / 255, 0.6, ["apgd-ce"])}
+    second = {"2_255": _autoattack(2 / 255, 0.5, ["apgd-ce", "square"]), "8_255": _autoattack(8 / 255, 0.0, ["apgd-ce"])}
+    pgd = lambda entries: {label: {"epsilon": entry["epsilon"], "bacc": 0.9} for label, entry in entries.items()}
+    write_json_atomic(path, _report("best.ckpt", pgd=pgd(first), autoattack=first))
+    merged = merge_report(path, _report("best.ckpt", pgd=pgd(second), autoattack=second))
+    assert merged["autoattack"] == {"1_255": first["1_255"], "2_255": second["2_255"], "8_255": second["8_255"]}
+    assert [a["name"] for a in merged["autoattack"]["1_255"]["info"]["attacks"]] == ["apgd-ce", "square"]
+    assert merged["autoattack"]["8_255"]["info"]["skipped"] == ["square"]
+    assert merged["threat_model"]["epsilon_labels"] == ["1_255", "2_255", "8_255"]
 
 
 def test_other_checkpoint_or_unreadable_report_is_replaced(tmp_path):
     path = tmp_path / "r.json"
-    write_json_atomic(path, _report("a", pgd={"8/255": {"epsilon": 8 / 255, "bacc": 0.1}}))
+    write_json_atomic(path, _report("a", pgd={"8_255": {"epsilon": 8 / 255, "bacc": 0.1}}))
     assert merge_report(path, _report("b"))["pgd"] == {}
     path.write_text("{half a report")
     assert merge_report(path, _report("a"))["pgd"] == {}
