@@ -11,9 +11,11 @@
 * Budgets. Both versions use the standard per-attack settings (100 iterations, 1 restart for
   APGD/FAB, 5000 Square queries unless ``n_queries_square``); "custom" runs a subset of attacks.
 * Multi-label heads (ChestMNIST). AutoAttack's losses and its success test (argmax != y) are
-  single-label, so it is not run: the fallback is this project's PGD on the BCE loss averaged over
-  labels, with several restarts, keeping per example the highest-loss perturbation. It is a
-  weaker, gradient-only evaluation than AutoAttack and ``info`` says so.
+  single-label, so it is not run: any requested list (custom or standard) is adapted to this
+  project's PGD on the BCE loss averaged over labels, with several restarts, keeping per example
+  the highest-loss perturbation. It is a weaker, gradient-only evaluation than AutoAttack and
+  ``info`` says so (``planned``, ``adaptations``), as for the binary adaptations, so one config
+  runs on every dataset.
 """
 
 import contextlib
@@ -123,10 +125,8 @@ def run_autoattack(
             raise ConfigError(f"num_classes={num_classes} but the model outputs {n_logits} logits")
         info["num_classes"] = n_logits
         if multilabel:
-            if attacks is not None:
-                raise ConfigError("attacks= does not apply to multi-label heads (they use the PGD fallback)")
-            x_adv = _multilabel_fallback(model, x, y, epsilon, norm, seed, batch_size,
-                                         multilabel_steps, multilabel_restarts, info)
+            x_adv = _multilabel_fallback(model, x, y, epsilon, norm, seed, batch_size, multilabel_steps,
+                                         multilabel_restarts, list(attacks or STANDARD_ATTACKS), info)
         else:
             x_adv = _autoattack(model, x, y, epsilon, norm, list(attacks or STANDARD_ATTACKS),
                                 n_logits, seed, batch_size, n_queries_square, verbose, info)
@@ -194,7 +194,7 @@ def _autoattack(model, x, y, epsilon, norm, attacks, num_classes, seed, batch_si
     return x_adv
 
 
-def _multilabel_fallback(model, x, y, epsilon, norm, seed, batch_size, steps, restarts, info):
+def _multilabel_fallback(model, x, y, epsilon, norm, seed, batch_size, steps, restarts, requested, info):
     expected = (x.shape[0], info["num_classes"])
     if not y.is_floating_point() or tuple(y.shape) != expected:
         raise ConfigError(
@@ -208,9 +208,10 @@ def _multilabel_fallback(model, x, y, epsilon, norm, seed, batch_size, steps, re
     info.update(
         planned=["pgd-bce"],
         adaptations=[
-            "multi-label: AutoAttack's losses and success test are single-label, so AutoAttack did "
-            "not run; PGD on the BCE loss averaged over labels ran instead, keeping per example "
-            "the highest-loss perturbation over steps and restarts (weaker than AutoAttack)"
+            f"{', '.join(requested)} replaced by pgd-bce: multi-label heads: AutoAttack's losses and success "
+            "test are single-label, so AutoAttack did not run; PGD on the BCE loss averaged over labels ran "
+            "instead, keeping per example the highest-loss perturbation over steps and restarts (weaker than "
+            "AutoAttack)"
         ],
         attacks=[{"name": "pgd-bce", "n_iter": steps, "n_restarts": restarts, "alpha": pgd.alpha,
                   "random_start": True, "n_attacked": int(x.shape[0])}],

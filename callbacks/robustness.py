@@ -13,9 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info
 from core.checks import positive_int
 from core.errors import ConfigError
 from datamodules.info import MULTILABEL
+from datamodules.medmnist_c import corruption_names
 from datamodules.tensors import fixed_subset, to_unit_range
 from attacks.gradient import PGD
-from attacks.autoattack import AUTOATTACK_ATTACKS, run_autoattack
+from attacks.autoattack import AUTOATTACK_ATTACKS, attack_plan, run_autoattack
 from attacks.threat_model import epsilon_label, format_epsilon, parse_epsilon, parse_norm
 from evaluation.scoring import evaluate
 from lightning_modules.metrics import metric_key
@@ -100,6 +101,24 @@ class RobustnessCallback(Callback):
         self.corruption_epoch, self.corruption_report = corruption_epoch, corruption_report
         self.report: Optional[dict] = None
         self.report_path: Optional[Path] = None
+
+    # ---- settings against the dataset, when the run starts -------------------------------------
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Settings that depend on the dataset fail here, before any training, not after it: unknown corruptions
+        for the flag, or an AutoAttack list that no attack of can run on this head (multi-label heads use the
+        PGD-BCE fallback, binary heads the adapted list: both recorded in the report)."""
+        dm = self._datamodule(trainer)
+        if self.corruption is not None and self.corruption.corruptions is not None:
+            names = corruption_names(dm.flag)
+            unknown = [name for name in self.corruption.corruptions if name not in names]
+            if unknown:
+                raise ConfigError(f"{dm.flag} has no MedMNIST-C corruption {', '.join(unknown)}: choose from "
+                                  f"{', '.join(names)}")
+        if self.autoattack and self.epsilons and dm.task != MULTILABEL and self.autoattack_attacks is not None:
+            plan, notes = attack_plan(self.autoattack_attacks, dm.num_classes)
+            if not plan:
+                raise ConfigError(f"no AutoAttack attack of {self.autoattack_attacks} can run on {dm.flag}'s "
+                                  f"{dm.num_classes} classes: {'; '.join(notes)}")
 
     # ---- per-epoch validation check ------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
