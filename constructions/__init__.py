@@ -4,7 +4,7 @@ D_rand, D_det (targeted L2 PGD, relabelled) and D_NR, D_R (representation matchi
 Floor 5: imports core, datamodules, attacks, lightning_modules and evaluation, never training code."""
 from .builder import KINDS, Constructed, Settings, build
 from .dataset import construct_file, parts_path, sidecar_path
-from .source import Source, check_source, load_source
+from .source import Source, load_source
 
 __all__ = ["KINDS", "Constructed", "Settings", "build", "construct_file", "parts_path", "sidecar_path", "Source",
-           "check_source", "load_source"]
+           "load_source"]

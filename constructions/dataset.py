@@ -21,7 +21,7 @@ from datamodules.npz import SPLITS, load_split, locate
 from datamodules.tensors import to_channels_first
 from evaluation.reports import package_versions, timestamp
 from .builder import MATCHING, Constructed, Settings, build, check_kind, default_device
-from .source import Source, check_source, load_source
+from .source import Source, load_source
 
 
 def sidecar_path(out: str | os.PathLike) -> Path:
@@ -97,8 +97,7 @@ def construct_file(
                           "D_rand, D_det, D_NR and D_R are defined for single-label datasets only")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise ConfigError(f"limit must be a positive integer, got {limit!r}")
-    source = load_source(ckpt)
-    check_source(source, info, size)
+    source = load_source(ckpt, info, size)
     warn_if_wrong_source(kind, source)
     official = locate(root or default_root(), info.flag, size, verify=verify_md5)
     images, labels = load_split(official, "train", info, size)

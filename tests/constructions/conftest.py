@@ -40,3 +40,13 @@ def tiny(tmp_path_factory):
         return made[flag]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_l2_robust(tiny, tmp_path_factory):
+    """(data root, checkpoint) of a small CNN trained with L2 PGD-AT (epsilon 0.5, 2 steps) on synthetic breastmnist."""
+    from lightning_modules.adversarial import PGDAT
+
+    root, _ = tiny("breastmnist")
+    ckpt = tmp_path_factory.mktemp("robust") / "at.ckpt"
+    return root, train_tiny(root, "breastmnist", ckpt, PGDAT, epsilon=0.5, norm="l2", steps=2)

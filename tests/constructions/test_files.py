@@ -111,9 +111,17 @@ def test_train_py_trains_on_the_constructed_set(tiny, tmp_path):
     assert "test/clean_bacc" in result.metrics and "val/clean_bacc" in result.metrics
 
 
-def test_d_r_warns_when_the_source_is_not_l2_robust(tiny, tmp_path):
-    with pytest.warns(UserWarning, match="d_r expects an L2 adversarially trained source"):
+def test_d_r_warns_unless_the_source_is_l2_robust_and_d_nr_unless_standard(tiny, tiny_l2_robust, tmp_path):
+    root, robust = tiny_l2_robust
+    with pytest.warns(UserWarning, match="d_r expects an L2 adversarially trained source, but erm.ckpt is ERM"):
         _construct(tiny, "breastmnist", tmp_path / "r.npz", "d_r", limit=8)
+    kwargs = dict(root=str(root), settings=FAST, verify_md5=False, device="cpu", progress=False, limit=8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        sidecar = construct_file("d_r", robust, "breastmnist", tmp_path / "r2.npz", **kwargs)
+    assert sidecar["source"]["training"] == "PGDAT l2 0.5"
+    with pytest.warns(UserWarning, match="d_nr expects a standard"):
+        construct_file("d_nr", robust, "breastmnist", tmp_path / "nr.npz", **kwargs)
 
 
 def _cli(capsys, *argv):
@@ -133,15 +141,15 @@ def _args(tiny, flag, out, *extra, ckpt_flag=None):
 
 
 @pytest.mark.parametrize("change,message", [
-    (["--kind", "d_foo"], "error: unknown construction kind 'd_foo'"),
-    (["--epsilon", "0"], "error: epsilon must be a positive number"),
-    (["--epsilon", "-0.5"], "error: epsilon must be a positive number"),
-    (["--epsilon", "big"], "error: argument --epsilon: not a number"),
-    (["--steps", "0"], "error: steps must be a positive integer"),
-    (["--ckpt-flag", "bloodmnist"], "error: checkpoint erm.ckpt was trained on bloodmnist, not breastmnist"),
-    (["--ckpt", "nope.ckpt"], "error: checkpoint nope.ckpt not found"),
-    (["--flag", "chestmnist"], "error: chestmnist is multi-label"),
-    (["--size", "64"], "error: checkpoint erm.ckpt was trained at 28 px, not 64 px"),
+    (["--kind", "d_foo"], "unknown construction kind 'd_foo'"),
+    (["--epsilon", "0"], "epsilon must be a positive number"),
+    (["--epsilon", "-0.5"], "epsilon must be a positive number"),
+    (["--epsilon", "big"], "argument --epsilon: not a number"),
+    (["--steps", "0"], "steps must be a positive integer"),
+    (["--ckpt-flag"], "does not fit this run: dataset bloodmnist (the run's: breastmnist)"),
+    (["--ckpt", "nope.ckpt"], "checkpoint nope.ckpt not found"),
+    (["--flag", "chestmnist"], "chestmnist is multi-label"),
+    (["--size", "64"], "was trained at 28 px, not 64 px"),
 ])
 def test_bad_input_is_one_error_line_and_exit_2(tiny, tmp_path, capsys, change, message):
     args = _args(tiny, "breastmnist", tmp_path / "x.npz", ckpt_flag="bloodmnist" if "--ckpt-flag" in change else None)
@@ -150,7 +158,7 @@ def test_bad_input_is_one_error_line_and_exit_2(tiny, tmp_path, capsys, change, 
     code, captured = _cli(capsys, *args)
     assert code == 2
     lines = captured.err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(message), captured.err
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
     assert not list(tmp_path.glob("x.*"))
 
 
