@@ -1,8 +1,8 @@
 """Checkpoints as input: read a Lightning checkpoint, check it against what a run expects, load it as its model.
 
 The model class comes from the checkpoint itself: `medrobust_class` (written by ERM.on_save_checkpoint), else
-LightningCLI's `_class_path` hyperparameter, else the one project class whose constructor takes exactly the saved
-hyperparameters. Every problem is one line: DataError for a missing or unreadable file, ConfigError for a
+LightningCLI's `_class_path` hyperparameter, else the most specific project class whose constructor takes every
+saved hyperparameter. Every problem is one line: DataError for a missing or unreadable file, ConfigError for a
 checkpoint of another dataset, class count, input channels, task or model class than the run's.
 """
 from __future__ import annotations
@@ -80,12 +80,15 @@ def checkpoint_class(checkpoint: dict, path: str | os.PathLike = "the checkpoint
     stored = checkpoint.get(CLASS_KEY) or (checkpoint.get("hyper_parameters") or {}).get("_class_path")
     if stored:
         return _import(stored)
+    # the class with the fewest constructor arguments that takes every saved one (ERM < PGDAT < TRADES), so
+    # arguments added since the checkpoint was written (with defaults) do not matter
     saved = set(hyperparameters(checkpoint))
-    matches = [cls for cls in map(_import, MODULE_CLASSES) if _init_parameters(cls) == saved]
-    if len(matches) != 1:
+    fits = sorted(((len(_init_parameters(cls)), class_path(cls), cls) for cls in map(_import, MODULE_CLASSES)
+                   if saved <= _init_parameters(cls)), key=lambda fit: fit[:2])
+    if not saved or not fits or (len(fits) > 1 and fits[0][0] == fits[1][0]):
         raise DataError(f"{path} does not say which model class wrote it, and its hyperparameters "
-                        f"({', '.join(sorted(saved)) or 'none'}) fit {len(matches)} of {', '.join(MODULE_CLASSES)}")
-    return matches[0]
+                        f"({', '.join(sorted(saved)) or 'none'}) do not single out one of {', '.join(MODULE_CLASSES)}")
+    return fits[0][2]
 
 
 def check_checkpoint(checkpoint: dict, expect: Mapping[str, Any], path: str | os.PathLike = "the checkpoint") -> None:

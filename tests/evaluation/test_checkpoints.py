@@ -49,6 +49,10 @@ def test_checkpoints_without_the_class_record_fall_back_to_the_saved_hyperparame
     trades = TRADES(beta=1.0)
     torch.save({"state_dict": trades.state_dict(), "hyper_parameters": dict(trades.hparams)}, tmp_path / "t.ckpt")
     assert type(load_module(tmp_path / "t.ckpt")) is TRADES and load_module(tmp_path / "t.ckpt").beta == 1.0
+    erm = ERM()
+    old = {k: v for k, v in erm.hparams.items() if k != "norm_std"}  # written before an argument was added
+    torch.save({"state_dict": erm.state_dict(), "hyper_parameters": old}, tmp_path / "old.ckpt")
+    assert type(load_module(tmp_path / "old.ckpt")) is ERM
     # LightningCLI's `_class_path` is read too
     erm = ERM()
     torch.save({"state_dict": erm.state_dict(), "hyper_parameters": {**erm.hparams, "_class_path":
