@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from attacks.gradient import PGD
+from attacks.threat_model import parse_epsilon
 from core.checks import positive_int
 from core.errors import ConfigError
 from core.files import atomic_write, write_json_atomic
@@ -56,8 +57,13 @@ class Settings:
     def __post_init__(self):
         for name in ("epsilon", "step"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            try:
+                number = parse_epsilon(value, "l2")  # numbers, or text such as "0.5" or "128/255"
+            except ConfigError:
+                number = -1.0
+            if number <= 0:
                 raise ConfigError(f"{name} must be a positive number, got {value!r}")
+            object.__setattr__(self, name, number)
         if self.steps is not None:
             positive_int("steps", self.steps)
         positive_int("batch_size", self.batch_size)
@@ -194,8 +200,17 @@ def _construct_batch(kind, model, x, new_labels, resolved, settings, seed, start
     return {k: v.detach().cpu() for k, v in part.items()}
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device (checked), or CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"unknown device {device!r}: use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device cuda asked for, but no CUDA GPU is available")
+    return device
 
 
 def build(
@@ -236,30 +251,30 @@ def build(
     resolved = settings.resolved(kind, tuple(images.shape[1:]))
     new_labels, starts = _plan(kind, labels, num_classes, seed)
 
-    device = torch.device(device) if device is not None else default_device()
+    device = resolve_device(device)
     model = model.to(device).eval()
     parts = Path(parts_dir) if parts_dir is not None else None
     if parts is not None:
         _claim_parts(parts, _fingerprint(kind, model, images, labels, num_classes, resolved, settings, seed, fingerprint))
 
     size = settings.batch_size
-    n_batches = -(-len(images) // size)
     results = []
-    bar = tqdm(range(n_batches), desc=f"constructing {kind}", unit="batch", disable=not progress)
-    for b in bar:
+    bar = tqdm(total=len(images), desc=f"constructing {kind}", unit="img", disable=not progress)
+    for b, first in enumerate(range(0, len(images), size)):
+        index = slice(first, first + size)
         path = parts / f"batch_{b:06d}.npz" if parts is not None else None
         if path is not None and path.exists():
             results.append(_load_part(path))
-            continue
-        index = slice(b * size, (b + 1) * size)
-        extra = {}
-        if starts is not None:
-            extra = {"start_x": images[starts[index]].to(device), "target_x": images[index].to(device)}
-        part = _construct_batch(kind, model, images[index].to(device), new_labels[index].to(device), resolved,
-                                settings, _batch_seed(seed, b), **extra)
-        if path is not None:
-            _save_part(path, part)
-        results.append(part)
+        else:
+            extra = {}
+            if starts is not None:
+                extra = {"start_x": images[starts[index]].to(device), "target_x": images[index].to(device)}
+            part = _construct_batch(kind, model, images[index].to(device), new_labels[index].to(device), resolved,
+                                    settings, _batch_seed(seed, b), **extra)
+            if path is not None:
+                _save_part(path, part)
+            results.append(part)
+        bar.update(len(results[-1]["labels"]))
     bar.close()
     joined = {k: torch.cat([r[k] for r in results]) for k in results[0]}
     distances = {k: v for k, v in joined.items() if k not in ("images", "labels", "assigned")}

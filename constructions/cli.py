@@ -19,13 +19,6 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def _number(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-
-
 def parser() -> argparse.ArgumentParser:
     top = _Parser(prog="python -m constructions", description=__doc__)
     commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -41,9 +34,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=28, help="image size: 28, 64, 128 or 224 (default 28)")
     p.add_argument("--root", default=None, help="folder of the official npz files (default ~/.medmnist)")
     p.add_argument("--out", required=True, help="output .npz; a sidecar .json is written beside it")
-    p.add_argument("--epsilon", type=_number, default=0.5,
+    p.add_argument("--epsilon", default="0.5",
                    help="L2 radius at 32x32x3 for d_rand/d_det, scaled by sqrt(d/3072) (default 0.5)")
-    p.add_argument("--step", type=_number, default=0.1, help="L2 step size at 32x32x3, scaled the same (default 0.1)")
+    p.add_argument("--step", default="0.1", help="L2 step size at 32x32x3, scaled the same (default 0.1)")
     p.add_argument("--steps", type=int, default=None, help="iterations (default 100 for d_rand/d_det, 1000 for d_nr/d_r)")
     p.add_argument("--no-scale", action="store_true", help="use --epsilon and --step as given, not scaled to the image")
     p.add_argument("--random-start", action="store_true", help="start PGD at a random point of the ball")

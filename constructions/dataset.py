@@ -20,7 +20,7 @@ from datamodules.medmnist import default_root
 from datamodules.npz import SPLITS, load_split, locate
 from datamodules.tensors import to_channels_first
 from evaluation.reports import package_versions, timestamp
-from .builder import MATCHING, Constructed, Settings, build, check_kind, default_device
+from .builder import MATCHING, Constructed, Settings, build, check_kind, resolve_device
 from .source import Source, load_source
 
 
@@ -91,6 +91,7 @@ def construct_file(
     its sidecar JSON; return the sidecar. Finished batches wait in `<out>.parts/` until the npz is written."""
     kind = check_kind(kind)
     out = check_output(out, overwrite)
+    device = resolve_device(device)
     info = dataset_info(flag)
     if info.task == MULTILABEL:
         raise ConfigError(f"{info.flag} is multi-label: there is no single class to target or relabel, so "
@@ -110,7 +111,6 @@ def construct_file(
     if overwrite and parts.exists():
         shutil.rmtree(parts)
     reused = len(list(parts.glob("batch_*.npz")))
-    device = torch.device(device) if device else default_device()
     started = time.perf_counter()
     result = build(kind, source.model, to_channels_first(images), torch.from_numpy(labels[:, 0].astype(np.int64)),
                    info.num_classes, settings, seed=seed, parts_dir=parts, device=device, progress=progress,

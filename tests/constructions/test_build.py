@@ -54,6 +54,7 @@ def test_default_sizes_follow_ilyas_scaled_to_the_image():
     assert math.isclose(r["epsilon"], 0.5 * math.sqrt(784 / 3072)) and math.isclose(r["step"], 0.1 * math.sqrt(784 / 3072))
     assert r["steps"] == 100 and Settings().resolved("d_nr", (3, 32, 32)) == {"step": 0.1, "steps": 1000, "scale_factor": 1.0}
     assert Settings(epsilon=2, scale=False).resolved("d_det", (3, 64, 64))["epsilon"] == 2
+    assert Settings(epsilon="128/255", step="0.2").epsilon == 128 / 255  # text as in YAML configs
 
 
 @pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist"])

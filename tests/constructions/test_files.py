@@ -144,7 +144,9 @@ def _args(tiny, flag, out, *extra, ckpt_flag=None):
     (["--kind", "d_foo"], "unknown construction kind 'd_foo'"),
     (["--epsilon", "0"], "epsilon must be a positive number"),
     (["--epsilon", "-0.5"], "epsilon must be a positive number"),
-    (["--epsilon", "big"], "argument --epsilon: not a number"),
+    (["--epsilon", "big"], "epsilon must be a positive number, got 'big'"),
+    (["--step", "nan"], "step must be a positive number"),
+    (["--batch-size", "x"], "argument --batch-size: invalid int value"),
     (["--steps", "0"], "steps must be a positive integer"),
     (["--ckpt-flag"], "does not fit this run: dataset bloodmnist (the run's: breastmnist)"),
     (["--ckpt", "nope.ckpt"], "checkpoint nope.ckpt not found"),
@@ -160,6 +162,12 @@ def test_bad_input_is_one_error_line_and_exit_2(tiny, tmp_path, capsys, change, 
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
     assert not list(tmp_path.glob("x.*"))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_cuda_without_a_gpu_is_one_error_line(tiny, tmp_path, capsys):
+    code, captured = _cli(capsys, *_args(tiny, "breastmnist", tmp_path / "x.npz", "--device", "cuda"))
+    assert code == 2 and captured.err.strip() == "error: device cuda asked for, but no CUDA GPU is available"
 
 
 def test_existing_output_is_refused_unless_overwrite(tiny, tmp_path, capsys):
