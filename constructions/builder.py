@@ -88,14 +88,20 @@ class Constructed:
     assigned: Tensor
     distances: dict[str, Tensor] = field(default_factory=dict)
     resolved: dict = field(default_factory=dict)
+    original_labels: Optional[Tensor] = None
 
     @property
     def assigned_share(self) -> float:
         return float(self.assigned.float().mean()) if len(self.assigned) else float("nan")
 
     def stats(self) -> dict:
-        """Summary numbers for the sidecar: the assigned share and mean / max of every distance."""
+        """Summary numbers for the sidecar: the assigned share (also among images whose label changed, as a D_rand
+        target may be the original class) and mean / min / max of every distance."""
         out = {"assigned_share": self.assigned_share}
+        if self.original_labels is not None:
+            changed = self.labels != self.original_labels
+            out["relabelled"] = int(changed.sum())
+            out["assigned_share_relabelled"] = float(self.assigned[changed].float().mean()) if changed.any() else None
         for name, values in self.distances.items():
             out[name] = {"mean": float(values.mean()), "max": float(values.max()), "min": float(values.min())}
         return out
@@ -278,4 +284,5 @@ def build(
     bar.close()
     joined = {k: torch.cat([r[k] for r in results]) for k in results[0]}
     distances = {k: v for k, v in joined.items() if k not in ("images", "labels", "assigned")}
-    return Constructed(joined["images"], joined["labels"].long(), joined["assigned"].bool(), distances, resolved)
+    return Constructed(joined["images"], joined["labels"].long(), joined["assigned"].bool(), distances, resolved,
+                       labels.cpu() if kind in ADVERSARIAL else None)

@@ -20,7 +20,7 @@ from datamodules.medmnist import default_root
 from datamodules.npz import SPLITS, load_split, locate
 from datamodules.tensors import to_channels_first
 from evaluation.reports import package_versions, timestamp
-from .builder import MATCHING, Constructed, Settings, build, check_kind, resolve_device
+from .builder import Constructed, Settings, build, check_kind, resolve_device
 from .source import Source, load_source
 
 
@@ -134,7 +134,6 @@ def construct_file(
             "train": n,
             "new_labels": np.bincount(result.labels.numpy(), minlength=info.num_classes).tolist(),
             "original_labels": np.bincount(labels[:, 0], minlength=info.num_classes).tolist(),
-            **({"relabelled": int((result.labels.numpy() != labels[:, 0]).sum())} if kind not in MATCHING else {}),
         },
         "assigned_share": result.assigned_share,
         "stats": result.stats(),

@@ -44,6 +44,9 @@ def test_targeted_kinds_stay_in_the_ball_and_reach_their_new_labels(tiny, flag, 
         predicted = model.eval()(out.images).argmax(1)
     assert (predicted == out.labels).float().mean() >= 0.9
     assert torch.equal(out.assigned, predicted == out.labels)
+    changed = out.labels != y
+    assert out.stats()["relabelled"] == int(changed.sum()) > 0
+    assert out.stats()["assigned_share_relabelled"] == pytest.approx((predicted == out.labels)[changed].float().mean())
     with torch.no_grad():
         before = (model(x).argmax(1) == out.labels).float().mean()
     assert before < 0.9  # the attack did the work: the clean images mostly do not carry the new labels
