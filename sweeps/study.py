@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -35,6 +37,7 @@ FINGERPRINT = "medrobust:fingerprint"
 SETTINGS = "medrobust:settings"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 # ---- storage ---------------------------------------------------------------------------------------
@@ -99,7 +102,7 @@ def check_storage(spec: SweepSpec) -> None:
         engine.dispose()
     except ModuleNotFoundError as err:
         raise ConfigError(f"storage {spec.storage!r}: the database driver is missing ({err.name}); "
-                          "pip install psycopg2-binary") from None
+                          'pip install "psycopg[binary]"') from None
     except Exception as err:
         raise ConfigError(f"storage {spec.storage!r} is unreachable: {' '.join(str(err).split())[:300]}") from None
 
@@ -123,11 +126,20 @@ def open_storage(spec: SweepSpec):
     if kind == "sqlite":
         _sqlite_path(spec.storage).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"connect_timeout": 10}} if kind == "postgresql" else {}
-    return optuna.storages.RDBStorage(
-        spec.storage, engine_kwargs=engine, heartbeat_interval=spec.heartbeat_interval,
-        grace_period=spec.heartbeat_grace,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries),
-    )
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(
+                spec.storage, engine_kwargs=engine, heartbeat_interval=spec.heartbeat_interval,
+                grace_period=spec.heartbeat_grace,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries),
+            )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            # machines starting at once race to create the tables of a new database: the loser retries
+            if attempt == 4:
+                raise
+            time.sleep(0.5 + random.random())
 
 
 # ---- study -----------------------------------------------------------------------------------------
@@ -342,9 +354,11 @@ def owner() -> dict:
 
 
 def process_start(pid: int) -> Optional[int]:
-    """The process's start time in clock ticks since boot (tells a reused pid apart), None off Linux."""
+    """The process's start time in clock ticks since boot (tells a reused pid apart), None off Linux;
+    -1 for a zombie (killed, not yet reaped by its parent)."""
     try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return -1 if fields[0] in ("Z", "X") else int(fields[19])
     except (OSError, IndexError, ValueError):
         return None
 
