@@ -115,7 +115,8 @@ class Attack:
 
     def _objective(self, logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
         """Per-example value to maximise: the loss on y, or minus the loss toward target."""
-        loss = self.loss(logits, y if target is None else target)
+        # float(): under autocast (bf16-mixed training) logits may be bf16; loss and comparisons stay in fp32
+        loss = self.loss(logits.float(), y if target is None else target)
         if loss.shape != logits.shape[:1]:
             raise ConfigError(
                 f"loss(logits, y) must return one value per example, shape ({logits.shape[0]},), "

@@ -114,3 +114,40 @@ def environment() -> dict:
         "cpu_count": __import__("os").cpu_count(),
         "machine": platform.machine(),
     }
+
+
+def figure(name: str, ratios: Sequence[float], goal: float, higher_is_better: bool = True, unit: str = "x",
+           details: dict | None = None) -> dict:
+    """One row of `python -m bench all`: the median paired ratio, its range and whether it meets the goal."""
+    stats = summary(ratios)
+    met = stats["median"] >= goal if higher_is_better else stats["median"] <= goal
+    return {"name": name, "ratio": stats["median"], "range": [stats["min"], stats["max"]], "repeats": list(ratios),
+            "goal": f"{'>=' if higher_is_better else '<='} {goal:g}{unit}", "goal_value": goal,
+            "higher_is_better": higher_is_better, "unit": unit, "met": bool(met), "details": details or {}}
+
+
+def not_measured(name: str, goal: str, why: str) -> dict:
+    """A row that could not be measured here (no GPU, a module not available): met is None, the reason says why."""
+    return {"name": name, "ratio": None, "range": None, "repeats": [], "goal": goal, "goal_value": None,
+            "higher_is_better": True, "unit": "", "met": None, "status": why, "details": {}}
+
+
+def set_threads(n: int) -> int:
+    """torch.set_num_threads(n); returns the previous setting so the caller can restore it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    return before
+
+
+def clock_pair() -> tuple[float, float]:
+    """(CPU seconds of this process, all threads; wall seconds): start of a span for `elapsed`."""
+    return time.process_time(), time.perf_counter()
+
+
+def elapsed(start: tuple[float, float]) -> dict[str, float]:
+    """{'cpu': process CPU seconds, 'wall': wall seconds} since `clock_pair()`. With one torch thread CPU time is
+    the work done, nearly unaffected by other jobs on a shared machine; wall time is what a user waits."""
+    cpu, wall = clock_pair()
+    return {"cpu": cpu - start[0], "wall": wall - start[1]}
