@@ -233,7 +233,7 @@ def build(
     fingerprint: Optional[dict] = None,
 ) -> Constructed:
     """Construct `kind` from images (N x C x H x W, uint8 or [0, 1] floats) with class labels (N) and a source
-    model from `build_model`. With `parts_dir`, every finished batch is kept there and a rerun skips it;
+    model from `build_model` (moved to `device`). With `parts_dir`, every finished batch is kept there and a rerun skips it;
     each batch is seeded on its own, so the result does not depend on interruptions."""
     kind = check_kind(kind)
     labels = torch.as_tensor(labels)
@@ -249,7 +249,7 @@ def build(
         raise ConfigError(f"images must be N x C x H x W with N = {len(labels)} labels, got {tuple(images.shape)}")
     if not len(labels):
         raise ConfigError("no images to construct from")
-    if (labels.min() < 0 or labels.max() >= num_classes):
+    if labels.min() < 0 or labels.max() >= num_classes:
         raise ConfigError(f"labels must lie in [0, {num_classes - 1}]")
     if num_classes < 2:
         raise ConfigError(f"constructions need at least 2 classes, got {num_classes}")
