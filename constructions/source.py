@@ -2,7 +2,6 @@
 checked against the dataset it is meant to rewrite."""
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +11,7 @@ from torch import nn
 
 from attacks.threat_model import parse_epsilon
 from core.errors import ConfigError
+from core.files import file_digest
 from datamodules.info import DatasetInfo
 from evaluation.checkpoints import load_module, read_checkpoint
 
@@ -56,12 +56,8 @@ class Source:
                 "arch": self.hparams.get("arch"), "flag": self.flag, "size": self.size}
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    return file_digest(path, "sha256")
 
 
 def load_source(path: str | os.PathLike, info: Optional[DatasetInfo] = None, size: Optional[int] = None) -> Source:

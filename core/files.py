@@ -3,6 +3,7 @@ so a crash or a kill never leaves a half-written cache, dataset or report under 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,15 @@ def write_json_atomic(path: str | os.PathLike, data) -> Path:
         json.dump(data, handle, indent=2, default=str)
         handle.write("\n")
     return Path(path)
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256", chunk: int = 1 << 22) -> str:
+    """Hex digest of a file's bytes, read in chunks (MD5 checks of MedMNIST files, checkpoint hashes)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(chunk), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> Path:

@@ -10,18 +10,14 @@ from pathlib import Path
 import numpy as np
 
 from core.errors import DataError
-from core.files import write_text_atomic
+from core.files import file_digest, write_text_atomic
 from .info import DatasetInfo, MULTILABEL, dataset_info, download_url, expected_md5, npz_name
 
 SPLITS = ("train", "val", "test")
 
 
-def file_md5(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.md5()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(chunk), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def file_md5(path: str | os.PathLike) -> str:
+    return file_digest(path, "md5")
 
 
 def _stamp_path(path: Path) -> Path:
