@@ -210,7 +210,7 @@ def read_run(run_dir) -> RunResult:
     """The RunResult of a finished `train.py fit` run from its folder alone (CSV logs, checkpoints, report):
     for runs made in another process, such as DDP trials."""
     run_dir = Path(run_dir)
-    best, monitor, mode = None, None, "max"
+    best, monitor, mode = None, "val/clean_bacc", "max"  # train.py's checkpoint default
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():
         import torch
@@ -218,7 +218,7 @@ def read_run(run_dir) -> RunResult:
         states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
         for key, state in states.items():
             if str(key).startswith("ModelCheckpoint") and state.get("best_model_path"):
-                best, monitor = Path(state["best_model_path"]), state.get("monitor")
+                best, monitor = Path(state["best_model_path"]), state.get("monitor") or monitor
                 mode = "min" if "'mode': 'min'" in str(key) else "max"
     epochs = logged_epochs(run_dir)
     best_epoch, metrics = _best_epoch(epochs, best, monitor, mode)

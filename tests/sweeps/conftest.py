@@ -1,5 +1,5 @@
-"""Sweep fixtures: a tiny synthetic sweep YAML (1-epoch PGD-AT on 64 synthetic BreastMNIST images), a
-helper to run `python -m sweeps` in a subprocess, and a throwaway PostgreSQL server on loopback."""
+"""Sweep fixtures: a tiny synthetic sweep YAML (1-epoch PGD-AT on 64 synthetic BreastMNIST images) and a
+throwaway PostgreSQL server on loopback."""
 from __future__ import annotations
 
 import glob
@@ -7,15 +7,12 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-
-REPO = Path(__file__).resolve().parents[2]
 
 TRAINING = {
     "data.flag": "breastmnist",
@@ -59,13 +56,6 @@ def tiny_sweep(tmp_path, synthetic_root):
         return path
 
     return make
-
-
-def sweeps(*args, timeout=600, env=None) -> subprocess.CompletedProcess:
-    """`python -m sweeps ARGS` from the repository root, one thread per process."""
-    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MEDROBUST_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, "-m", "sweeps", *map(str, args)], cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout, env=env)
 
 
 def _free_port() -> int:

@@ -1,0 +1,96 @@
+"""Real sweeps on tiny synthetic data, as a user runs them: `run --workers 2`, `status`, `report`, `select`;
+and a worker SIGKILLed in the middle of real training, whose retry resumes from the trial's last.ckpt."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sweeps import study as studies
+from sweeps.spec import load_spec
+
+from sweep_helpers import REPO, sweeps
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_status_report_select(tiny_sweep, tmp_path):
+    path = tiny_sweep(epsilon=[0, "4/255"], seeds=[0, 1])
+    result = sweeps("run", path, "--workers", "2")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.count(" COMPLETE: ") == 4 and "4/4 points done" in result.stdout
+
+    status = json.loads(sweeps("status", path, "--json").stdout)
+    assert status["counts"]["done"] == 4 and status["counts"]["trials"] == 4
+    for trial in status["trials"]:
+        assert trial["state"] == "COMPLETE" and len(trial["values"]) == 2
+        assert Path(trial["run_dir"]).name == f"trial_{trial['number']}"
+        assert list(Path(trial["run_dir"]).glob("checkpoints/best-*.robustness.json"))
+    trials = studies.load(load_spec(path)).trials
+    assert all(t.user_attrs["test"]["test/adv_bacc@4_255"] >= 0 and "val/clean_bacc" in t.user_attrs["val"] for t in trials)
+
+    out = tmp_path / "report"
+    result = sweeps("report", path, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "| train epsilon |" in result.stdout and (out / "curve.png").stat().st_size > 0 and (out / "pareto.png").exists()
+    rows = list(csv.DictReader(open(out / "curve.csv")))
+    assert [r["epsilon_label"] for r in rows] == ["0", "4/255"] and [r["seeds"] for r in rows] == ["2", "2"]
+    assert {"val/clean_bacc", "test/clean_bacc", "val/adv_bacc@4_255", "test/adv_bacc@4_255"} <= set(rows[0])
+
+    choice_file = tmp_path / "choice.json"
+    result = sweeps("select", path, "--min", "clean_bacc=0", "--maximize", "adv_bacc@4/255", "--bootstrap", "200",
+                    "--json", choice_file)
+    assert result.returncode == 0, result.stderr
+    assert "chosen training epsilon:" in result.stdout and "95% bootstrap" in result.stdout
+    choice = json.loads(choice_file.read_text())
+    for key, ci in choice["test_intervals"].items():
+        assert ci["low"] <= ci["value"] <= ci["high"], key
+    # the recomputed per-example predictions reproduce the robustness report's test metrics
+    assert choice["test_intervals"]["test/clean_bacc"]["value"] == pytest.approx(choice["test"]["test/clean_bacc"], abs=1e-6)
+    assert choice["test_intervals"]["test/adv_bacc@4_255"]["value"] == pytest.approx(choice["test"]["test/adv_bacc@4_255"], abs=1e-6)
+    assert Path(choice["checkpoint"]).is_file()
+    assert list(Path(choice["checkpoint"]).parent.glob("*.test-predictions.pt"))  # cached for the next select
+
+    result = sweeps("select", path, "--min", "clean_bacc=1.01")
+    assert result.returncode == 1 and "no training epsilon meets the constraints" in result.stdout
+
+
+def test_sigkilled_worker_resumes_its_trial_from_last_ckpt(tiny_sweep):
+    path = tiny_sweep(epsilon=["4/255"], seeds=[0], overrides={"trainer.max_epochs": 6})
+    spec = load_spec(path)
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MEDROBUST_THREADS": "1"}
+    worker = subprocess.Popen([sys.executable, "-m", "sweeps", "worker", str(path)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = spec.study_dir / "trial_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and worker.poll() is None:
+        if last.exists() and list(last.parent.glob("best-epoch=001*.ckpt")):
+            break
+        time.sleep(0.2)
+    assert worker.poll() is None, "the trial finished before it could be killed"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+
+    result = sweeps("run", path)  # the same command again
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = studies.load(spec).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    retry = trials[1]
+    assert retry.system_attrs["failed_trial"] == 0 and retry.user_attrs["resumed_from"] == str(last)
+    assert retry.user_attrs["run_dir"] == str(spec.study_dir / "trial_0")
+    versions = sorted(p.name for p in (spec.study_dir / "trial_0" / "csv").glob("version_*"))
+    assert versions == ["version_0", "version_1"]  # the retry continued the killed run
+    import train
+
+    epochs = train.logged_epochs(spec.study_dir / "trial_0")
+    assert [int(e["epoch"]) for e in epochs if "val/clean_bacc" in e] == list(range(6))
+    best = max((e for e in epochs if "val/clean_bacc" in e), key=lambda e: e["val/clean_bacc"])
+    assert retry.user_attrs["val"]["val/clean_bacc"] == pytest.approx(best["val/clean_bacc"])
+    assert retry.values[0] == pytest.approx(best["val/clean_bacc"])
