@@ -86,10 +86,28 @@ def sweep_figures(quick: bool, smoke: bool, workdir: Path, log) -> list[dict]:
         from bench import sweep_scaling
     except ImportError as err:
         return [not_measured("sweep scaling: 2 workers / 1 (time)", "<= 0.6x", f"not available ({err})")]
-    if not hasattr(sweep_scaling, "run_figures"):
-        return [not_measured("sweep scaling: 2 workers / 1 (time)", "<= 0.6x",
-                             "not available (bench/sweep_scaling.py has no run_figures)")]
-    return sweep_scaling.run_figures(quick=quick, workdir=workdir / "sweep", smoke=smoke, log=log)
+    if hasattr(sweep_scaling, "run_figures"):
+        return sweep_scaling.run_figures(quick=quick, workdir=workdir / "sweep", smoke=smoke, log=log)
+    if smoke:
+        return [not_measured("sweep scaling: 2 workers / 1 (time)", "<= 0.6x", "skipped in --smoke (whole sweeps)")]
+    import contextlib
+    import io
+
+    args = sweep_scaling.parse_args(["--repeats", "1" if quick else "2"])
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        sweep_scaling.prepare(args)
+        folder = workdir / "sweep"
+        folder.mkdir(parents=True, exist_ok=True)
+        result = sweep_scaling.measure(args, folder)
+    for line in printed.getvalue().splitlines():
+        log(f"[sweep] {line}")
+    speedup = result["ratios"]["1/2"]  # seconds(1 worker) / seconds(2 workers), paired
+    ratio, low, high = 1 / speedup["median"], 1 / speedup["max"], 1 / speedup["min"]
+    return [{"name": "sweep scaling: 2 workers / 1 (time)", "ratio": ratio, "range": [low, high], "repeats": [],
+             "goal": "<= 0.6x", "goal_value": 0.6, "higher_is_better": False, "unit": "x", "met": ratio <= 0.6,
+             "details": {"seconds_median": {str(w): s["median"] for w, s in result["seconds"].items()},
+                         "settings": f"{Path(result['sweep']).name} with {' '.join(result['overrides'])}, wall clock"}}]
 
 
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:

@@ -3,7 +3,8 @@
 Each build writes a fresh cache folder (nothing is reused) for the same test images, corruptions and seed; the two
 settings run interleaved (order alternating), and each repeat gives a paired speed-up = seconds(1) / seconds(2).
 Wall-clock time (parallelism is the point), so other jobs on the machine lower the figure: the load average is
-recorded. Default data: a synthetic PneumoniaMNIST npz with `--test-images` test images (official format).
+recorded. Every process runs one thread (OpenCV, ImageMagick, torch), as the builder's pool workers do, so the
+figure is the speed-up from processes, not from thread pools. Default data: a synthetic PneumoniaMNIST npz with `--test-images` test images (official format).
 """
 from __future__ import annotations
 
@@ -29,9 +30,39 @@ def build_seconds(root: Path, cache: Path, flag: str, workers: int, corruptions)
     return seconds
 
 
+def single_threaded():
+    """One thread per process, as the builder's pool workers run: with workers=1 the build runs in this process,
+    where OpenCV and ImageMagick would otherwise use every core, and 1 vs 2 workers would not compare processes."""
+    import contextlib
+
+    import cv2
+    import torch
+    from wand.resource import limits
+
+    @contextlib.contextmanager
+    def scope():
+        before = (torch.get_num_threads(), cv2.getNumThreads(), limits["thread"])
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
+        limits["thread"] = 1
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before[0])
+            cv2.setNumThreads(before[1])
+            limits["thread"] = before[2]
+
+    return scope()
+
+
 def measure(root: Path, flag: str, repeats: int, warmup: int, workdir: Path, corruptions=None, workers=(1, 2),
             log=print) -> dict:
     """Interleaved builds with each worker count; paired speed-ups of the first count over the others."""
+    with single_threaded():
+        return _measure(root, flag, repeats, warmup, workdir, corruptions, workers, log)
+
+
+def _measure(root, flag, repeats, warmup, workdir, corruptions, workers, log) -> dict:
     seconds = {w: [] for w in workers}
     load = [os.getloadavg()[0]]
     for r in range(warmup + repeats):
