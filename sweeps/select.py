@@ -90,7 +90,7 @@ def test_predictions(trial: dict) -> dict[str, Any]:
     from attacks.threat_model import parse_epsilon
     from datamodules.medmnist import MedMNISTDataModule
     from evaluation.scoring import predict
-    from lightning_modules import adversarial, erm
+    from evaluation.checkpoints import load_module
 
     ckpt = Path(trial["checkpoint"] or "")
     if not ckpt.is_file():
@@ -109,9 +109,7 @@ def test_predictions(trial: dict) -> dict[str, Any]:
         cached = torch.load(cache, weights_only=False)
         if cached.get("settings") == settings:
             return cached
-    classes = {"ERM": erm.ERM, "PGDAT": adversarial.PGDAT, "TRADES": adversarial.TRADES, "FGSMRS": adversarial.FGSMRS}
-    model_class = classes.get(str(config["model"]["class_path"]).rsplit(".", 1)[-1], erm.ERM)
-    model = model_class.load_from_checkpoint(str(ckpt), map_location="cpu").eval()
+    model = load_module(ckpt)
     dm = MedMNISTDataModule(**{k: v for k, v in config["data"].items()})
     split = dm.split("test")
     run = dict(task=dm.task, num_classes=dm.num_classes, batch_size=settings["batch_size"])

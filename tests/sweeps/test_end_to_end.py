@@ -94,3 +94,17 @@ def test_sigkilled_worker_resumes_its_trial_from_last_ckpt(tiny_sweep):
     best = max((e for e in epochs if "val/clean_bacc" in e), key=lambda e: e["val/clean_bacc"])
     assert retry.user_attrs["val"]["val/clean_bacc"] == pytest.approx(best["val/clean_bacc"])
     assert retry.values[0] == pytest.approx(best["val/clean_bacc"])
+
+
+def test_single_objective_sampler_sweep_reports_to_the_pruner(tiny_sweep):
+    """optuna-integration's Lightning pruning callback works with lightning 2.6: every epoch's objective
+    reaches the trial's intermediate values (what the median pruner compares)."""
+    path = tiny_sweep(epsilon={"low": 0, "high": "4/255"}, sampler="tpe", n_trials=2, pruner="median",
+                      objectives={"val/adv_bacc@4/255": "maximize"}, overrides={"trainer.max_epochs": 2})
+    result = sweeps("run", path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = studies.load(load_spec(path)).trials
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
+    for t in trials:
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert t.values[0] == pytest.approx(t.user_attrs["val"]["val/adv_bacc@4_255"])

@@ -150,3 +150,22 @@ def test_duplicate_trials_of_one_point_run_once(tiny_sweep):
     done = complete_points(spec)
     assert len(done) == 2 and set(done.values()) == {1}
     assert sum(1 for t in studies.load(spec).trials if studies.is_skipped(t)) == 2
+
+
+def test_sampler_sweep_runs_its_budget_with_every_seed_of_each_point(tiny_sweep):
+    path = tiny_sweep(epsilon={"low": 0, "high": "8/255"}, seeds=[0, 1], sampler={"type": "tpe", "seed": 3},
+                      n_trials=4, objectives={"val/clean_bacc": "maximize"})
+    spec = load_spec(path)
+    procs = [start(path, i) for i in range(2)]
+    for proc in procs:
+        finish(proc)
+    trials = studies.load(spec).trials
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert len(complete) >= 4 and not [t for t in trials if t.state.name in ("RUNNING", "WAITING", "FAIL")]
+    by_point: dict = {}
+    for t in complete:
+        origin = studies.point_of(t).split(":seed:")[0]
+        by_point.setdefault(origin, []).append(t)
+    for members in by_point.values():  # each proposed epsilon ran once per seed
+        assert sorted(t.user_attrs["seed"] for t in members) == [0, 1]
+        assert len({t.params["epsilon"] for t in members}) == 1
