@@ -153,10 +153,19 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, log=pri
             trial.set_user_attr("failure", " ".join(message.split())[:500])
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "trial_error.txt").write_text(traceback.format_exc())
+    if spec.wandb:
+        _finish_wandb()  # else the next trial in this process would log into this trial's W&B run
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     shown = "" if values is None else " " + " ".join(f"{o.metric}={v:.4f}" for o, v in zip(spec.objectives, values))
     log(f"trial {trial.number} {state.name}: {describe(params)}{shown} ({time.time() - started:.0f} s)")
     return state
+
+
+def _finish_wandb() -> None:
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish()
 
 
 def record(trial: optuna.Trial, result) -> None:
