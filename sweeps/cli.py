@@ -123,9 +123,15 @@ def cmd_worker(args) -> int:
     from .launch import check
     from .worker import work
 
+    from .worker import Interrupted
+
     spec = load(args)
     check(spec)
-    ran = work(spec, args.index, log=lambda text: print(f"[worker {args.index}] {text}", flush=True))
+    try:
+        ran = work(spec, args.index, log=lambda text: print(f"[worker {args.index}] {text}", flush=True))
+    except (Interrupted, KeyboardInterrupt):
+        print(f"[worker {args.index}] interrupted: rerun the same command to continue", flush=True)
+        return 130
     print(f"[worker {args.index}] done: ran {ran} trial(s)", flush=True)
     return 0
 
@@ -160,12 +166,13 @@ def cmd_report(args) -> int:
     from . import study as studies
     from .report import write_report
 
+    from .results import trial_rows
+
     spec = load(args)
     study = studies.load(spec)
-    result = write_report(study, spec, Path(args.out))
-    if not result["table"]:
-        print(f"error: study {spec.study!r} has no finished trial yet", file=sys.stderr)
-        return 1
+    if not any(row["state"] == "COMPLETE" for row in trial_rows(study, spec)):
+        raise ConfigError(f"study {spec.study!r} has no finished trial yet (python -m sweeps status {spec.path})")
+    write_report(study, spec, Path(args.out))
     return 0
 
 

@@ -63,8 +63,9 @@ def run(spec: SweepSpec, forwarded: Sequence[str], log=print) -> int:
     for index in range(spec.workers):
         handle = open(logs / f"worker_{index}.log", "a")
         command = [sys.executable, "-m", "sweeps", "worker", str(spec.path), *forwarded, "--index", str(index)]
+        # own session: Ctrl-C reaches this process only, which stops the workers with SIGTERM
         procs.append((subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=worker_env(spec, index),
-                                       cwd=os.getcwd()), handle))
+                                       cwd=os.getcwd(), start_new_session=True), handle))
     log(f"worker logs: {logs}/worker_N.log")
     seen = {r["number"] for r in trial_rows(study, spec) if r["state"] != "RUNNING" and r["state"] != "WAITING"}
     try:
@@ -75,12 +76,13 @@ def run(spec: SweepSpec, forwarded: Sequence[str], log=print) -> int:
                 break
             time.sleep(2)
     except KeyboardInterrupt:
+        log("interrupted: stopping the workers (their running trials are failed and retried by the next run)")
         for p, _ in procs:
             if p.poll() is None:
-                p.send_signal(signal.SIGINT)
+                p.send_signal(signal.SIGTERM)
         for p, _ in procs:
             p.wait()
-        raise
+        return 130
     finally:
         for _, handle in procs:
             handle.close()

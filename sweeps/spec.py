@@ -16,6 +16,7 @@ import yaml
 
 from attacks.threat_model import format_epsilon, parse_epsilon, parse_norm
 from core.errors import ConfigError
+from core.files import file_digest
 from lightning_modules.metrics import parse_metric_key
 
 REPO = Path(__file__).resolve().parents[1]
@@ -158,7 +159,7 @@ def resolve_path(text: str | Path) -> Path:
 
 
 def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else "missing"
+    return file_digest(path)[:16] if path.is_file() else "missing"
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

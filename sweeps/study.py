@@ -13,6 +13,7 @@ import json
 import os
 import random
 import socket
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ POINT = "medrobust:point"
 OWNER = "medrobust:owner"
 BEAT = "medrobust:beat"
 SKIPPED = "medrobust:skipped"
+INTERRUPTED = "interrupted"
 SEED = "seed"
 FINGERPRINT = "medrobust:fingerprint"
 SETTINGS = "medrobust:settings"
@@ -90,8 +92,12 @@ def check_storage(spec: SweepSpec) -> None:
     if kind in ("journal", "sqlite"):
         path = journal_path(spec.storage) if kind == "journal" else _sqlite_path(spec.storage)
         folder = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
-        if path.is_dir() or folder is None or not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise ConfigError(f"storage {spec.storage!r}: cannot write {path}")
+        try:
+            if path.is_dir() or folder is None or not folder.is_dir():
+                raise OSError("not a folder")
+            tempfile.TemporaryDirectory(dir=folder).cleanup()  # writable for real (not only by permission bits)
+        except OSError:
+            raise ConfigError(f"storage {spec.storage!r}: cannot write {path}") from None
         return
     import sqlalchemy
 
@@ -269,7 +275,7 @@ def point_states(trials: list[FrozenTrial]) -> dict[str, PointState]:
         elif trial.state in (TrialState.RUNNING, TrialState.WAITING):
             state.live = True
         elif trial.state == TrialState.FAIL:
-            state.failures += 1
+            state.failures += trial.user_attrs.get("failure") != INTERRUPTED  # a stop is not the trial's fault
             if state.last_failed is None or trial.number > state.last_failed.number:
                 state.last_failed = trial
     return states

@@ -161,7 +161,8 @@ def _callback_metrics(callback, dm, facts: TrainingFacts) -> None:
     if callback.corruption_report:
         facts.test_metrics.update(metric_key("test", "corr", m) for m in ("bacc", "be", "rbe"))
         cache = {"flag": dm.flag, "size": dm.size, "root": str(dm.root), "cache": callback.corruption.cache,
-                 "seed": callback.corruption.seed, "verify": dm.hparams.verify_md5}
+                 "seed": callback.corruption.seed, "verify": dm.hparams.verify_md5,
+                 "corruptions": callback.corruption.corruptions}
         if cache not in facts.corruption_caches:
             facts.corruption_caches.append(cache)
 
@@ -182,7 +183,7 @@ def build_corruption_caches(facts: TrainingFacts, workers: Optional[int] = None)
 
     for cache in facts.corruption_caches:
         build(cache["flag"], cache["size"], cache["root"], cache["cache"], seed=cache["seed"], workers=workers,
-              progress=False, verify=cache["verify"])
+              corruptions=cache["corruptions"], progress=False, verify=cache["verify"])
 
 
 def run_in_process(args: Sequence[str], callbacks: Sequence = ()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import threading
 import time
 import traceback
@@ -19,6 +20,18 @@ from attacks.threat_model import format_epsilon
 from . import study as studies
 from . import training
 from .spec import SweepSpec
+
+
+class Interrupted(Exception):
+    """SIGINT or SIGTERM (Ctrl-C, a scheduler's preemption): the running trial is failed, its point retried later."""
+
+
+_signals: list[int] = []
+
+
+def _on_signal(number, frame) -> None:
+    _signals.append(number)
+    raise KeyboardInterrupt  # Lightning stops training at the next step and returns
 
 
 def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
@@ -146,6 +159,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, log=pri
             state = TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
+        except KeyboardInterrupt:
+            _signals.append(signal.SIGINT)
+        except SystemExit as stop:  # Lightning exits after an interrupt; jsonargparse after a bad argument
+            if not _signals:
+                trial.set_user_attr("failure", f"train.py exited with code {stop.code}")
         except Exception as err:
             import train
 
@@ -155,6 +173,11 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, log=pri
             (run_dir / "trial_error.txt").write_text(traceback.format_exc())
     if spec.wandb:
         _finish_wandb()  # else the next trial in this process would log into this trial's W&B run
+    if _signals:  # Lightning swallows the interrupt and may even test the unfinished model: none of it counts
+        trial.set_user_attr("failure", studies.INTERRUPTED)
+        study.tell(trial, state=TrialState.FAIL)
+        log(f"trial {trial.number} interrupted: failed, its point is retried (from its last.ckpt) by the next run")
+        raise Interrupted()
     study.tell(trial, values if state == TrialState.COMPLETE else None, state=state)
     shown = "" if values is None else " " + " ".join(f"{o.metric}={v:.4f}" for o, v in zip(spec.objectives, values))
     log(f"trial {trial.number} {state.name}: {describe(params)}{shown} ({time.time() - started:.0f} s)")
@@ -184,9 +207,11 @@ def work(spec: SweepSpec, worker: int = 0, log=print, poll: float = 2.0) -> int:
         import torch
 
         torch.set_num_threads(int(threads))
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, _on_signal)
     study = studies.create_or_load(spec, worker)
     ran = 0
-    while True:
+    while not _signals:
         studies.reap(study, spec)
         studies.fill(study, spec)
         trial = studies.pop(study, spec)
@@ -197,3 +222,4 @@ def work(spec: SweepSpec, worker: int = 0, log=print, poll: float = 2.0) -> int:
         if studies.finished(study, spec):
             return ran
         time.sleep(poll)  # other workers' last trials run: wait, and retry them if their workers die
+    raise Interrupted()

@@ -52,7 +52,7 @@ def tiny_sweep(tmp_path, synthetic_root):
             **keys,
         }
         path = tmp_path / name
-        path.write_text(yaml.safe_dump(sweep))
+        path.write_text(yaml.safe_dump(sweep, sort_keys=False))  # objectives keep their order
         return path
 
     return make

@@ -108,3 +108,27 @@ def test_single_objective_sampler_sweep_reports_to_the_pruner(tiny_sweep):
     for t in trials:
         assert sorted(t.intermediate_values) == [0, 1]
         assert t.values[0] == pytest.approx(t.user_attrs["val"]["val/adv_bacc@4_255"])
+
+
+def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes_it(tiny_sweep):
+    path = tiny_sweep(epsilon=["4/255"], seeds=[0], overrides={"trainer.max_epochs": 6})
+    spec = load_spec(path)
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MEDROBUST_THREADS": "1"}
+    run = subprocess.Popen([sys.executable, "-m", "sweeps", "run", str(path)], cwd=REPO, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    last = spec.study_dir / "trial_0" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and run.poll() is None and not last.exists():
+        time.sleep(0.2)
+    assert run.poll() is None, "the trial finished before it could be interrupted"
+    run.send_signal(signal.SIGINT)
+    out, _ = run.communicate(timeout=300)
+    assert run.returncode == 130, out[-3000:]
+    trials = studies.load(spec).trials
+    assert [t.state.name for t in trials] == ["FAIL"] and trials[0].user_attrs["failure"] == "interrupted"
+
+    result = sweeps("run", path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    trials = studies.load(spec).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"]
+    assert trials[1].user_attrs["resumed_from"] == str(last)
