@@ -159,6 +159,8 @@ class FGSMRS(AdversarialTraining):
             x_adv = PGD(self.model, self.current_epsilon(), steps=self.guard_steps, norm=self.norm, seed=0)(x, y)
             with torch.no_grad():
                 accuracy = _accuracy(self(x_adv), y, self.task)
+        # under DDP every rank guards its own batch: decide on the mean, so all ranks restore and stop together
+        accuracy = float(self.trainer.strategy.reduce(torch.tensor(accuracy, device=x.device), reduce_op="mean"))
         self.log("train/guard_adv_acc", accuracy, on_epoch=True)
         if accuracy >= self._best_guard:
             self._best_guard = accuracy

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.strategies import SingleDeviceStrategy
 
 from core.errors import ConfigError
 from datamodules.medmnist import MedMNISTDataModule
@@ -169,28 +170,58 @@ def test_fgsm_rs_guard_restores_the_best_weights_exactly_and_stops_on_collapse(s
         assert torch.equal(value, collapse.snapshot[name]), name
 
 
-def test_fgsm_rs_guard_scores_in_eval_mode_without_moving_batchnorm_statistics(synthetic_root):
+def _guard_ready(strategy=None):
+    """An FGSMRS module with a guard batch and a stand-in trainer, for calling the guard directly."""
     module = FGSMRS(epsilon="8/255", guard_samples=16, guard_steps=2)
     module._guard_batch = _batch(16)
     module.train()
 
-    class FakeTrainer:  # the guard reads the epoch (for epsilon) and may set should_stop
+    class FakeTrainer:  # the guard reads the epoch (for epsilon), averages over ranks and may set should_stop
         current_epoch, should_stop = 0, False
 
+    FakeTrainer.strategy = strategy or SingleDeviceStrategy("cpu")
     module._trainer = FakeTrainer()
-    module.log = lambda *args, **kwargs: None
+    module.log = module.print = lambda *args, **kwargs: None
+    return module
+
+
+def _guard_accuracy(module):
+    """What the guard measures on this rank: eval-mode accuracy on its seeded PGD examples."""
+    x, y = module._guard_batch
+    x_adv = PGD(module.model, module.epsilon, steps=module.guard_steps, seed=0)(x, y)
+    with torch.no_grad():
+        return (module.model.eval()(x_adv).argmax(1) == y).float().mean().item()
+
+
+def test_fgsm_rs_guard_scores_in_eval_mode_without_moving_batchnorm_statistics():
+    module = _guard_ready()
+    expected = _guard_accuracy(module)
+    module.train()
     before = copy.deepcopy(module.model.state_dict())
     modes = [m.training for m in module.modules()]
     module.on_train_epoch_end()
     for name, value in module.model.state_dict().items():  # running_mean/var and num_batches_tracked included
         assert torch.equal(value, before[name]), name
     assert [m.training for m in module.modules()] == modes
-    # the score is the eval-mode accuracy on the guard's own PGD examples
-    x, y = module._guard_batch
-    x_adv = PGD(module.model, 8 / 255, steps=2, seed=0)(x, y)
-    with torch.no_grad():
-        expected = (module.model.eval()(x_adv).argmax(1) == y).float().mean().item()
     assert module._best_guard == expected
+
+
+def test_fgsm_rs_guard_decides_on_the_mean_over_ddp_ranks():
+    class OtherRankCollapsed:  # two ranks: this rank's accuracy and 0 from the other
+        def reduce(self, tensor, reduce_op):
+            assert reduce_op == "mean"
+            return tensor / 2
+
+    module = _guard_ready(OtherRankCollapsed())
+    x, _ = module._guard_batch
+    with torch.no_grad():  # labels the model gets right: this rank alone keeps a high guard accuracy
+        module._guard_batch = (x, module.model.eval()(x).argmax(1))
+    own = _guard_accuracy(module)
+    assert own > 0.5
+    module.train()
+    module._best_guard, module._best_state = own, copy.deepcopy(module.model.state_dict())
+    module.on_train_epoch_end()  # alone: own >= best, no stop; mean over ranks: own / 2 < own - 0.2
+    assert module.trainer.should_stop
 
 
 def test_fgsm_rs_guard_does_not_stop_healthy_training(synthetic_root):
