@@ -157,7 +157,8 @@ def _generate(plan: _Plan, names: Sequence[str], workers: int, progress: bool) -
             chunks = ((name, sev, corrupt_chunk(flag, name, sev, images, seed, size)) for name, sev in tasks)
             yield from _collect(chunks, pending, bar, n)
             return
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        # not fork: forking a process whose torch threads hold locks can deadlock the workers
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(processes, _init_worker, init) as pool:
             yield from _collect(pool.imap_unordered(_worker_chunk, tasks), pending, bar, n)
 
