@@ -9,6 +9,8 @@ one runs and the other is skipped, so each point is trained once however many wo
 """
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
@@ -245,7 +247,7 @@ def point_of(trial: FrozenTrial) -> Optional[str]:
 
 
 def is_skipped(trial: FrozenTrial) -> bool:
-    return bool(trial.system_attrs.get(SKIPPED))
+    return SKIPPED in trial.system_attrs  # its value is the number of the trial that runs the point
 
 
 def grid_size(spec: SweepSpec) -> int:
@@ -285,9 +287,43 @@ def _all_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study._storage.get_all_trials(study._study_id, deepcopy=False)
 
 
+@contextlib.contextmanager
+def queue_lock(study: optuna.Study, spec: SweepSpec):
+    """One process at a time decides what to queue (processes starting together would each queue the grid):
+    a file lock beside a journal, an advisory lock on PostgreSQL; SQLite has one process."""
+    kind = storage_kind(spec.storage)
+    if kind == "journal":
+        import fcntl
+
+        with open(f"{journal_path(spec.storage)}.queue.lock", "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+    elif kind == "postgresql":
+        import sqlalchemy
+
+        key = int(hashlib.sha256(spec.study.encode()).hexdigest()[:15], 16)
+        engine = getattr(study._storage, "_backend", study._storage).engine  # Optuna wraps RDBStorage in a cache
+        with engine.connect() as connection:
+            connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+            try:
+                yield
+            finally:
+                connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+    else:
+        yield
+
+
 def fill(study: optuna.Study, spec: SweepSpec) -> int:
     """Queue every point that has no live or finished trial: grid points never started, and failed points
     (a retry keeps the failed trial's parameters and run folder) while retries are left."""
+    with queue_lock(study, spec):
+        return _fill(study, spec)
+
+
+def _fill(study: optuna.Study, spec: SweepSpec) -> int:
     states = point_states(_all_trials(study))
     queued = 0
     if spec.is_grid:
