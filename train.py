@@ -17,7 +17,7 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.loggers import CSVLogger, Logger
 
-from core.errors import MedRobustError
+from core.errors import ConfigError, MedRobustError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
 
@@ -150,7 +150,12 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> RunResult:
     """`python train.py ARGS` in this process (`fit` or `test` first, as on the command line), with extra
     Lightning callbacks (say, a pruning callback); raises MedRobustError on bad input."""
     history = EpochHistory()
-    cli = build_cli(args, [*callbacks, history])
+    try:
+        cli = build_cli(args, [*callbacks, history])
+    except SystemExit as stop:  # jsonargparse exits after printing a bad argument
+        if stop.code:
+            raise ConfigError(f"train.py rejected the arguments (its message is above): {' '.join(args)}") from None
+        raise
     trainer = cli.trainer
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best = Path(best) if best else (Path(trainer.ckpt_path) if trainer.ckpt_path else None)
