@@ -178,9 +178,16 @@ def make_pruner(spec: SweepSpec):
     return optuna.pruners.NopPruner()
 
 
-def find_study(spec: SweepSpec, storage) -> Optional[optuna.study.StudySummary]:
-    return next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-                 if s.study_name == spec.study), None)
+def find_study(spec: SweepSpec, storage, wait: float = 30.0) -> Optional[optuna.study.StudySummary]:
+    """The study's summary, None when absent. A study seen without its settings fingerprint may have been
+    created an instant ago by another process that is about to write it: wait up to `wait` s for it."""
+    deadline = time.time() + wait
+    while True:
+        summary = next((s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+                        if s.study_name == spec.study), None)
+        if summary is None or FINGERPRINT in summary.user_attrs or time.time() > deadline:
+            return summary
+        time.sleep(0.5)
 
 
 def check_settings(spec: SweepSpec, user_attrs: dict) -> None:
