@@ -75,7 +75,18 @@ def build_parser() -> Parser:
     goal.add_argument("--minimize", metavar="METRIC", help="then the lowest of this validation metric")
     select.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test examples (default 1000)")
     select.add_argument("--json", metavar="OUT", help="also write the choice as JSON")
+    from . import reproduce
+
+    study = commands.add_parser("reproduce", help="reproduce the nonrobust-features study (configs/study/*.yaml)",
+                                description=reproduce.DESCRIPTION, epilog=reproduce.EXAMPLE)
+    reproduce.add_arguments(study)
     return parser
+
+
+def cmd_reproduce(args) -> int:
+    from .reproduce import run_from_args
+
+    return run_from_args(args)
 
 
 def load(args):
@@ -207,4 +218,5 @@ def cmd_select(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "report": cmd_report, "select": cmd_select}
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "report": cmd_report, "select": cmd_select,
+            "reproduce": cmd_reproduce}

@@ -439,26 +439,36 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     return rows
 
 
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m sweeps reproduce",
-        description="Reproduce the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate.",
-        epilog="Example: python -m sweeps reproduce configs/study/quick.yaml --out runs/study/quick")
-    parser.add_argument("config", help="study YAML (configs/study/quick.yaml, configs/study/paper.yaml)")
+DESCRIPTION = "Reproduce the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate."
+EXAMPLE = "Example: python -m sweeps reproduce configs/study/quick.yaml --out runs/study/quick"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="study YAML (configs/study/quick.yaml, paper.yaml, causes.yaml)")
     parser.add_argument("--out", required=True, help="folder for every step's run and the results (reused on rerun)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a study key, e.g. --set seeds=[0,1] --set train.trainer.max_epochs=2")
-    args = parser.parse_args(argv)
-    try:
-        study = load_study(args.config, args.overrides)
-        started = time.time()
-        rows = reproduce(study, Path(args.out))
-    except MedRobustError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+
+
+def run_from_args(args) -> int:
+    """Run the study named on the command line; MedRobustError propagates (the caller prints one line)."""
+    study = load_study(args.config, args.overrides)
+    started = time.time()
+    rows = reproduce(study, Path(args.out))
     print((Path(args.out) / "results.md").read_text())
     print(f"{len(rows)} models in {time.time() - started:.0f} s; results in {args.out}/results.csv, results.md, *.png")
     return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sweeps reproduce", description=DESCRIPTION, epilog=EXAMPLE)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    try:
+        return run_from_args(args)
+    except MedRobustError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_bad_study_configs_end_in_one_clear_error(overrides, message):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    result = subprocess.run([sys.executable, "-m", "sweeps.reproduce", str(bad), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "sweeps", "reproduce", str(bad), "--out", str(tmp_path / "out")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
