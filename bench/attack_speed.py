@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from bench.common import (
-    DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, figure, existing_dir, format_table, interleaved_order,
+    DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, figure, existing_dir, format_table, paired_rounds,
     positive_int, run_main, summary, write_json,
 )
 
@@ -130,20 +130,15 @@ def measure(model, x, y, args) -> dict:
 
     seconds = {(t, v): [] for t in args.threads for v in VARIANTS}
     cpu = {(t, v): [] for t in args.threads for v in VARIANTS}
-    for r in range(args.warmup + args.repeats):
-        timed_run = r >= args.warmup
-        tag = f"repeat {r - args.warmup + 1}/{args.repeats}" if timed_run else f"warm-up {r + 1}/{args.warmup}"
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            for variant in interleaved_order(r, VARIANTS):
-                attack = make_attack(variant, model, args.eps, args.steps)
-                start = clock_pair()
-                attack(x, y)
-                spent = elapsed(start)
-                if timed_run:
-                    seconds[threads, variant].append(spent["wall"])
-                    cpu[threads, variant].append(spent["cpu"])
-                print(f"[{tag}] threads={threads} {variant:<12} {spent['wall']:.3f} s ({spent['cpu']:.3f} CPU s)", flush=True)
+    for tag, timed_run, threads, variant in paired_rounds(args.warmup, args.repeats, args.threads, VARIANTS):
+        attack = make_attack(variant, model, args.eps, args.steps)
+        start = clock_pair()
+        attack(x, y)
+        spent = elapsed(start)
+        if timed_run:
+            seconds[threads, variant].append(spent["wall"])
+            cpu[threads, variant].append(spent["cpu"])
+        print(f"[{tag}] threads={threads} {variant:<12} {spent['wall']:.3f} s ({spent['cpu']:.3f} CPU s)", flush=True)
     runs = []
     for threads in args.threads:
         ratios = [a / b for a, b in zip(seconds[threads, "medrobust"], seconds[threads, "torchattacks"])]

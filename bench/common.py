@@ -67,6 +67,20 @@ def interleaved_order(repeat: int, names: Sequence[str]) -> list[str]:
     return list(names) if repeat % 2 == 0 else list(reversed(names))
 
 
+def paired_rounds(warmup: int, repeats: int, threads: Sequence[int], variants: Sequence[str]):
+    """Yield (tag, timed, threads, variant) for warm-up then timed rounds: every thread setting in every round
+    (torch.set_num_threads applied), the variants in alternating order."""
+    import torch
+
+    for r in range(warmup + repeats):
+        timed_run = r >= warmup
+        tag = f"repeat {r - warmup + 1}/{repeats}" if timed_run else f"warm-up {r + 1}/{warmup}"
+        for n_threads in threads:
+            torch.set_num_threads(n_threads)
+            for variant in interleaved_order(r, variants):
+                yield tag, timed_run, n_threads, variant
+
+
 def summary(values: Sequence[float]) -> dict[str, float]:
     """Median (the reported figure), min and max of a list of repeats."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 
 from bench.common import (
-    DEFAULT_ROOT, BenchError, Parser, environment, existing_dir, format_table, interleaved_order,
+    DEFAULT_ROOT, BenchError, Parser, environment, existing_dir, format_table, paired_rounds,
     positive_int, run_main, summary, timed, write_json,
 )
 
@@ -109,20 +109,15 @@ def measure(args) -> dict:
     setup_s = {(t, v): [] for t in args.threads for v in VARIANTS}
     rate = {(t, v): [] for t in args.threads for v in VARIANTS}
     images = {}
-    for r in range(args.warmup + args.repeats):
-        timed_run = r >= args.warmup
-        tag = f"repeat {r - args.warmup + 1}/{args.repeats}" if timed_run else f"warm-up {r + 1}/{args.warmup}"
-        for threads in args.threads:
-            torch.set_num_threads(threads)
-            for variant in interleaved_order(r, VARIANTS):
-                seconds_setup, (loader, step) = timed(lambda: build(variant, args))
-                seconds, n = timed(lambda: epoch(loader, step, args.batches))
-                images[variant] = n
-                if timed_run:
-                    setup_s[threads, variant].append(seconds_setup)
-                    rate[threads, variant].append(n / seconds)
-                print(f"[{tag}] threads={threads} {variant:<11} {n} images in {seconds:.3f} s = "
-                      f"{n / seconds:,.0f} images/s (setup {seconds_setup:.3f} s)", flush=True)
+    for tag, timed_run, threads, variant in paired_rounds(args.warmup, args.repeats, args.threads, VARIANTS):
+        seconds_setup, (loader, step) = timed(lambda: build(variant, args))
+        seconds, n = timed(lambda: epoch(loader, step, args.batches))
+        images[variant] = n
+        if timed_run:
+            setup_s[threads, variant].append(seconds_setup)
+            rate[threads, variant].append(n / seconds)
+        print(f"[{tag}] threads={threads} {variant:<11} {n} images in {seconds:.3f} s = "
+              f"{n / seconds:,.0f} images/s (setup {seconds_setup:.3f} s)", flush=True)
     torch.set_num_threads(threads_before)
     runs = []
     for threads in args.threads:
