@@ -142,6 +142,7 @@ def build_cli(args: Optional[Sequence[str]] = None, callbacks: Sequence[Callback
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={"callbacks": list(callbacks)} if callbacks else None,
+        parser_kwargs={"exit_on_error": False},  # argument errors raise, so main() prints them in one line
         args=list(args) if args is not None else None,
     )
 
@@ -150,12 +151,12 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> RunResult:
     """`python train.py ARGS` in this process (`fit` or `test` first, as on the command line), with extra
     Lightning callbacks (say, a pruning callback); raises MedRobustError on bad input."""
     history = EpochHistory()
+    from jsonargparse import ArgumentError
+
     try:
         cli = build_cli(args, [*callbacks, history])
-    except SystemExit as stop:  # jsonargparse exits after printing a bad argument
-        if stop.code:
-            raise ConfigError(f"train.py rejected the arguments (its message is above): {' '.join(args)}") from None
-        raise
+    except ArgumentError as err:
+        raise ConfigError(f"train.py arguments: {' '.join(str(err).split())}") from None
     trainer = cli.trainer
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
     best = Path(best) if best else (Path(trainer.ckpt_path) if trainer.ckpt_path else None)
@@ -235,10 +236,14 @@ def read_run(run_dir) -> RunResult:
 
 
 def main(args=None) -> None:
+    from jsonargparse import ArgumentError
+
     try:
         build_cli(args)
     except Exception as err:
         cause = user_error(err)
+        if cause is None and isinstance(err, ArgumentError):
+            cause = " ".join(str(err).split())
         if cause is None:
             raise
         print(f"error: {cause}", file=sys.stderr)

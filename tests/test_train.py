@@ -196,3 +196,18 @@ def test_resumed_run_continues_from_the_saved_weights_optimizer_and_step(synthet
     assert resumed["global_step"] == 2 * steps_per_epoch  # one more epoch on top of the saved one, not two
     assert {float(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()} == {2.0 * steps_per_epoch}
     assert resumed["lr_schedulers"][0]["last_epoch"] == saved["lr_schedulers"][0]["last_epoch"] + 1
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--model.init_args.bogus", "1"], "Option 'bogus' is not accepted"),
+    (["--trainer.max_epochs", "abc"], 'Parser key "trainer.max_epochs"'),
+])
+def test_argument_errors_are_one_line_without_the_usage(tmp_path, capsys, extra, message):
+    args = ["fit", "--config", "configs/erm.yaml", "--trainer.default_root_dir", str(tmp_path), *extra]
+    _assert_one_error_line(*main_in_process(args, capsys)[::2], message)
+
+
+def test_a_broken_yaml_config_is_one_line(tmp_path, capsys):
+    config = tmp_path / "broken.yaml"
+    config.write_text("trainer: [\n")
+    _assert_one_error_line(*main_in_process(["fit", "--config", str(config)], capsys)[::2], "Problems parsing config")
