@@ -215,7 +215,7 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict) -
     if table:
         row["corr_bacc"] = table["mean_bacc"]
         row["corr_be"], row["corr_rbe"] = table.get("mean_be"), table.get("mean_rbe")
-        reference = table.get("clean_roundtrip_bacc", table.get("clean_bacc"))
+        reference = table.get("roundtrip_bacc") or table.get("clean_bacc")
         row["corr_clean_reference_bacc"] = reference
         for name, value in table["corruption_bacc"].items():
             row[f"corr_bacc@{name}"] = value
@@ -295,7 +295,7 @@ def results_markdown(rows: list[dict]) -> str:
             if not erm or not at:
                 continue
             names = [k.split("@", 1)[1] for k in erm[0] if k.startswith("corr_bacc@")]
-            lines += [f"**{d}**", "", "| corruption | ERM | PGD-AT | PGD-AT - ERM | ERM: corrupted - clean | PGD-AT: corrupted - clean |",
+            lines += [f"**{d}**", "", "| corruption | ERM | PGD-AT | PGD-AT - ERM | ERM: corrupted - round-tripped clean | PGD-AT: corrupted - round-tripped clean |",
                       "|---|---|---|---|---|---|"]
             for name in names:
                 e = _mean_sd([r.get(f"corr_bacc@{name}") for r in erm])[0]
