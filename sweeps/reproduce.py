@@ -29,7 +29,7 @@ from datamodules.info import MULTILABEL, dataset_info
 STUDY_KEYS = {"name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
               "constructed_training"}
 FLAT_SECTIONS = ("train", "overrides")  # their keys are dotted train.py keys, not nested mappings
-DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5"}
+DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}
 REQUIRED_MODELS = ("erm", "pgd_at")
 CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
 DONE = "result.json"
@@ -157,7 +157,7 @@ def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: in
         **({"data.root": dataset["root"]} if dataset.get("root") else {}),
         **{f"data.{key}": dataset[key] for key in ("download", "verify_md5") if key in dataset},
         "seed_everything": seed, "trainer.default_root_dir": str(step_dir),
-        **study.train, **(spec.get("overrides") or {}), **(extra or {}),
+        **study.train, **(dataset.get("train") or {}), **(spec.get("overrides") or {}), **(extra or {}),
     }
     if corruptions:
         overrides["trainer.callbacks.init_args.corruption_report"] = True
