@@ -146,12 +146,8 @@ def _done(step_dir: Path) -> Optional[dict]:
 
 def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: int,
                extra: Optional[dict] = None, corruptions: bool = False) -> dict:
-    """One training run (fit, then test of its best checkpoint), or its stored result when already done."""
-    done = _done(step_dir)
-    if done is not None:
-        return done
-    import train
-
+    """One training run (fit, then test of its best checkpoint), or its stored result when already done with the
+    same arguments (a finished step run with other settings is refused, not silently reused)."""
     overrides = {
         "data.flag": dataset["flag"], "data.size": dataset.get("size", 28),
         **({"data.root": dataset["root"]} if dataset.get("root") else {}),
@@ -162,6 +158,17 @@ def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: in
     if corruptions:
         overrides["trainer.callbacks.init_args.corruption_report"] = True
     args = ["fit", "--config", spec["config"], *cli_args(overrides)]
+    done = _done(step_dir)
+    if done is not None:
+        previous = list(done.get("args", args))
+        if previous[-2:] == ["--ckpt_path", "last"]:  # the run had resumed from its own last.ckpt
+            previous = previous[:-2]
+        if previous != args:
+            raise ConfigError(f"{step_dir} was trained with other settings than the config now asks for: delete that "
+                              "folder to train it again, or use another --out")
+        return done
+    import train
+
     if (step_dir / "checkpoints" / "last.ckpt").is_file():
         args += ["--ckpt_path", "last"]  # an interrupted run resumes
     started = time.time()

@@ -91,18 +91,20 @@ def test_results_tables_findings_and_figures(tmp_path):
 
 
 def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
-    """ERM, PGD-AT and D_rand on synthetic BreastMNIST: every step runs, results are written, a rerun trains nothing."""
+    """ERM, PGD-AT and D_rand on synthetic BreastMNIST: every step runs, results are written, a rerun trains
+    nothing, and a rerun with other settings is refused rather than mixing old and new runs."""
     from datamodules.synthetic import write_synthetic_npz
     from sweeps.reproduce import reproduce
 
     write_synthetic_npz(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
-    study = load_study(REPO / "configs" / "study" / "quick.yaml", [
+    overrides = [
         f"datasets=[{{flag: breastmnist, root: {tmp_path}/data, verify_md5: false}}]",
         "models={erm: {config: configs/erm.yaml}, pgd_at: {config: configs/pgd_at.yaml}}",
         "models.pgd_at.overrides={model.init_args.steps: 1}",
         "constructions={d_rand: {source: erm, steps: 2}}", "construction_defaults.limit=32",
         "train.trainer.max_epochs=1", "train.trainer.callbacks.init_args.test_steps=1",
-        "train.trainer.callbacks.init_args.epsilons=[2/255]"])
+        "train.trainer.callbacks.init_args.epsilons=[2/255]"]
+    study = load_study(REPO / "configs" / "study" / "quick.yaml", overrides)
     log = []
     rows = reproduce(study, tmp_path / "out", log=log.append)
     assert [r["model"] for r in rows] == ["erm", "pgd_at", "d_rand"]
@@ -113,3 +115,6 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
     log.clear()
     again = reproduce(study, tmp_path / "out", log=log.append)
     assert again == rows and all("(reused)" in line for line in log), log
+    changed = load_study(REPO / "configs" / "study" / "quick.yaml", [*overrides, "train.trainer.max_epochs=2"])
+    with pytest.raises(MedRobustError, match="trained with other settings"):
+        reproduce(changed, tmp_path / "out", log=log.append)
