@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+from core.cli import Parser  # noqa: F401 (the bench scripts' parser)
+
 REPO = Path(__file__).resolve().parents[1]
 
 DEFAULT_ROOT = str(REPO.parent / "shared" / "data" / "medmnist")
@@ -15,14 +17,6 @@ DEFAULT_ROOT = str(REPO.parent / "shared" / "data" / "medmnist")
 
 class BenchError(Exception):
     """A bad path or argument: the script prints `error: ...` and exits with code 2."""
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line, `error: ...`, with exit code 2."""
-
-    def error(self, message: str):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def run_main(main: Callable[[], int]) -> None:

@@ -7,21 +7,15 @@ import sys
 import warnings
 from typing import Optional, Sequence
 
+from core.cli import Parser
 from core.errors import MedRobustError
 from .builder import KINDS, Settings
 from .dataset import construct_file, parts_path, sidecar_path
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line, like every other input error."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    top = _Parser(prog="python -m constructions", description=__doc__)
-    commands = top.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    top = Parser(prog="python -m constructions", description=__doc__)
+    commands = top.add_subparsers(dest="command", required=True, parser_class=Parser)
     p = commands.add_parser(
         "construct", help="build a constructed training set (Ilyas et al. 2019)",
         description="Replace the training split of a MedMNIST dataset by a constructed one (float32 images in "

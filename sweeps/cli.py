@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from core.cli import Parser
 from core.errors import ConfigError, MedRobustError
 
 EXAMPLES = """examples:
@@ -15,14 +16,6 @@ EXAMPLES = """examples:
   python -m sweeps report configs/sweeps/quick.yaml --out runs/quick/report
   python -m sweeps select configs/sweeps/quick.yaml --min clean_bacc=0.85 --maximize adv_bacc@4/255
 """
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse whose errors are one line `error: ...` with exit code 2."""
-
-    def error(self, message: str):
-        print(f"error: {message} (see --help)", file=sys.stderr)
-        sys.exit(2)
 
 
 def _sweep_args(parser: argparse.ArgumentParser) -> None:

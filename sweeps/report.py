@@ -44,7 +44,7 @@ def _write_csv(path: Path, table: Sequence[dict], metrics: Sequence[str], extra:
     return write_text_atomic(path, buffer.getvalue())
 
 
-def _pyplot():
+def pyplot_agg():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -53,9 +53,12 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """A figure as PNG, written atomically; the figure is closed (many plots in one process leak otherwise)."""
+    plt = pyplot_agg()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
     from core.files import atomic_write
 
     with atomic_write(path, "wb") as handle:
@@ -64,7 +67,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def _plot_curve(path: Path, table, metrics, extra, spec: SweepSpec) -> Path:
-    plt = _pyplot()
+    plt = pyplot_agg()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
     groups: dict[str, list[dict]] = {}
     for entry in table:
@@ -88,13 +91,13 @@ def _plot_curve(path: Path, table, metrics, extra, spec: SweepSpec) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     axes[0].set_ylabel("balanced accuracy (band: min-max over seeds)")
-    path = _save(fig, path)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 
 
 def _plot_pareto(path: Path, rows, spec: SweepSpec) -> Path:
-    plt = _pyplot()
+    plt = pyplot_agg()
     keys, directions = results.pareto_axes(rows, spec)
     done = [r for r in rows if r["state"] == "COMPLETE" and all(r["val"].get(k) is not None for k in keys)]
     points = [[r["val"][k] for k in keys] for r in done]
@@ -113,7 +116,7 @@ def _plot_pareto(path: Path, rows, spec: SweepSpec) -> Path:
         ax.set_ylabel(stage_keys[1])
         ax.set_title("validation: Pareto front in red" if stage == "val" else "test (same trials; front chosen on validation)")
         ax.grid(alpha=0.3)
-    path = _save(fig, path)
+    path = save_figure(fig, path)
     plt.close(fig)
     return path
 

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from attacks.threat_model import parse_epsilon
+from core.cli import Parser
 from core.errors import ConfigError, MedRobustError
 from core.files import write_json_atomic, write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
@@ -120,22 +121,6 @@ def _check_training_spec(where: str, spec) -> None:
         raise ConfigError(f"{where}.overrides must be a mapping of train.py keys to values")
 
 
-def cli_args(overrides: dict) -> list[str]:
-    """`--key value` pairs for train.py from a mapping; lists and mappings become YAML/JSON text."""
-    args = []
-    for key, value in overrides.items():
-        if isinstance(value, (list, dict)):
-            text = json.dumps(value)
-        elif isinstance(value, bool):
-            text = str(value).lower()
-        elif value is None:
-            text = "null"
-        else:
-            text = str(value)
-        args += [f"--{key}", text]
-    return args
-
-
 # ---- steps --------------------------------------------------------------------------------------------------
 def _done(step_dir: Path) -> Optional[dict]:
     try:
@@ -157,7 +142,11 @@ def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: in
     }
     if corruptions:
         overrides["trainer.callbacks.init_args.corruption_report"] = True
-    args = ["fit", "--config", spec["config"], *cli_args(overrides)]
+    from .training import cli_value
+
+    args = ["fit", "--config", spec["config"]]
+    for key, value in overrides.items():
+        args += [f"--{key}", cli_value(value)]
     done = _done(step_dir)
     if done is not None:
         previous = list(done.get("args", args))
@@ -341,10 +330,9 @@ def findings(rows: list[dict]) -> str:
 def figures(rows: list[dict], out: Path) -> None:
     """constructed.png (constructed-set accuracies vs chance), corruption.png (clean vs corrupted, ERM and PGD-AT),
     robust_curve.png (PGD balanced accuracy against epsilon)."""
-    import matplotlib
+    from .report import pyplot_agg, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot_agg()
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     models = _ordered_models(rows)
@@ -364,7 +352,7 @@ def figures(rows: list[dict], out: Path) -> None:
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("Trained on real vs constructed sets")
-    _save(fig, out / "constructed.png")
+    save_figure(fig, out / "constructed.png")
 
     corr = [r for r in rows if r.get("corr_bacc") is not None and r["model"] in ("erm", "pgd_at")]
     if corr:
@@ -381,7 +369,7 @@ def figures(rows: list[dict], out: Path) -> None:
         ax.set_ylabel("MedMNIST-C balanced accuracy (mean)")
         ax.legend(fontsize=7)
         ax.set_title("Clean vs corruption: ERM and PGD-AT")
-        _save(fig, out / "corruption.png")
+        save_figure(fig, out / "corruption.png")
 
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.6), squeeze=False)
     for ax, d in zip(axes[0], datasets):
@@ -402,20 +390,7 @@ def figures(rows: list[dict], out: Path) -> None:
         ax.set_ylim(0, 1)
         ax.set_title(d)
         ax.legend(fontsize=7)
-    _save(fig, out / "robust_curve.png")
-
-
-def _save(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    from core.files import atomic_write
-
-    with atomic_write(path, "wb") as handle:
-        handle.write(buffer.getvalue())
+    save_figure(fig, out / "robust_curve.png")
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------
@@ -468,7 +443,7 @@ def run_from_args(args) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sweeps reproduce", description=DESCRIPTION, epilog=EXAMPLE)
+    parser = Parser(prog="python -m sweeps reproduce", description=DESCRIPTION, epilog=EXAMPLE)
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import Sequence
 
+from core.cli import Parser
 from core.errors import MedRobustError
 from . import __doc__ as _package_doc
 from .builder import build
@@ -13,8 +14,8 @@ from .corruptors import SOURCES
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m datamodules.medmnist_c", description=_package_doc.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser = Parser(prog="python -m datamodules.medmnist_c", description=_package_doc.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     b = commands.add_parser("build", help="prebuild the MedMNIST-C cache of one dataset and size")
     b.add_argument("--flag", required=True, help="MedMNIST 2D flag, e.g. pneumoniamnist")
     b.add_argument("--size", type=int, default=28, help="image size: 28, 64, 128 or 224 (default 28)")
