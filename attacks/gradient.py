@@ -104,13 +104,19 @@ class Attack:
         fields["epsilon"] = format_epsilon(self.epsilon)
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in fields.items())})"
 
-    def _run(self, x: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+    def scored(self, x: Tensor, y: Tensor, target: Optional[Tensor] = None) -> tuple[Tensor, Optional[Tensor]]:
+        """(x_adv, the model's eval-mode logits on x_adv, or None where the attack did not compute them):
+        an evaluator that scores x_adv with `self.model` can skip its own forward pass."""
         with attack_mode(self.model):
             check_pixels(x)
             target = None if target is None else autograd_ready(target)
-            return self._perturb(autograd_ready(x), autograd_ready(y), target).detach()
+            x_adv, logits = self._perturb(autograd_ready(x), autograd_ready(y), target)
+        return x_adv.detach(), logits
 
-    def _perturb(self, x: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+    def _run(self, x: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
+        return self.scored(x, y, target)[0]
+
+    def _perturb(self, x: Tensor, y: Tensor, target: Optional[Tensor]) -> tuple[Tensor, Optional[Tensor]]:
         raise NotImplementedError
 
     def _objective(self, logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
@@ -144,11 +150,18 @@ class Attack:
             delta = direction / _l2(direction).clamp_min(1e-12) * radius * self.epsilon
         return (x + delta).clamp(0.0, 1.0)
 
-    def _ascend(self, x_adv: Tensor, grad: Tensor, step_size: float) -> Tensor:
-        """Steepest-ascent step for the threat model: gradient sign (L-inf) or unit gradient (L2)."""
+    def _step(self, x_adv: Tensor, grad: Tensor, step_size: float, x: Tensor, box: Optional[tuple]) -> Tensor:
+        """One steepest-ascent step (gradient sign for L-inf, unit gradient for L2) projected back into the
+        threat model; `box` is `_linf_box(x)`, computed once per attack."""
         if self.norm == "linf":
-            return x_adv + step_size * grad.sign()
-        return x_adv + step_size * grad / _l2(grad).clamp_min(1e-12)
+            return torch.add(x_adv, grad.sign(), alpha=step_size).clamp_(*box)
+        return self._project(x_adv + step_size * grad / _l2(grad).clamp_min(1e-12), x)
+
+    def _linf_box(self, x: Tensor) -> Optional[tuple[Tensor, Tensor]]:
+        """For L-inf, the ball intersected with [0, 1] is a box: projecting is one clamp between these bounds."""
+        if self.norm != "linf":
+            return None
+        return (x - self.epsilon).clamp_(min=0.0), (x + self.epsilon).clamp_(max=1.0)
 
     def _project(self, x_adv: Tensor, x: Tensor) -> Tensor:
         """Back into the epsilon ball around x, then into [0, 1] (which only shrinks the perturbation)."""
@@ -182,7 +195,7 @@ class FGSM(Attack):
         if self.random_start:
             start = self._random_start(x, _seeded_generator(self.seed, x.device))
         _, _, grad = self._objective_and_grad(start, y, target)
-        return self._project(self._ascend(start, grad, self.alpha), x)
+        return self._step(start, grad, self.alpha, x, self._linf_box(x)), None
 
 
 class PGD(Attack):
@@ -235,17 +248,18 @@ class PGD(Attack):
 
     def _perturb(self, x, y, target):
         generator = _seeded_generator(self.seed, x.device)
+        box = self._linf_box(x)
         strongest = _Strongest()
         for _ in range(self.restarts):
             x_adv = self._random_start(x, generator) if self.random_start else x
             for _ in range(self.steps):
                 logits, objective, grad = self._objective_and_grad(x_adv, y, target)
-                strongest.update(x_adv, self._success(logits, y, target), objective)
-                x_adv = self._project(self._ascend(x_adv, grad, self.alpha), x)
+                strongest.update(x_adv, logits, self._success(logits, y, target), objective)
+                x_adv = self._step(x_adv, grad, self.alpha, x, box)
             with torch.no_grad():
                 logits = self.model(x_adv)
-                strongest.update(x_adv, self._success(logits, y, target), self._objective(logits, y, target))
-        return strongest.x
+                strongest.update(x_adv, logits, self._success(logits, y, target), self._objective(logits, y, target))
+        return strongest.x, strongest.logits
 
     @staticmethod
     def _success(logits: Tensor, y: Tensor, target: Optional[Tensor]) -> Tensor:
@@ -258,16 +272,17 @@ class PGD(Attack):
 
 
 class _Strongest:
-    """Per example, the most successful perturbation so far: success first, then the higher objective."""
+    """Per example, the most successful perturbation so far and its logits: success first, then the higher objective."""
 
     def __init__(self):
         self.x = None
 
-    def update(self, x_adv: Tensor, success: Tensor, objective: Tensor) -> None:
-        if self.x is None:
-            self.x, self.success, self.objective = x_adv.detach().clone(), success, objective
+    def update(self, x_adv: Tensor, logits: Tensor, success: Tensor, objective: Tensor) -> None:
+        if self.x is None:  # a reference: every later update builds new tensors, nothing is written in place
+            self.x, self.logits, self.success, self.objective = x_adv.detach(), logits.detach(), success, objective
             return
         better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
-        self.x[better] = x_adv[better].detach()
+        self.x = torch.where(better.view(-1, *([1] * (x_adv.ndim - 1))), x_adv.detach(), self.x)
+        self.logits = torch.where(better.view(-1, *([1] * (logits.ndim - 1))), logits.detach(), self.logits)
         self.success = self.success | success
         self.objective = torch.where(better, objective, self.objective)

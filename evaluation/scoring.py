@@ -22,6 +22,14 @@ def model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
+def attacked(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor):
+    """(x_adv, logits of `model` on x_adv or None): attacks with a `scored` method (attacks.gradient) hand back the
+    logits of their final forward pass, saving one, but only when they attacked this very model."""
+    if hasattr(attack, "scored") and getattr(attack, "model", None) is model:
+        return attack.scored(x, y)
+    return attack(x, y), None
+
+
 def predict(
     model: nn.Module,
     images: torch.Tensor,
@@ -47,10 +55,12 @@ def predict(
     try:
         for start in batches:
             x = to_unit_range(images[start : start + batch_size].to(device))
+            logits = None
             if attack is not None:
-                x = attack(x, targets[start : start + batch_size].to(device))
-            with torch.no_grad():
-                logits = model(x)
+                x, logits = attacked(attack, model, x, targets[start : start + batch_size].to(device))
+            if logits is None:
+                with torch.no_grad():
+                    logits = model(x)
             if logits.ndim != 2 or logits.shape[1] != num_classes:
                 raise ConfigError(f"model returned {tuple(logits.shape)} logits; the task needs N x {num_classes}")
             chunks.append(probabilities(logits.float(), task).cpu())

@@ -3,10 +3,14 @@ official pre-built files, and `build` / `load_corrupted`, which reuse valid cach
 """
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import hashlib
 import logging
 import multiprocessing
 import os
+import queue as queue_module
+import threading
 import time
 import zipfile
 import zlib
@@ -19,6 +23,7 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError, DataError
+from core.memory import freed_memory_kept, keep_freed_memory
 from ..info import DatasetInfo, check_size, dataset_info
 from ..npz import load_split, locate
 from .cache import CACHE_FORMAT, DEFAULT_CACHE, StaleCache, _tiled, cache_dir, read_cache, write_cache
@@ -126,11 +131,8 @@ _WORKER: dict = {}
 
 
 def _init_worker(flag: str, images: np.ndarray, seed: int, size: int) -> None:
-    from wand.resource import limits
-
-    torch.set_num_threads(1)  # one process per core: no thread pools on top
-    cv2.setNumThreads(1)
-    limits["thread"] = 1
+    _one_thread()
+    keep_freed_memory()
     _WORKER.update(flag=flag, images=images, seed=seed, size=size)
 
 
@@ -151,16 +153,107 @@ def _generate(plan: _Plan, names: Sequence[str], workers: int, progress: bool) -
     bar = tqdm(total=len(tasks) * n, unit="img", desc=f"MedMNIST-C {plan.info.flag} {plan.size}px",
                disable=not progress, dynamic_ncols=True)
     processes = min(workers, len(tasks))
-    with bar:
+    with bar, freed_memory_kept():
         if processes <= 1:
             flag, images, seed, size = init
             chunks = ((name, sev, corrupt_chunk(flag, name, sev, images, seed, size)) for name, sev in tasks)
             yield from _collect(chunks, pending, bar, n)
             return
-        # not fork: forking a process whose torch threads hold locks can deadlock the workers
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(processes, _init_worker, init) as pool:
-            yield from _collect(pool.imap_unordered(_worker_chunk, tasks), pending, bar, n)
+        pool = concurrent.futures.ProcessPoolExecutor(processes - 1, _pool_context(), initializer=_init_worker,
+                                                      initargs=init)
+        threads = _one_thread()  # this process works beside its pool processes
+        try:
+            yield from _collect(_shared(tasks, pool, processes - 1, init), pending, bar, n)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+            _set_threads(*threads)
+
+
+def _pool_context():
+    """forkserver (not fork: forking a process whose torch threads hold locks can deadlock the workers); its server
+    starts once per process and imports the corruption code once, so later pools start in milliseconds."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["__main__", __name__])  # no effect once the server runs
+    return context
+
+
+def _shared(tasks, pool, children: int, init) -> Iterator[tuple[str, int, np.ndarray]]:
+    """(corruption, severity, images) as chunks complete, corrupted by `children` pool processes and by this one.
+
+    A feeder thread hands the next task of the list to each idle child (its first submission blocks while the pool
+    starts, seconds); this process takes the next task whenever it is free, so at the end nobody waits for more
+    than one chunk. Each chunk is seeded on its own, so who made it does not change it."""
+    flag, images, seed, size = init
+    todo = collections.deque(tasks)
+    finished: "queue_module.Queue" = queue_module.Queue()
+    slots = threading.Semaphore(children)
+
+    def done(future):
+        finished.put(future)
+        slots.release()
+
+    def feed():
+        while True:
+            slots.acquire()
+            try:
+                task = todo.popleft()
+            except IndexError:
+                return
+            try:
+                pool.submit(_worker_chunk, task).add_done_callback(done)
+            except RuntimeError:  # the pool broke or shut down: this process takes the remaining tasks
+                todo.appendleft(task)
+                return
+
+    feeder = threading.Thread(target=feed, name="medmnist-c-feeder", daemon=True)
+    feeder.start()
+    try:
+        for _ in range(len(tasks)):
+            while True:
+                try:  # a chunk from the pool if one is ready; wait for one only when no task is left here
+                    future = finished.get(timeout=0.2) if not todo else finished.get_nowait()
+                except queue_module.Empty:
+                    future = None
+                if future is not None:
+                    yield _pool_chunk(future)
+                    break
+                try:
+                    name, severity = todo.popleft()
+                except IndexError:
+                    continue
+                yield name, severity, corrupt_chunk(flag, name, severity, images, seed, size)
+                break
+    finally:
+        todo.clear()
+        slots.release()  # wake the feeder so it sees the empty list and ends
+        feeder.join()
+
+
+def _pool_chunk(future: concurrent.futures.Future) -> tuple[str, int, np.ndarray]:
+    try:
+        return future.result()
+    except concurrent.futures.process.BrokenProcessPool:
+        raise DataError("a MedMNIST-C worker process died (out of memory?); rerun to build the corruptions "
+                        "not yet in the cache (finished ones are kept)") from None
+
+
+def _one_thread() -> tuple[int, int, int]:
+    """One thread for torch, OpenCV and ImageMagick, as each of one-per-core processes needs; returns the old counts."""
+    from wand.resource import limits
+
+    before = torch.get_num_threads(), cv2.getNumThreads(), limits["thread"]
+    _set_threads(1, 1, 1)
+    return before
+
+
+def _set_threads(torch_threads: int, cv2_threads: int, wand_threads: int) -> None:
+    from wand.resource import limits
+
+    torch.set_num_threads(torch_threads)
+    cv2.setNumThreads(cv2_threads)
+    limits["thread"] = wand_threads
 
 
 def _collect(chunks, pending, bar, n) -> Iterator[tuple[str, np.ndarray]]:

@@ -1,7 +1,9 @@
 """MedMNIST-C generation, cache, dataset and CLI: equality with medmnistc's own output, seeding, cache trust."""
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -234,13 +236,32 @@ def test_same_seed_same_images_other_seed_other_noise(roots, tmp_path):
 
 
 def test_chunks_are_independent_of_order_and_workers(roots, tmp_path):
-    names = ["impulse_noise", "shot_noise"]
+    """With 2 workers this process and a pool process share the chunks; each chunk is the same whoever made it."""
+    names = ["impulse_noise", "shot_noise", "contrast_down"]
     mc.build("pneumoniamnist", 28, roots, tmp_path / "all", corruptions=names, workers=2, progress=False,
              verify=False)
-    mc.build("pneumoniamnist", 28, roots, tmp_path / "one", corruptions=["shot_noise"], workers=1, progress=False,
-             verify=False)
-    np.testing.assert_array_equal(_cached(tmp_path / "all", "pneumoniamnist", 28, "shot_noise"),
-                                  _cached(tmp_path / "one", "pneumoniamnist", 28, "shot_noise"))
+    for name in names:
+        mc.build("pneumoniamnist", 28, roots, tmp_path / name, corruptions=[name], workers=1, progress=False,
+                 verify=False)
+        np.testing.assert_array_equal(_cached(tmp_path / "all", "pneumoniamnist", 28, name),
+                                      _cached(tmp_path / name, "pneumoniamnist", 28, name))
+
+
+def test_the_building_process_and_its_pool_share_the_work(monkeypatch):
+    """The parallel build runs chunks here while the pool starts, and the pool runs the others."""
+    from datamodules.medmnist_c import builder
+
+    here = []
+    real = builder.corrupt_chunk
+    monkeypatch.setattr(builder, "corrupt_chunk", lambda flag, name, sev, *rest: here.append((name, sev)) or
+                        real(flag, name, sev, *rest))
+    tasks = [(name, severity) for name in ("impulse_noise", "shot_noise") for severity in mc.SEVERITIES]
+    init = ("pneumoniamnist", np.zeros((4, 28, 28), np.uint8), 0, 28)
+    with concurrent.futures.ProcessPoolExecutor(1, multiprocessing.get_context("forkserver"),
+                                                initializer=builder._init_worker, initargs=init) as pool:
+        done = [(name, severity) for name, severity, _ in builder._shared(tasks, pool, 1, init)]
+    assert sorted(done) == sorted(tasks)
+    assert here and set(here) < set(tasks)  # both made some chunks
 
 
 def test_chunk_seeds_differ_and_global_rng_is_restored():
