@@ -3,7 +3,8 @@
 By default every allocation above 128 KiB (a 224 px image batch, a torch activation) is a fresh mmap whose pages
 fault in one by one and are unmapped on free; on small VMs those faults are slow and two processes' faults slow each
 other down (MedMNIST-C build with 2 workers: 1.65x over 1 worker with the defaults, 1.9x with these settings).
-Elsewhere (musl, macOS, Windows) the functions do nothing.
+`train.py` (and so every sweep trial) and the MedMNIST-C builder apply them: a PGD-AT run on 2 CPU cores took 16 %
+less time. MEDROBUST_KEEP_FREED_MEMORY=0 turns them off; elsewhere (musl, macOS, Windows) they do nothing.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import functools
+import os
 import platform
 from typing import Iterator, Optional
 
@@ -47,8 +49,13 @@ def _set(mmap_threshold: int, trim_threshold: int, top_pad: int) -> bool:
                ((M_MMAP_THRESHOLD, mmap_threshold), (M_TRIM_THRESHOLD, trim_threshold), (M_TOP_PAD, top_pad)))
 
 
+SWITCH = "MEDROBUST_KEEP_FREED_MEMORY"
+
+
 def keep_freed_memory() -> bool:
-    """Reuse freed memory for the rest of this process (pool workers); False where malloc is not glibc's."""
+    """Reuse freed memory for the rest of this process; False where malloc is not glibc's or the switch is 0."""
+    if os.environ.get(SWITCH, "1").strip() == "0":
+        return False
     return _set(MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD)
 
 
