@@ -206,6 +206,10 @@ class PGD(Attack):
     (multi-label targets have no success criterion: the highest loss wins).
     With a seed the random starts come from a generator seeded on every call, so the attack is a
     deterministic function of (x, y); leave seed=None in training so starts vary between batches.
+    early_stop=True stops attacking an example once it is successfully attacked, as AutoAttack does: which examples
+    succeed (so robust accuracy) is unchanged for models that score each example on its own (eval mode), the
+    returned image is the first successful iterate rather than the highest-loss one, and the work shrinks as
+    examples fall (for evaluations that count successes, not for training).
     """
 
     def __init__(
@@ -220,6 +224,7 @@ class PGD(Attack):
         targeted: bool = False,
         loss: Optional[Loss] = None,
         seed: Optional[int] = None,
+        early_stop: bool = False,
     ):
         super().__init__(model, epsilon, norm=norm, loss=loss)
         self.steps = positive_int("steps", steps)
@@ -238,6 +243,7 @@ class PGD(Attack):
         self.random_start = bool(random_start)
         self.targeted = bool(targeted)
         self.seed = seed
+        self.early_stop = bool(early_stop)
 
     def __call__(self, x: Tensor, y: Tensor, target: Optional[Tensor] = None) -> Tensor:
         if self.targeted and target is None:
@@ -251,14 +257,29 @@ class PGD(Attack):
         box = self._linf_box(x)
         strongest = _Strongest()
         for _ in range(self.restarts):
-            x_adv = self._random_start(x, generator) if self.random_start else x
-            for _ in range(self.steps):
-                logits, objective, grad = self._objective_and_grad(x_adv, y, target)
-                strongest.update(x_adv, logits, self._success(logits, y, target), objective)
-                x_adv = self._step(x_adv, grad, self.alpha, x, box)
-            with torch.no_grad():
-                logits = self.model(x_adv)
-                strongest.update(x_adv, logits, self._success(logits, y, target), self._objective(logits, y, target))
+            start = self._random_start(x, generator) if self.random_start else x  # drawn for all: same stream
+            rows = strongest.open_rows() if self.early_stop and strongest.x is not None else None  # None: all
+            if rows is not None and rows.numel() == 0:
+                break
+            x_adv, x0, y0, t0, box0 = (_pick(t, rows) for t in (start, x, y, target, box))
+            for step in range(self.steps + 1):
+                if step < self.steps:
+                    logits, objective, grad = self._objective_and_grad(x_adv, y0, t0)
+                else:  # the last iterate is scored, not differentiated
+                    with torch.no_grad():
+                        logits = self.model(x_adv)
+                    objective = self._objective(logits, y0, t0)
+                success = self._success(logits, y0, t0)
+                strongest.update(rows, x_adv, logits, success, objective)
+                if step == self.steps:
+                    break
+                if self.early_stop and success.any():
+                    keep = ~success
+                    if not keep.any():
+                        break
+                    rows = _pick(torch.arange(len(x), device=x.device), rows)[keep]
+                    x_adv, grad, x0, y0, t0, box0 = (_pick(t, keep) for t in (x_adv, grad, x0, y0, t0, box0))
+                x_adv = self._step(x_adv, grad, self.alpha, x0, box0)
         return strongest.x, strongest.logits
 
     @staticmethod
@@ -271,18 +292,42 @@ class PGD(Attack):
         return hit if target is not None else ~hit
 
 
+def _pick(t, rows: Optional[Tensor]):
+    """t[rows] for a tensor (a pair of tensors, None), or t itself when rows is None (every example)."""
+    if rows is None or t is None:
+        return t
+    if isinstance(t, tuple):
+        return tuple(part[rows] for part in t)
+    return t[rows]
+
+
 class _Strongest:
     """Per example, the most successful perturbation so far and its logits: success first, then the higher objective."""
 
     def __init__(self):
         self.x = None
 
-    def update(self, x_adv: Tensor, logits: Tensor, success: Tensor, objective: Tensor) -> None:
-        if self.x is None:  # a reference: every later update builds new tensors, nothing is written in place
-            self.x, self.logits, self.success, self.objective = x_adv.detach(), logits.detach(), success, objective
+    def open_rows(self) -> Tensor:
+        """Indices of the examples not yet successfully attacked."""
+        return (~self.success).nonzero().flatten()
+
+    def update(self, rows: Optional[Tensor], x_adv: Tensor, logits: Tensor, success: Tensor, objective: Tensor) -> None:
+        """Fold in iterates of the examples `rows` (None: all of them, in order)."""
+        x_adv, logits = x_adv.detach(), logits.detach()
+        if self.x is None:
+            self.x, self.logits, self.success, self.objective = x_adv.clone(), logits.clone(), success, objective
             return
-        better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
-        self.x = torch.where(better.view(-1, *([1] * (x_adv.ndim - 1))), x_adv.detach(), self.x)
-        self.logits = torch.where(better.view(-1, *([1] * (logits.ndim - 1))), logits.detach(), self.logits)
-        self.success = self.success | success
-        self.objective = torch.where(better, objective, self.objective)
+        if rows is None:
+            better = (success & ~self.success) | ((success == self.success) & (objective > self.objective))
+            self.x = torch.where(better.view(-1, *([1] * (x_adv.ndim - 1))), x_adv, self.x)
+            self.logits = torch.where(better.view(-1, *([1] * (logits.ndim - 1))), logits, self.logits)
+            self.success = self.success | success
+            self.objective = torch.where(better, objective, self.objective)
+            return
+        held, score = self.success[rows], self.objective[rows]
+        better = (success & ~held) | ((success == held) & (objective > score))
+        chosen = rows[better]
+        self.x[chosen] = x_adv[better]
+        self.logits[chosen] = logits[better]
+        self.objective[chosen] = objective[better]
+        self.success[rows] = held | success

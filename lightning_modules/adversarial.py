@@ -156,7 +156,8 @@ class FGSMRS(AdversarialTraining):
         x, y = self._guard_batch
         # attacked and scored in eval mode: the guard must not move BatchNorm's running statistics
         with attack_mode(self.model):
-            x_adv = PGD(self.model, self.current_epsilon(), steps=self.guard_steps, norm=self.norm, seed=0)(x, y)
+            x_adv = PGD(self.model, self.current_epsilon(), steps=self.guard_steps, norm=self.norm, seed=0,
+                        early_stop=True)(x, y)
             with torch.no_grad():
                 accuracy = _accuracy(self(x_adv), y, self.task)
         # under DDP every rank guards its own batch: decide on the mean, so all ranks restore and stop together

@@ -137,6 +137,43 @@ def test_restarts_are_never_weaker_than_one_run(multiclass):
     assert (loss_several >= loss_one - 1e-6).all()
 
 
+@pytest.mark.parametrize("restarts, targeted", [(1, False), (3, False), (2, True)])
+def test_early_stop_finds_the_same_successes_with_less_work(multiclass, restarts, targeted):
+    model, x, y = multiclass
+    target = (y + 1) % 4 if targeted else None
+
+    def run(early_stop):
+        attack = PGD(model, 10 / 255, steps=6, restarts=restarts, targeted=targeted, seed=4, early_stop=early_stop)
+        seen = []
+        handle = model.register_forward_hook(lambda module, inputs, out: seen.append(len(inputs[0])))
+        try:
+            x_adv, logits = attack.scored(x, y, target)
+        finally:
+            handle.remove()
+        return x_adv, logits, sum(seen)
+
+    full, full_logits, full_work = run(False)
+    early, early_logits, early_work = run(True)
+
+    def hit(logits):
+        return logits.argmax(1) == target if targeted else logits.argmax(1) != y
+    assert 0 < hit(full_logits).sum() < len(y)
+    assert torch.equal(hit(full_logits), hit(early_logits))
+    assert early_work < full_work
+    with torch.no_grad():
+        torch.testing.assert_close(model(early), early_logits)  # the logits belong to the returned images
+    assert norms(early - x, "linf").max() <= 10 / 255 + 1e-6 and early.min() >= 0 and early.max() <= 1
+    survivors = ~hit(full_logits)  # never successful: both attacks keep the same highest-loss iterate
+    torch.testing.assert_close(early[survivors], full[survivors])
+
+
+def test_early_stop_leaves_the_callers_images_alone(multiclass):
+    model, x, y = multiclass
+    before = x.clone()
+    PGD(model, 8 / 255, steps=3, random_start=False, early_stop=True)(x, y)
+    assert torch.equal(x, before)
+
+
 def test_seeded_pgd_is_reproducible_and_unseeded_follows_the_global_rng(multiclass):
     model, x, y = multiclass
     first = PGD(model, 8 / 255, seed=11)(x, y)

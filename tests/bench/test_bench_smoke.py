@@ -43,7 +43,7 @@ def test_data_loading_writes_both_variants_and_a_ratio(pneumonia_root, tmp_path)
     assert "ratio (a)/(b)" in result.stdout
 
 
-def test_attacks_times_both_and_reports_strength(pneumonia_root, tmp_path):
+def test_attacks_times_each_and_reports_strength(pneumonia_root, tmp_path):
     out = tmp_path / "attacks.json"
     result = run("attack_speed.py", "--root", pneumonia_root, "--no-verify-md5", "--repeats", 1, "--warmup", 0,
                  "--batch-size", 8, "--steps", 2, "--train-epochs", 0, "--strength-eps", "8/255", "--threads", 1,
@@ -51,9 +51,10 @@ def test_attacks_times_both_and_reports_strength(pneumonia_root, tmp_path):
     assert result.returncode == 0, result.stderr
     data = json.loads(out.read_text())
     (run_,) = data["runs"]
-    assert set(run_["seconds"]) == {"medrobust", "torchattacks"} and run_["ratio_ours_over_theirs"]["median"] > 0
+    assert set(run_["seconds"]) == {"medrobust", "medrobust_early_stop", "torchattacks"}
+    assert run_["ratio_ours_over_theirs"]["median"] > 0 and run_["early_stop_ratio_ours_over_theirs"]["median"] > 0
     (row,) = data["strength"]
-    for variant in ("medrobust", "torchattacks"):
+    for variant in ("medrobust", "medrobust_early_stop", "torchattacks"):
         assert 0 <= row[variant]["robust_acc"] <= 1
         assert row[variant]["max_linf"] <= 8 / 255 + 1e-6
     assert "best iterate" in result.stdout
