@@ -104,10 +104,17 @@ def sweep_figures(quick: bool, smoke: bool, workdir: Path, log) -> list[dict]:
         log(f"[sweep] {line}")
     speedup = result["ratios"]["1/2"]  # seconds(1 worker) / seconds(2 workers), paired
     ratio, low, high = 1 / speedup["median"], 1 / speedup["max"], 1 / speedup["min"]
+    threads = sweep_scaling.thread_scaling(repeats=3, log=lambda line: log(f"[sweep threads] {line}"))
+    from bench.common import figure
+
     return [{"name": "sweep scaling: 2 workers / 1 (time)", "ratio": ratio, "range": [low, high], "repeats": [],
              "goal": "<= 0.6x", "goal_value": 0.6, "higher_is_better": False, "unit": "x", "met": ratio <= 0.6,
              "details": {"seconds_median": {str(w): s["median"] for w, s in result["seconds"].items()},
-                         "settings": f"{Path(result['sweep']).name} with {' '.join(result['overrides'])}, wall clock"}}]
+                         "settings": f"{Path(result['sweep']).name} with {' '.join(result['overrides'])}, wall clock"}},
+            {**figure("sweep context: one trial's PGD-AT steps, 2 torch threads / 1 (speed-up)", threads, 2.0,
+                      details={"settings": "small_cnn, batch 128, PGD-3 at 4/255, 6 training steps, wall clock; "
+                                           "the best 2-worker time ratio is about this / 2"}),
+             "goal": "reported", "goal_value": None, "met": None}]
 
 
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:

@@ -85,6 +85,47 @@ def measure(args, folder: Path) -> dict:
     return out
 
 
+def thread_scaling(repeats: int = 3, batches: int = 6, log=print) -> list[float]:
+    """Paired speed-ups of one PGD-AT training loop (small_cnn, batch 128, PGD-3) with 2 torch threads over 1, in
+    this process: the share of the cores one trial already uses. At 2.0, two 1-thread trials side by side cannot
+    beat two 2-thread trials one after the other, whatever the sweep does."""
+    import torch
+    import torch.nn.functional as F
+
+    from attacks.gradient import PGD
+    from bench.common import clock_pair, elapsed, paired_rounds, set_threads
+    from lightning_modules.models import build_model
+
+    generator = torch.Generator().manual_seed(0)
+    x, y = torch.rand((128, 1, 28, 28), generator=generator), torch.randint(2, (128,), generator=generator)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", 1, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+
+    def train_steps():
+        for _ in range(batches):
+            x_adv = PGD(model, 4 / 255, steps=3)(x, y)
+            model.train()
+            loss = F.cross_entropy(model(x_adv), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    before = set_threads(1)
+    seconds: dict[int, list[float]] = {1: [], 2: []}
+    try:
+        for tag, timed_run, threads, _ in paired_rounds(1, repeats, [1, 2], ["train"]):
+            start = clock_pair()
+            train_steps()
+            spent = elapsed(start)["wall"]
+            if timed_run:
+                seconds[threads].append(spent)
+            log(f"[{tag}] {threads} torch thread(s): {spent:.2f} s")
+    finally:
+        set_threads(before)
+    return [a / b for a, b in zip(seconds[1], seconds[2])]
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     print(f"sweep {args.sweep} {' '.join('--set ' + a for a in args.assignments)}; workers {args.workers}; "
