@@ -156,9 +156,8 @@ class MedMNISTDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         images, targets = batch
-        x = to_unit_range(images)
         trainer = self.trainer
         if self.hparams.augment and trainer is not None and trainer.training:
-            x = random_flip_crop(x, self.crop_padding)
-        return x, targets
+            images = random_flip_crop(images, self.crop_padding)  # on uint8: a quarter of the bytes to move
+        return to_unit_range(images), targets
 

@@ -6,7 +6,7 @@ from core.errors import DataError
 from datamodules.info import FLAGS_2D, MULTILABEL, dataset_info
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.synthetic import write_synthetic_npz
-from datamodules.tensors import random_flip_crop
+from datamodules.tensors import random_flip_crop, to_unit_range
 
 
 def _module(root, flag, size=28, **kwargs):
@@ -145,3 +145,12 @@ def test_float32_train_npz_outside_unit_range_is_a_clear_error(synthetic_root, t
     np.savez(path, train_images=floats * 255, train_labels=labels)
     with pytest.raises(DataError, match=r"float32 images must lie in \[0, 1\]"):
         _module(root, "breastmnist", train_npz=str(path))
+
+
+def test_augmenting_uint8_then_scaling_equals_scaling_then_augmenting():
+    """The DataModule augments uint8 batches (a quarter of the bytes) before the [0, 1] conversion: same pixels."""
+    x = torch.randint(0, 256, (16, 3, 28, 28), dtype=torch.uint8)
+    torch.manual_seed(3)
+    first = to_unit_range(random_flip_crop(x, 2))
+    torch.manual_seed(3)
+    assert torch.equal(first, random_flip_crop(to_unit_range(x), 2))
