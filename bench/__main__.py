@@ -62,7 +62,7 @@ def data_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, workdir:
         if smoke:
             options = ["--repeats", "1", "--warmup", "0", "--batches", "2"]
         elif flag == "pathmnist":  # a whole baseline epoch is ~20 s: time the first batches of the 90k set
-            options = ["--repeats", "3" if quick else "5", "--warmup", "1", "--batches", "60" if quick else "200"]
+            options = ["--repeats", "3" if quick else "5", "--warmup", "1", "--batches", "150" if quick else "300"]
         else:
             options = ["--repeats", "3" if quick else "5", "--warmup", "1"]
         args = data_loading.parse_args(["--root", data_root, "--flag", flag, "--threads", "1", *options]
