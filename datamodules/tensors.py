@@ -52,7 +52,8 @@ class TensorPairDataset(Dataset):
         return self.images[index], self.targets[index]
 
     def __getitems__(self, indices: list[int]):
-        index = torch.as_tensor(indices, dtype=torch.long)  # index_select: ~10x faster than images[index] on a CPU
+        # index_select: ~10x faster than images[index] on a CPU; the index goes where the images are
+        index = torch.as_tensor(indices, dtype=torch.long, device=self.images.device)
         return self.images.index_select(0, index), self.targets.index_select(0, index)
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from datamodules.info import FLAGS_2D, MULTILABEL, dataset_info
 from datamodules.medmnist import MedMNISTDataModule
 from datamodules.synthetic import write_synthetic_npz
@@ -154,3 +154,26 @@ def test_augmenting_uint8_then_scaling_equals_scaling_then_augmenting():
     first = to_unit_range(random_flip_crop(x, 2))
     torch.manual_seed(3)
     assert torch.equal(first, random_flip_crop(to_unit_range(x), 2))
+
+
+def test_keep_on_device_moves_the_splits_and_cuts_batches_there(synthetic_root):
+    """Checked with the 'meta' device standing in for a GPU: every split moves, batches are cut on it."""
+    from types import SimpleNamespace
+
+    root = synthetic_root("breastmnist", n_train=40)
+    dm = _module(root, "breastmnist", keep_on_device=True)
+    dm.trainer = SimpleNamespace(strategy=SimpleNamespace(root_device=torch.device("meta")), training=False)
+    dm.setup("fit")
+    for name in ("train", "val", "test"):
+        split = dm.split(name)
+        assert split.images.device.type == "meta" and split.targets.device.type == "meta"
+    images, targets = next(iter(dm.train_dataloader()))
+    assert images.device.type == "meta" and images.shape == (16, 1, 28, 28) and images.dtype == torch.uint8
+    assert targets.shape == (16,)
+    with pytest.raises(ConfigError, match="num_workers=0"):
+        _module(root, "breastmnist", keep_on_device=True, num_workers=2)
+
+
+def test_without_a_trainer_keep_on_device_leaves_the_splits_on_the_cpu(synthetic_root):
+    root = synthetic_root("breastmnist", n_train=40)
+    assert _module(root, "breastmnist", keep_on_device=True).split("train").images.device.type == "cpu"
