@@ -33,35 +33,14 @@ def build_seconds(root: Path, cache: Path, flag: str, workers: int, corruptions)
     return seconds
 
 
-def single_threaded():
-    """One thread per process, as the builder's pool workers run: with workers=1 the build runs in this process,
-    where OpenCV and ImageMagick would otherwise use every core, and 1 vs 2 workers would not compare processes."""
-    import contextlib
-
-    import cv2
-    import torch
-    from wand.resource import limits
-
-    @contextlib.contextmanager
-    def scope():
-        before = (torch.get_num_threads(), cv2.getNumThreads(), limits["thread"])
-        torch.set_num_threads(1)
-        cv2.setNumThreads(1)
-        limits["thread"] = 1
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before[0])
-            cv2.setNumThreads(before[1])
-            limits["thread"] = before[2]
-
-    return scope()
-
-
 def measure(root: Path, flag: str, repeats: int, warmup: int, workdir: Path, corruptions=None, workers=(1, 2),
             log=print) -> dict:
     """Interleaved builds with each worker count; paired speed-ups of the first count over the others."""
-    with single_threaded():
+    from datamodules.medmnist_c.builder import one_thread
+
+    # one thread per process, as the builder's processes run: with workers=1 the build runs in this process, where
+    # OpenCV and ImageMagick would otherwise use every core, and 1 vs 2 workers would not compare processes
+    with one_thread():
         return _measure(root, flag, repeats, warmup, workdir, corruptions, workers, log)
 
 

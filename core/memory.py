@@ -22,12 +22,6 @@ TRIM_THRESHOLD = 512 * 1024 * 1024  # free heap kept before any is returned to t
 TOP_PAD = 64 * 1024 * 1024  # heap growth per request, so the heap grows in few large steps
 DEFAULT = 128 * 1024  # glibc's default for all three
 
-ENVIRONMENT = {  # the same settings for a child process, read by glibc at start-up
-    "MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD),
-    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
-    "MALLOC_TOP_PAD_": str(TOP_PAD),
-}
-
 
 @functools.lru_cache(maxsize=1)
 def _libc() -> Optional[ctypes.CDLL]:

@@ -116,10 +116,11 @@ class MedMNISTDataModule(L.LightningDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if len(self._splits) < len(SPLITS):
             self._load_splits()
-        device = self.trainer.strategy.root_device if self.hparams.keep_on_device and self.trainer else None
-        for name, split in self._splits.items():
-            if device is not None and split.images.device != device:
-                self._splits[name] = TensorPairDataset(split.images.to(device), split.targets.to(device))
+        if self.hparams.keep_on_device and self.trainer:
+            device = self.trainer.strategy.root_device
+            for name, split in self._splits.items():
+                if split.images.device != device:
+                    self._splits[name] = TensorPairDataset(split.images.to(device), split.targets.to(device))
 
     def _load_splits(self) -> None:
         path = self.npz_path()

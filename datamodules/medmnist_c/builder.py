@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import hashlib
 import logging
 import multiprocessing
@@ -131,7 +132,7 @@ _WORKER: dict = {}
 
 
 def _init_worker(flag: str, images: np.ndarray, seed: int, size: int) -> None:
-    _one_thread()
+    _set_threads(1, 1, 1)  # for the pool process's life
     keep_freed_memory()
     _WORKER.update(flag=flag, images=images, seed=seed, size=size)
 
@@ -161,12 +162,11 @@ def _generate(plan: _Plan, names: Sequence[str], workers: int, progress: bool) -
             return
         pool = concurrent.futures.ProcessPoolExecutor(processes - 1, _pool_context(), initializer=_init_worker,
                                                       initargs=init)
-        threads = _one_thread()  # this process works beside its pool processes
         try:
-            yield from _collect(_shared(tasks, pool, processes - 1, init), pending, bar, n)
+            with one_thread():  # this process works beside its pool processes
+                yield from _collect(_shared(tasks, pool, processes - 1, init), pending, bar, n)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
-            _set_threads(*threads)
 
 
 def _pool_context():
@@ -239,13 +239,21 @@ def _pool_chunk(future: concurrent.futures.Future) -> tuple[str, int, np.ndarray
                         "not yet in the cache (finished ones are kept)") from None
 
 
-def _one_thread() -> tuple[int, int, int]:
-    """One thread for torch, OpenCV and ImageMagick, as each of one-per-core processes needs; returns the old counts."""
+@contextlib.contextmanager
+def one_thread() -> Iterator[None]:
+    """One thread for torch, OpenCV and ImageMagick inside the block, as each of one-per-core processes needs."""
+    before = _thread_counts()
+    _set_threads(1, 1, 1)
+    try:
+        yield
+    finally:
+        _set_threads(*before)
+
+
+def _thread_counts() -> tuple[int, int, int]:
     from wand.resource import limits
 
-    before = torch.get_num_threads(), cv2.getNumThreads(), limits["thread"]
-    _set_threads(1, 1, 1)
-    return before
+    return torch.get_num_threads(), cv2.getNumThreads(), limits["thread"]
 
 
 def _set_threads(torch_threads: int, cv2_threads: int, wand_threads: int) -> None:
