@@ -46,21 +46,29 @@ def _set(mmap_threshold: int, trim_threshold: int, top_pad: int) -> bool:
 SWITCH = "MEDROBUST_KEEP_FREED_MEMORY"
 
 
+_kept = False  # whether this process keeps freed memory (the settings are process-wide)
+
+
 def keep_freed_memory() -> bool:
     """Reuse freed memory for the rest of this process; False where malloc is not glibc's or the switch is 0."""
+    global _kept
     if os.environ.get(SWITCH, "1").strip() == "0":
         return False
-    return _set(MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD)
+    _kept = _set(MMAP_THRESHOLD, TRIM_THRESHOLD, TOP_PAD)
+    return _kept
 
 
 @contextlib.contextmanager
 def freed_memory_kept() -> Iterator[bool]:
     """Reuse freed memory inside the block; afterwards glibc's default thresholds come back and the kept memory is
-    returned to the kernel."""
+    returned to the kernel, unless the process kept freed memory before the block (train.py does)."""
+    global _kept
+    before = _kept
     applied = keep_freed_memory()
     try:
         yield applied
     finally:
-        if applied:
+        if applied and not before:
             _set(DEFAULT, DEFAULT, DEFAULT)
             _libc().malloc_trim(0)
+            _kept = False
