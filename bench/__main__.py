@@ -81,13 +81,9 @@ def data_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, workdir:
 
 
 def sweep_figures(quick: bool, smoke: bool, workdir: Path, log) -> list[dict]:
-    """Figure 6 from bench/sweep_scaling.py (helper module), or a 'not available' row."""
-    try:
-        from bench import sweep_scaling
-    except ImportError as err:
-        return [not_measured("sweep scaling: 2 workers / 1 (time)", "<= 0.6x", f"not available ({err})")]
-    if hasattr(sweep_scaling, "run_figures"):
-        return sweep_scaling.run_figures(quick=quick, workdir=workdir / "sweep", smoke=smoke, log=log)
+    """Figure 6 from bench/sweep_scaling.py, with one trial's thread scaling beside it."""
+    from bench import sweep_scaling
+
     if smoke:
         return [not_measured("sweep scaling: 2 workers / 1 (time)", "<= 0.6x", "skipped in --smoke (whole sweeps)")]
     import contextlib

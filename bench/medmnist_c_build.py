@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from bench.common import (
-    Parser, environment, figure, format_table, interleaved_order, positive_int, run_main, summary, timed, write_json,
+    Parser, environment, figure, format_table, paired_rounds, positive_int, run_main, summary, timed, write_json,
 )
 
 
@@ -48,14 +48,12 @@ def _measure(root, flag, repeats, warmup, workdir, corruptions, workers, log) ->
     seconds = {w: [] for w in workers}
     first = {}
     load = [os.getloadavg()[0]]
-    for r in range(warmup + repeats):
-        for w in interleaved_order(r, workers):
-            s = build_seconds(root, workdir / f"cache_w{w}", flag, w, corruptions)
-            first.setdefault(str(w), s)
-            if r >= warmup:
-                seconds[w].append(s)
-            tag = f"repeat {r - warmup + 1}/{repeats}" if r >= warmup else f"warm-up {r + 1}/{warmup}"
-            log(f"[medmnist-c {tag}] workers={w}: {s:.2f} s")
+    for tag, timed_run, _, w in paired_rounds(warmup, repeats, [1], workers):  # one torch thread, as one_thread()
+        s = build_seconds(root, workdir / f"cache_w{w}", flag, w, corruptions)
+        first.setdefault(str(w), s)
+        if timed_run:
+            seconds[w].append(s)
+        log(f"[medmnist-c {tag}] workers={w}: {s:.2f} s")
     load.append(os.getloadavg()[0])
     base, other = workers[0], workers[-1]
     speedups = [a / b for a, b in zip(seconds[base], seconds[other])]
