@@ -2,14 +2,13 @@
 
 Built on LightningCLI, so every config key can be overridden on the command line and
 `--print_config` shows the whole run. Any MedRobustError ends the run with one line and exit code 2.
-`run(args)` is the same run as a function (sweeps, studies and notebooks call it).
+`run(args)` is the same run as a function (sweeps, studies and notebooks call it); reading a finished run
+lives in evaluation.runs.
 """
 from __future__ import annotations
 
-import csv
 import os
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,6 +19,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger
 from core.errors import ConfigError, MedRobustError
 from core.memory import keep_freed_memory
 from datamodules.medmnist import MedMNISTDataModule
+from evaluation.runs import RunResult, best_epoch, logged_epochs, report_path
 from lightning_modules.erm import ERM
 
 
@@ -122,19 +122,6 @@ def _floats(metrics) -> dict[str, float]:
     return {key: float(value) for key, value in metrics.items()}
 
 
-@dataclass
-class RunResult:
-    """What one training run gives back: `metrics` holds the validation metrics of the epoch whose checkpoint
-    is best (by `val/clean_bacc`) and the test metrics of that checkpoint; paths are None when absent."""
-
-    metrics: dict[str, float]
-    run_dir: Path
-    best_checkpoint: Optional[Path]
-    report: Optional[Path]
-    best_epoch: Optional[int]
-    history: list[dict[str, float]] = field(default_factory=list)
-
-
 def build_cli(args: Optional[Sequence[str]] = None, callbacks: Sequence[Callback] = ()) -> MedRobustCLI:
     keep_freed_memory()  # fewer page faults on CPU (core.memory); MEDROBUST_KEEP_FREED_MEMORY=0 turns it off
     return MedRobustCLI(
@@ -166,75 +153,10 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> RunResult:
     epochs = {int(row["epoch"]): row for row in logged_epochs(trainer.default_root_dir)}
     epochs.update({int(row["epoch"]): {**epochs.get(int(row["epoch"]), {}), **row} for row in history.epochs})
     callback = trainer.checkpoint_callback
-    best_epoch, val = _best_epoch(list(epochs.values()), best if callback and callback.best_model_path else None,
-                                  callback.monitor if callback else None, getattr(callback, "mode", "max"))
+    epoch, val = best_epoch(list(epochs.values()), best if callback and callback.best_model_path else None,
+                            callback.monitor if callback else None, getattr(callback, "mode", "max"))
     metrics = {**val, **{k: v for k, v in _floats(trainer.callback_metrics).items() if k.startswith("test/")}}
-    report = best.with_name(f"{best.stem}.robustness.json") if best else None
-    return RunResult(metrics, Path(trainer.default_root_dir), best, report if report and report.exists() else None,
-                     best_epoch, list(epochs.values()))
-
-
-def logged_epochs(run_dir) -> list[dict[str, float]]:
-    """Every epoch's metrics from a run's CSV logs, all versions in order (a resumed run logs to a new
-    version; where two versions log the same epoch, the later one wins)."""
-    rows: dict[int, dict[str, float]] = {}
-    paths = Path(run_dir).glob("csv/version_*/metrics.csv")
-    for path in sorted(paths, key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1):
-        with open(path, newline="") as handle:
-            for row in csv.DictReader(handle):
-                if row.get("epoch") in (None, ""):
-                    continue
-                epoch = int(float(row["epoch"]))
-                values = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in (None, "")}
-                rows.setdefault(epoch, {"epoch": epoch}).update(values)
-    return [rows[epoch] for epoch in sorted(rows)]
-
-
-def checkpoint_epoch(path) -> Optional[int]:
-    """The epoch a Lightning checkpoint was saved at (None when it cannot be read)."""
-    import torch
-
-    try:
-        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"])
-    except Exception:
-        return None
-
-
-def _best_epoch(epochs, best_checkpoint, monitor, mode) -> tuple[Optional[int], dict[str, float]]:
-    """(epoch, its val/ metrics): the best checkpoint's epoch, else the best logged epoch by `monitor`."""
-    epochs = [row for row in epochs if any(key.startswith("val/") for key in row)]
-    if not epochs:
-        return None, {}
-    epoch = checkpoint_epoch(best_checkpoint) if best_checkpoint else None
-    chosen = next((row for row in epochs if int(row["epoch"]) == epoch), None)
-    if chosen is None:
-        scored = [row for row in epochs if monitor in row] if monitor else []
-        pick = min if mode == "min" else max
-        chosen = pick(scored, key=lambda row: row[monitor]) if scored else epochs[-1]
-    return int(chosen["epoch"]), {k: v for k, v in chosen.items() if k.startswith("val/")}
-
-
-def read_run(run_dir) -> RunResult:
-    """The RunResult of a finished `train.py fit` run from its folder alone (CSV logs, checkpoints, report):
-    for runs made in another process, such as DDP trials."""
-    run_dir = Path(run_dir)
-    best, monitor, mode = None, "val/clean_bacc", "max"  # train.py's checkpoint default
-    last = run_dir / "checkpoints" / "last.ckpt"
-    if last.exists():
-        import torch
-
-        states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
-        for key, state in states.items():
-            if str(key).startswith("ModelCheckpoint") and state.get("best_model_path"):
-                best, monitor = Path(state["best_model_path"]), state.get("monitor") or monitor
-                mode = "min" if "'mode': 'min'" in str(key) else "max"
-    epochs = logged_epochs(run_dir)
-    best_epoch, metrics = _best_epoch(epochs, best, monitor, mode)
-    tested = [row for row in epochs if any(k.startswith("test/") for k in row)]
-    if tested:
-        metrics.update({k: v for k, v in tested[-1].items() if k.startswith("test/")})
-    report = best.with_name(f"{best.stem}.robustness.json") if best else None
-    return RunResult(metrics, run_dir, best, report if report and report.exists() else None, best_epoch, epochs)
+    return RunResult(metrics, Path(trainer.default_root_dir), best, report_path(best), epoch, list(epochs.values()))
 
 
 def main(args=None) -> None:

@@ -120,6 +120,27 @@ class RobustnessCallback(Callback):
                 raise ConfigError(f"no AutoAttack attack of {self.autoattack_attacks} can run on {dm.flag}'s "
                                   f"{dm.num_classes} classes: {'; '.join(notes)}")
 
+    def logged_keys(self, dm) -> dict[str, set[str]]:
+        """{'val': keys, 'test': keys}: every metric this callback will log for the DataModule `dm`, so sweeps and
+        studies can check objectives and constraints before any training (they never rebuild this list)."""
+        val, test = set(), set()
+        if self.epsilons:
+            val.add(metric_key("val", "clean", "bacc", "subset"))
+        for eps in self.epsilons:
+            for metric in ("bacc", "acc"):
+                val.add(metric_key("val", "adv", metric, eps))
+                test.add(metric_key("test", "adv", metric, eps))
+                if self.autoattack:
+                    test.add(metric_key("test", "aa", metric, eps))
+        if self.corruption_epoch:
+            val.add(metric_key("val", "corr", "bacc"))
+            val.update(metric_key("val", "corr", "bacc", name)
+                       for name in self.corruption.corruptions or corruption_names(dm.flag))
+        if self.corruption_report:
+            test.update(metric_key("test", "corr", metric) for metric in ("bacc", "be", "rbe"))
+            test.add(metric_key("test", "clean", "bacc", "roundtrip"))
+        return {"val": val, "test": test}
+
     # ---- per-epoch validation check ------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or (trainer.current_epoch + 1) % self.every_n_epochs:

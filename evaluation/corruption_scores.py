@@ -24,33 +24,7 @@ import torch
 from core.errors import ConfigError, DataError
 from datamodules.info import BINARY, MULTILABEL, DatasetInfo
 from evaluation.scoring import predict as predict_probabilities
-from lightning_modules.metrics import BalancedAccuracy, MultilabelBalancedAccuracy
-
-DEFAULT_THRESHOLD = 0.5
-
-
-def task_balanced_accuracy(task: str, labels: np.ndarray, probabilities: np.ndarray,
-                           threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> float:
-    """Balanced accuracy of `probabilities` (N x C) against MedMNIST `labels` (N x 1, or N x L multi-label), by
-    the project's one definition (lightning_modules.metrics): binary heads predict p1 > threshold (argmax at
-    0.5), multi-label heads p > threshold per label, multi-class and ordinal heads the argmax."""
-    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
-    if len(labels) != len(probabilities) or len(labels) == 0:
-        raise DataError(f"{len(probabilities)} predictions for {len(labels)} labels")
-    if task == MULTILABEL:
-        thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (labels.shape[1],))
-        metric = MultilabelBalancedAccuracy(labels.shape[1])
-        predictions = probabilities > thresholds
-    else:
-        metric = BalancedAccuracy(probabilities.shape[1])
-        if task == BINARY:
-            predictions = probabilities[:, -1] > float(threshold)
-        else:
-            predictions = np.argmax(probabilities, axis=-1)
-        labels = labels.reshape(len(labels), -1)[:, 0]
-    metric.update(torch.from_numpy(np.asarray(predictions, dtype=np.int64)),
-                  torch.from_numpy(np.asarray(labels, dtype=np.int64)))
-    return float(metric.compute())
+from lightning_modules.metrics import DEFAULT_THRESHOLD, task_balanced_accuracy
 
 
 @dataclass(frozen=True)

@@ -6,8 +6,10 @@ MulticlassAccuracy would count a class that is predicted but absent from the tar
 """
 from __future__ import annotations
 
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import MetricCollection
@@ -22,7 +24,7 @@ from torchmetrics.classification import (
 
 from attacks.threat_model import epsilon_label, parse_epsilon
 from core.errors import ConfigError
-from datamodules.info import MULTILABEL
+from datamodules.info import BINARY, MULTILABEL
 
 
 def _present_class_mean(recalls: torch.Tensor, present: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -60,6 +62,33 @@ class MultilabelBalancedAccuracy(MultilabelStatScores):
         return _present_class_mean(recalls, present).mean().float()
 
 
+DEFAULT_THRESHOLD = 0.5
+
+
+def task_balanced_accuracy(task: str, labels: np.ndarray, probabilities: np.ndarray,
+                           threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> float:
+    """Balanced accuracy of `probabilities` (N x C) against MedMNIST `labels` (N x 1, or N x L multi-label), by
+    the project's one definition (lightning_modules.metrics): binary heads predict p1 > threshold (argmax at
+    0.5), multi-label heads p > threshold per label, multi-class and ordinal heads the argmax."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    if len(labels) != len(probabilities) or len(labels) == 0:
+        raise ConfigError(f"{len(probabilities)} predictions for {len(labels)} labels")
+    if task == MULTILABEL:
+        thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (labels.shape[1],))
+        metric = MultilabelBalancedAccuracy(labels.shape[1])
+        predictions = probabilities > thresholds
+    else:
+        metric = BalancedAccuracy(probabilities.shape[1])
+        if task == BINARY:
+            predictions = probabilities[:, -1] > float(threshold)
+        else:
+            predictions = np.argmax(probabilities, axis=-1)
+        labels = labels.reshape(len(labels), -1)[:, 0]
+    metric.update(torch.from_numpy(np.asarray(predictions, dtype=np.int64)),
+                  torch.from_numpy(np.asarray(labels, dtype=np.int64)))
+    return float(metric.compute())
+
+
 def make_metrics(task: str, num_classes: int) -> MetricCollection:
     """{'bacc', 'acc', 'auroc'} for a task; updates take probabilities from `probabilities()`."""
     if task == MULTILABEL:
@@ -93,43 +122,110 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 # ---- metric keys -------------------------------------------------------------------------------
-# One grammar for logs, reports, the README and sweep objectives:
+# One grammar for logs, reports, the README, sweep objectives, select constraints and study tables:
 #     {stage}/{kind}_{metric}[@{condition}]
-# stage: train | val | test; kind: clean | adv (PGD) | aa (AutoAttack) | corr (MedMNIST-C);
-# metric: bacc | acc | auroc | loss | be | rbe; condition: the epsilon label for adv/aa ("4_255"),
+# stage: train | val | test; kind: clean | adv (PGD) | aa (AutoAttack) | corr (MedMNIST-C) | expl (explanations);
+# metric: bacc | acc | auroc | loss | be | rbe | ...; condition: the epsilon label for adv/aa/expl ("4_255"),
 # a corruption name for corr, "subset" for the fixed validation subset the callback attacks,
 # "roundtrip" for clean images resampled like the corrupted ones.
+# `MetricKey` is the one parser and formatter: no caller splits key strings itself.
 STAGES = ("train", "val", "test")
-KINDS = ("clean", "adv", "aa", "corr")
+KINDS = ("clean", "adv", "aa", "corr", "expl")
+EPSILON_KINDS = ("adv", "aa", "expl")
+KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """A parsed metric key: `MetricKey.parse("val/adv_bacc@4_255")` has stage "val", kind "adv", metric "bacc"
+    and condition "4_255"; `str(key)` formats it back. Epsilon conditions are kept as canonical labels."""
+
+    stage: str
+    kind: str
+    metric: str = "bacc"
+    condition: Optional[str] = None
+
+    def __post_init__(self):
+        if self.stage not in STAGES or self.kind not in KINDS:
+            raise ConfigError(f"metric keys have a stage in {STAGES} and a kind in {KINDS}, "
+                              f"got {self.stage!r}, {self.kind!r}")
+        if not self.metric:
+            raise ConfigError(f"metric key {self.stage}/{self.kind}_ needs a metric name (bacc, acc, auroc, ...)")
+        if self.condition is not None:
+            object.__setattr__(self, "condition", _condition(self.kind, self.condition))
+
+    def __str__(self) -> str:
+        base = f"{self.stage}/{self.kind}_{self.metric}"
+        return base if self.condition is None else f"{base}@{self.condition}"
+
+    @classmethod
+    def parse(cls, text, stage: Optional[str] = None) -> "MetricKey":
+        """`val/adv_bacc@4_255`, `val/adv_bacc@4/255`, `val/adv_bacc@eps=4/255`, or `adv_bacc@4/255` with `stage`
+        given; ConfigError for text outside the grammar (see `MetricKey.try_parse` for keys that may be)."""
+        key = cls.try_parse(text, stage)
+        if key is None:
+            raise ConfigError(f"{text!r} is not a metric key: write STAGE/KIND_METRIC[@CONDITION] with a stage in "
+                              f"{STAGES} and a kind in {KINDS} (for example val/adv_bacc@4/255)")
+        return key
+
+    @classmethod
+    def try_parse(cls, text, stage: Optional[str] = None) -> Optional["MetricKey"]:
+        """The parsed key, or None for keys outside the grammar (`train/epsilon`, `epoch`)."""
+        if isinstance(text, MetricKey):
+            return text
+        text = str(text).strip()
+        head, at, condition = text.partition("@")
+        if "/" in head:
+            stage, head = head.split("/", 1)
+        elif stage is None:
+            if head.partition("_")[0] in KINDS:
+                raise ConfigError(f"metric {text!r} needs a stage: write val/{text} or test/{text}")
+            return None
+        kind, _, metric = head.partition("_")
+        if stage not in STAGES or kind not in KINDS or not metric or (at and not condition):
+            return None
+        return cls(stage, kind, metric, _condition(kind, condition) if at else None)
+
+    @property
+    def epsilon(self) -> Optional[float]:
+        """The epsilon of an adv/aa/expl key (None otherwise or without a condition)."""
+        if self.kind in EPSILON_KINDS and self.condition is not None:
+            return parse_epsilon(self.condition, norm="l2")
+        return None
+
+    def with_stage(self, stage: str) -> "MetricKey":
+        return MetricKey(stage, self.kind, self.metric, self.condition)
+
+    def sort_key(self) -> tuple:
+        """Validation before test, then clean, adv, aa, corr, expl; epsilons in increasing order."""
+        return (STAGES.index(self.stage), KIND_ORDER[self.kind], self.metric != "bacc", self.metric,
+                self.epsilon if self.epsilon is not None else -1.0, self.condition or "")
+
+
+def _condition(kind: str, condition) -> str:
+    """The canonical condition: an epsilon label (`4_255`) for adv/aa/expl keys, the text otherwise."""
+    if kind in EPSILON_KINDS:
+        if isinstance(condition, str):
+            condition = condition.removeprefix("eps=")
+            condition = parse_epsilon(condition, norm="l2")
+        return epsilon_label(condition)
+    return str(condition)
 
 
 def metric_key(stage: str, kind: str, metric: str = "bacc", condition=None) -> str:
     """`val/adv_bacc@4_255` from ("val", "adv", "bacc", 4/255); a number or fraction condition is an epsilon."""
-    if stage not in STAGES or kind not in KINDS:
-        raise ConfigError(f"metric keys have a stage in {STAGES} and a kind in {KINDS}, got {stage!r}, {kind!r}")
-    key = f"{stage}/{kind}_{metric}"
-    if condition is None:
-        return key
-    if kind in ("adv", "aa"):
-        condition = epsilon_label(condition)
-    return f"{key}@{condition}"
+    return str(MetricKey(stage, kind, metric, None if condition is None else _condition(kind, condition)))
 
 
 def parse_metric_key(text: str, stage: Optional[str] = None) -> str:
     """The canonical key for what a user typed: `adv_bacc@4/255` (with `stage` given), `val/adv_bacc@eps=4/255`,
     `val/adv_bacc@4_255` all give `val/adv_bacc@4_255`; keys outside the grammar (`train/epsilon`) pass through."""
+    key = MetricKey.try_parse(text, stage)
+    if key is not None:
+        return str(key)
     text = str(text).strip()
     if "/" in text.split("@")[0]:
-        stage, text = text.split("/", 1)
-    base, _, condition = text.partition("@")
-    kind, _, metric = base.partition("_")
+        return text
     if stage is None:
         raise ConfigError(f"metric {text!r} needs a stage: write val/{text} or test/{text}")
-    if kind not in KINDS or not metric:
-        return f"{stage}/{text}"
-    if not condition:
-        return metric_key(stage, kind, metric)
-    condition = condition.removeprefix("eps=")
-    if kind in ("adv", "aa"):
-        condition = parse_epsilon(condition, norm="l2")
-    return metric_key(stage, kind, metric, condition)
+    return f"{stage}/{text}"

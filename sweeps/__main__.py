@@ -1,4 +1,4 @@
-"""`python -m sweeps run|status|report|select|worker SWEEP.yaml ...` and `python -m sweeps reproduce STUDY.yaml --out DIR`"""
+"""`python -m sweeps run|status|report|select|worker SWEEP.yaml ...` (studies: `python -m studies reproduce`)"""
 import sys
 
 from .cli import main

@@ -68,18 +68,7 @@ def build_parser() -> Parser:
     goal.add_argument("--minimize", metavar="METRIC", help="then the lowest of this validation metric")
     select.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test examples (default 1000)")
     select.add_argument("--json", metavar="OUT", help="also write the choice as JSON")
-    from . import reproduce
-
-    study = commands.add_parser("reproduce", help="reproduce the nonrobust-features study (configs/study/*.yaml)",
-                                description=reproduce.DESCRIPTION, epilog=reproduce.EXAMPLE)
-    reproduce.add_arguments(study)
     return parser
-
-
-def cmd_reproduce(args) -> int:
-    from .reproduce import run_from_args
-
-    return run_from_args(args)
 
 
 def load(args):
@@ -199,7 +188,7 @@ def cmd_select(args) -> int:
         shown = ", ".join(f"{k} {'>=' if kind == 'min' else '<='} {b}" for k, kind, b in constraints)
         print(f"no training epsilon meets the constraints on validation metrics ({shown})")
         return 1
-    intervals = selection.bootstrap(selection.test_predictions(choice.trial), n=args.bootstrap)
+    intervals = selection.test_intervals(choice.trial, n=args.bootstrap)
     print(selection.format_choice(choice, intervals, spec))
     if args.json:
         from core.files import write_json_atomic
@@ -211,5 +200,4 @@ def cmd_select(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "report": cmd_report, "select": cmd_select,
-            "reproduce": cmd_reproduce}
+COMMANDS = {"run": cmd_run, "worker": cmd_worker, "status": cmd_status, "report": cmd_report, "select": cmd_select}

@@ -11,6 +11,7 @@ from typing import Sequence
 import optuna
 
 from core.files import write_text_atomic
+from lightning_modules.metrics import MetricKey
 
 from . import results
 from .spec import SweepSpec
@@ -80,7 +81,8 @@ def _plot_curve(path: Path, table, metrics, extra, spec: SweepSpec) -> Path:
                 y = [e[key] for e in entries]
                 if all(v is None for v in y):
                     continue
-                label = key.split("/", 1)[1] + (f" ({group})" if group else "")
+                parsed = MetricKey.parse(key)
+                label = str(parsed).removeprefix(f"{parsed.stage}/") + (f" ({group})" if group else "")
                 line, = ax.plot(x, y, marker="o", label=label)
                 low = [e[f"{key}:min"] for e in entries]
                 high = [e[f"{key}:max"] for e in entries]

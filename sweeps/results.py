@@ -10,6 +10,7 @@ import optuna
 from optuna.trial import TrialState
 
 from attacks.threat_model import format_epsilon
+from lightning_modules.metrics import MetricKey
 
 from . import study as studies
 from .spec import SweepSpec
@@ -48,32 +49,15 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
 def headline_metrics(rows: Sequence[dict], spec: SweepSpec) -> list[str]:
     """The curve's metrics: balanced accuracy clean, under PGD (each epsilon), AutoAttack and MedMNIST-C
     (mean over corruptions), validation then test, plus the objectives."""
-    keys = set()
+    keys = {MetricKey.parse(o.metric) for o in spec.objectives}
     for row in rows:
         for stage in ("val", "test"):
-            for key in row[stage]:
-                base, _, condition = key.partition("@")
-                kind = base.split("/", 1)[1]
-                if kind in ("clean_bacc", "corr_bacc") and not condition or kind in ("adv_bacc", "aa_bacc"):
+            for text in row[stage]:
+                key = MetricKey.try_parse(text)
+                if key and key.metric == "bacc" and (key.kind in ("adv", "aa") or key.condition is None
+                                                     and key.kind in ("clean", "corr")):
                     keys.add(key)
-    keys |= {o.metric for o in spec.objectives}
-    order = {"clean": 0, "adv": 1, "aa": 2, "corr": 3}
-
-    def rank(key):
-        stage, rest = key.split("/", 1)
-        kind = rest.split("_", 1)[0]
-        return (stage != "val", order.get(kind, 4), _epsilon_sort(rest), rest)
-
-    return sorted(keys, key=rank)
-
-
-def _epsilon_sort(rest: str) -> float:
-    condition = rest.partition("@")[2]
-    try:
-        a, _, b = condition.partition("_")
-        return float(a) / float(b or 1)
-    except ValueError:
-        return 0.0
+    return [str(key) for key in sorted(keys, key=MetricKey.sort_key)]
 
 
 def curve(rows: Sequence[dict], spec: SweepSpec) -> list[dict[str, Any]]:
@@ -92,7 +76,7 @@ def curve(rows: Sequence[dict], spec: SweepSpec) -> list[dict[str, Any]]:
         entry["seeds"] = len(members)
         entry["trials"] = " ".join(str(m["number"]) for m in sorted(members, key=lambda m: m["number"]))
         for key in metrics:
-            values = [m[key.split("/", 1)[0]].get(key) for m in members]
+            values = [metric_value(m, key) for m in members]
             values = [v for v in values if v is not None]
             entry[key] = statistics.fmean(values) if values else None
             entry[f"{key}:std"] = statistics.stdev(values) if len(values) > 1 else 0.0 if values else None
@@ -128,7 +112,7 @@ def pareto_axes(rows: Sequence[dict], spec: SweepSpec) -> tuple[list[str], list[
     if len(spec.objectives) >= 2:
         return [o.metric for o in spec.objectives[:2]], [o.direction for o in spec.objectives[:2]]
     keys = [k for k in headline_metrics(rows, spec) if k.startswith("val/")]
-    adv = [k for k in keys if k.startswith("val/adv_bacc")]
+    adv = [k for k in keys if (key := MetricKey.parse(k)).kind == "adv" and key.metric == "bacc"]
     other = adv[-1] if adv else next((k for k in keys if k != "val/clean_bacc"), spec.objectives[0].metric)
     return ["val/clean_bacc", other], ["maximize", "maximize"]
 
@@ -147,4 +131,6 @@ def format_curve(table: Sequence[dict], metrics: Sequence[str], extra: Sequence[
 
 
 def metric_value(row: dict, key: str) -> Optional[float]:
-    return row[key.split("/", 1)[0]].get(key) if key.split("/", 1)[0] in ("val", "test") else None
+    """A trial row's value of a val/ or test/ metric key (None when absent or of another stage)."""
+    stage = MetricKey.parse(key).stage
+    return row[stage].get(key) if stage in ("val", "test") else None

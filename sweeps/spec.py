@@ -15,11 +15,11 @@ from typing import Any, Optional
 import yaml
 
 from attacks.threat_model import format_epsilon, parse_epsilon, parse_norm
+from core.config import REPO, parse_assignment, resolve_path
 from core.errors import ConfigError
 from core.files import file_digest
 from lightning_modules.metrics import parse_metric_key
 
-REPO = Path(__file__).resolve().parents[1]
 
 # method -> (base training config, model class) of train.py
 METHODS = {
@@ -150,27 +150,8 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(self.settings(), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def resolve_path(text: str | Path) -> Path:
-    """A relative path from the working folder, else from the repository (so configs/... works anywhere)."""
-    path = Path(text).expanduser()
-    if path.is_absolute() or path.exists() or not (REPO / path).exists():
-        return path
-    return REPO / path
-
-
 def _file_digest(path: Path) -> str:
     return file_digest(path)[:16] if path.is_file() else "missing"
-
-
-def parse_assignment(text: str) -> tuple[str, Any]:
-    """`key=value` from `--set`, the value read as YAML (`[0, 2/255]`, `3`, `true`)."""
-    key, sep, value = text.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"--set takes key=value, got {text!r}")
-    try:
-        return key.strip(), yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"--set {key}: cannot read {value!r} as YAML ({_first_line(err)})") from None
 
 
 def apply_assignment(raw: dict, key: str, value: Any) -> None:

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from attacks.threat_model import epsilon_label
+from core.config import cli_value
 from core.errors import ConfigError, MedRobustError
-from lightning_modules.metrics import metric_key
+from lightning_modules.metrics import MetricKey, metric_key
 
 from .spec import KNOBS, REPO, SweepSpec
 
@@ -30,11 +31,6 @@ class TrainingFacts:
     monitor: str = "val/clean_bacc"
     data: dict[str, Any] = field(default_factory=dict)
     corruption_caches: list[dict[str, Any]] = field(default_factory=list)
-
-
-def cli_value(value: Any) -> str:
-    """A value as LightningCLI reads it from the command line (lists and mappings as JSON)."""
-    return value if isinstance(value, str) else json.dumps(value)
 
 
 def trial_args(spec: SweepSpec, params: dict[str, Any], run_dir: Path, *, ckpt: Optional[Path] = None,
@@ -141,25 +137,13 @@ def check_training(spec: SweepSpec) -> TrainingFacts:
 
 
 def _callback_metrics(callback, dm, facts: TrainingFacts) -> None:
-    from callbacks.robustness import RobustnessCallback
-    from datamodules.medmnist_c import corruption_names
-
-    if not isinstance(callback, RobustnessCallback):
+    """The keys a callback says it logs (`logged_keys`), and the MedMNIST-C caches the robustness report reads."""
+    if not hasattr(callback, "logged_keys"):
         return
-    if callback.epsilons:
-        facts.val_metrics.add(metric_key("val", "clean", "bacc", "subset"))
-    for eps in callback.epsilons:
-        for metric in ("bacc", "acc"):
-            facts.val_metrics.add(metric_key("val", "adv", metric, eps))
-            facts.test_metrics.add(metric_key("test", "adv", metric, eps))
-            if callback.autoattack:
-                facts.test_metrics.add(metric_key("test", "aa", metric, eps))
-    if callback.corruption_epoch:
-        facts.val_metrics.add(metric_key("val", "corr", "bacc"))
-        for name in callback.corruption.corruptions or corruption_names(dm.flag):
-            facts.val_metrics.add(metric_key("val", "corr", "bacc", name))
-    if callback.corruption_report:
-        facts.test_metrics.update(metric_key("test", "corr", m) for m in ("bacc", "be", "rbe"))
+    keys = callback.logged_keys(dm)
+    facts.val_metrics.update(keys.get("val", ()))
+    facts.test_metrics.update(keys.get("test", ()))
+    if getattr(callback, "corruption_report", False):
         cache = {"flag": dm.flag, "size": dm.size, "root": str(dm.root), "cache": callback.corruption.cache,
                  "seed": callback.corruption.seed, "verify": dm.hparams.verify_md5,
                  "corruptions": callback.corruption.corruptions}
@@ -171,7 +155,9 @@ def check_metrics(spec: SweepSpec, facts: TrainingFacts) -> None:
     """Every objective must be a validation metric the trials log."""
     for objective in spec.objectives:
         if objective.metric not in facts.val_metrics:
-            near = sorted(k for k in facts.val_metrics if k.split("@")[0] == objective.metric.split("@")[0])
+            wanted = MetricKey.parse(objective.metric)
+            near = sorted(k for k in facts.val_metrics if (key := MetricKey.try_parse(k))
+                          and (key.kind, key.metric) == (wanted.kind, wanted.metric))
             hint = f"; logged: {', '.join(near)}" if near else f"; logged: {', '.join(sorted(facts.val_metrics))}"
             raise ConfigError(f"objective {objective.metric} is not logged by the trials{hint}")
 
@@ -196,7 +182,7 @@ def run_in_process(args: Sequence[str], callbacks: Sequence = ()):
 def run_in_child(args: Sequence[str], log: Path) -> dict[str, Any]:
     """A trial spanning several GPUs: `train.py ARGS` in a child process (Lightning's DDP launcher re-runs
     that command per rank); its results are read back from the run folder."""
-    import train
+    from evaluation.runs import read_run
 
     with open(log, "a") as handle:
         code = subprocess.call([sys.executable, str(REPO / "train.py"), *args], stdout=handle, stderr=subprocess.STDOUT,
@@ -204,7 +190,7 @@ def run_in_child(args: Sequence[str], log: Path) -> dict[str, Any]:
     if code:
         raise RuntimeError(f"train.py exited with code {code}; see {log}")
     run_dir = Path(args[args.index("--trainer.default_root_dir") + 1])
-    return train.read_run(run_dir)
+    return read_run(run_dir)
 
 
 def epsilon_name(value: float) -> str:

@@ -102,9 +102,9 @@ def run_folder(spec: SweepSpec, trial: optuna.Trial) -> tuple[Path, Optional[Pat
         return run_dir, None
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():
-        import train
+        from evaluation.runs import checkpoint_epoch
 
-        if train.checkpoint_epoch(last) is not None:
+        if checkpoint_epoch(last) is not None:
             return run_dir, last
         last.rename(last.with_name(f"last.broken-{int(time.time())}.ckpt"))
     return run_dir, None

@@ -15,7 +15,9 @@ FLOORS = {
     "callbacks": 5,
     "train": 5,
     "sweeps": 6,
-    "bench": 6,
+    "bench": 7,
+    "explanations": 3,
+    "studies": 7,
 }
 SAME_FLOOR_FORBIDDEN = {("datamodules", "attacks"), ("attacks", "datamodules")}
 

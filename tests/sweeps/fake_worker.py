@@ -14,7 +14,7 @@ sys.path.insert(0, str(REPO))
 
 from sweeps import training, worker  # noqa: E402
 from sweeps.spec import load_spec  # noqa: E402
-from train import RunResult  # noqa: E402
+from evaluation.runs import RunResult  # noqa: E402
 
 
 def main() -> None:

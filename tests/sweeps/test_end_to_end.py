@@ -87,9 +87,9 @@ def test_sigkilled_worker_resumes_its_trial_from_last_ckpt(tiny_sweep):
     assert retry.user_attrs["run_dir"] == str(spec.study_dir / "trial_0")
     versions = sorted(p.name for p in (spec.study_dir / "trial_0" / "csv").glob("version_*"))
     assert versions == ["version_0", "version_1"]  # the retry continued the killed run
-    import train
+    from evaluation.runs import logged_epochs
 
-    epochs = train.logged_epochs(spec.study_dir / "trial_0")
+    epochs = logged_epochs(spec.study_dir / "trial_0")
     assert [int(e["epoch"]) for e in epochs if "val/clean_bacc" in e] == list(range(6))
     best = max((e for e in epochs if "val/clean_bacc" in e), key=lambda e: e["val/clean_bacc"])
     assert retry.user_attrs["val"]["val/clean_bacc"] == pytest.approx(best["val/clean_bacc"])

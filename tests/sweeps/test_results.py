@@ -1,5 +1,4 @@
-"""Curve, Pareto front, selection on validation metrics, bootstrap intervals, and train.py's per-epoch
-metrics of a resumed run (read from all CSV versions)."""
+"""Curve, Pareto front and selection on validation metrics."""
 from __future__ import annotations
 
 import numpy as np
@@ -56,52 +55,3 @@ def test_select_uses_validation_means_and_constraints(spec):
     with pytest.raises(ConfigError, match="select chooses on validation metrics"):
         selection.parse_constraint("test/clean_bacc=0.8", "min")
     assert selection.parse_constraint("adv_bacc@4/255=0.5", "min") == ("val/adv_bacc@4_255", "min", 0.5)
-
-
-def test_balanced_accuracy_matches_the_project_metrics():
-    rng = np.random.default_rng(0)
-    probs = torch.softmax(torch.tensor(rng.normal(size=(200, 3)), dtype=torch.float32), 1)
-    targets = torch.tensor(rng.integers(0, 3, 200))
-    metrics = make_metrics("multiclass", 3)
-    metrics.update(probs, targets)
-    expected = {k: float(v) for k, v in metrics.compute().items()}
-    bacc, acc = selection.balanced_accuracy(probs.numpy(), targets.numpy(), "multiclass")
-    assert bacc == pytest.approx(expected["bacc"], abs=1e-6) and acc == pytest.approx(expected["acc"], abs=1e-6)
-
-
-def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_examples():
-    rng = np.random.default_rng(1)
-
-    def predictions(n):
-        targets = torch.tensor(rng.integers(0, 2, n))
-        right = rng.random(n) < 0.8
-        pred = torch.where(torch.tensor(right), targets, 1 - targets)
-        probs = torch.nn.functional.one_hot(pred, 2).float() * 0.8 + 0.1
-        return {"task": "binary", "targets": targets, "scores": [("clean", None, probs), ("adv", 4 / 255, probs.flip(1))]}
-
-    small, large = selection.bootstrap(predictions(100), n=300), selection.bootstrap(predictions(3000), n=300)
-    assert set(small) == {"test/clean_bacc", "test/clean_acc", "test/adv_bacc@4_255", "test/adv_acc@4_255"}
-    for ci in (*small.values(), *large.values()):
-        assert ci["low"] <= ci["value"] <= ci["high"]
-    width = lambda ci: ci["high"] - ci["low"]  # noqa: E731
-    assert width(large["test/clean_bacc"]) < width(small["test/clean_bacc"]) / 2
-    assert small["test/adv_bacc@4_255"]["value"] == pytest.approx(1 - small["test/clean_bacc"]["value"], abs=1e-9)
-
-
-def test_logged_epochs_merge_csv_versions_of_a_resumed_run(tmp_path):
-    import train
-
-    for version, lines in (("0", ["epoch,step,train/loss,val/clean_bacc", "0,10,0.7,", "0,10,,0.6", "1,20,0.6,",
-                                  "1,20,,0.8"]),
-                           ("1", ["epoch,step,train/loss,val/clean_bacc,test/clean_bacc", "2,30,0.5,,", "2,30,,0.7,",
-                                  "2,30,,,0.75"])):
-        folder = tmp_path / "csv" / f"version_{version}"
-        folder.mkdir(parents=True)
-        (folder / "metrics.csv").write_text("\n".join(lines) + "\n")
-    epochs = train.logged_epochs(tmp_path)
-    assert [e["epoch"] for e in epochs] == [0, 1, 2]
-    assert epochs[1]["val/clean_bacc"] == 0.8 and epochs[2]["test/clean_bacc"] == 0.75
-    epoch, val = train._best_epoch(epochs, None, "val/clean_bacc", "max")
-    assert epoch == 1 and val == {"val/clean_bacc": 0.8}  # the best epoch came before the resume
-    result = train.read_run(tmp_path)
-    assert result.best_epoch == 1 and result.metrics == {"val/clean_bacc": 0.8, "test/clean_bacc": 0.75}

@@ -1,4 +1,5 @@
-"""Reproduce "Useful nonrobust features are ubiquitous in biomedical images" (arXiv 2604.22579) in one command.
+"""Reproduce "Useful nonrobust features are ubiquitous in biomedical images" (arXiv 2604.22579) in one command:
+`python -m studies reproduce configs/study/quick.yaml --out runs/study/quick`.
 
 For each dataset and seed: train ERM, PGD-AT and an L2-robust source model on the real training split; build the
 Ilyas et al. training sets (D_rand, D_det, D_NR, D_R) from them; train a fresh model on each; test every model on
@@ -7,33 +8,27 @@ the real test split (clean, PGD at several epsilons, MedMNIST-C where asked) wit
 """
 from __future__ import annotations
 
-import argparse
-import csv
-import io
 import json
-import math
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
-import yaml
 
 from attacks.threat_model import parse_epsilon
-from core.cli import Parser
-from core.errors import ConfigError, MedRobustError
-from core.files import write_json_atomic, write_text_atomic
+from core.config import resolve_path
+from core.errors import ConfigError
+
+from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
 
-STUDY_KEYS = {"name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
+from .runner import cell, check_training_spec, done, load_config, mean_sd, train_step, write_csv
+
+STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
               "constructed_training"}
-FLAT_SECTIONS = ("train", "overrides")  # their keys are dotted train.py keys, not nested mappings
 DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}
 REQUIRED_MODELS = ("erm", "pgd_at")
 CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
-DONE = "result.json"
 
 
 # ---- configuration ------------------------------------------------------------------------------------------
@@ -52,30 +47,10 @@ class Study:
     source: Path
 
 
-def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
-    """Read a study YAML, apply `key=value` overrides (dotted keys, YAML values), and check it."""
+def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
+    """Read a study YAML, apply `--set key=value` overrides (dotted keys, YAML values), and check it."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(f"cannot read study config {path}: {err.strerror or err}") from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"study config {path} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"study config {path} must be a mapping of keys (name, datasets, models, ...)")
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"override {item!r} must read key=value (for example seeds=[0,1])")
-        node, parts = raw, key.split(".")
-        while len(parts) > 1:
-            part = parts.pop(0)
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"override {key!r}: {part!r} is not a mapping")
-            if part in FLAT_SECTIONS:  # train.py keys: the rest is one dotted key
-                parts = [".".join(parts)]
-        node[parts[0]] = yaml.safe_load(value)
+    raw = load_config(path, overrides)
     unknown = sorted(set(raw) - STUDY_KEYS)
     if unknown:
         raise ConfigError(f"unknown study key(s) {', '.join(unknown)}: the keys are {', '.join(sorted(STUDY_KEYS))}")
@@ -84,7 +59,7 @@ def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study
     if missing:
         raise ConfigError(f"the study needs models {', '.join(missing)} (ERM and PGD-AT are what it compares)")
     for name, spec in models.items():
-        _check_training_spec(f"models.{name}", spec)
+        check_training_spec(f"models.{name}", spec)
     constructions = raw.get("constructions") or {}
     for kind, spec in constructions.items():
         if kind not in CONSTRUCTION_KINDS:
@@ -100,6 +75,8 @@ def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study
         extra = sorted(set(entry) - DATASET_KEYS)
         if extra:
             raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use {', '.join(sorted(DATASET_KEYS))}")
+        if entry.get("root"):
+            entry["root"] = str(resolve_path(entry["root"]))
         info = dataset_info(entry["flag"])
         if constructions and info.task == MULTILABEL:
             raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
@@ -107,70 +84,12 @@ def load_study(path: str | Path, overrides: Optional[list[str]] = None) -> Study
     if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
         raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     constructed = raw.get("constructed_training") or {"config": "configs/erm.yaml"}
-    _check_training_spec("constructed_training", constructed)
+    check_training_spec("constructed_training", constructed)
     return Study(str(raw.get("name") or path.stem), seeds, datasets, dict(raw.get("train") or {}), models,
                  constructions, dict(raw.get("construction_defaults") or {}), constructed, path)
 
 
-def _check_training_spec(where: str, spec) -> None:
-    if not isinstance(spec, dict) or "config" not in spec:
-        raise ConfigError(f"{where} needs a training config: {{config: configs/erm.yaml, overrides: {{...}}}}")
-    if not Path(spec["config"]).is_file():
-        raise ConfigError(f"{where}.config {spec['config']} not found (paths are relative to the working directory)")
-    if not isinstance(spec.get("overrides") or {}, dict):
-        raise ConfigError(f"{where}.overrides must be a mapping of train.py keys to values")
-
-
 # ---- steps --------------------------------------------------------------------------------------------------
-def _done(step_dir: Path) -> Optional[dict]:
-    try:
-        return json.loads((step_dir / DONE).read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def train_step(step_dir: Path, spec: dict, study: Study, dataset: dict, seed: int,
-               extra: Optional[dict] = None, corruptions: bool = False) -> dict:
-    """One training run (fit, then test of its best checkpoint), or its stored result when already done with the
-    same arguments (a finished step run with other settings is refused, not silently reused)."""
-    overrides = {
-        "data.flag": dataset["flag"], "data.size": dataset.get("size", 28),
-        **({"data.root": dataset["root"]} if dataset.get("root") else {}),
-        **{f"data.{key}": dataset[key] for key in ("download", "verify_md5") if key in dataset},
-        "seed_everything": seed, "trainer.default_root_dir": str(step_dir),
-        **study.train, **(dataset.get("train") or {}), **(spec.get("overrides") or {}), **(extra or {}),
-    }
-    if corruptions:
-        overrides["trainer.callbacks.init_args.corruption_report"] = True
-    from .training import cli_value
-
-    args = ["fit", "--config", spec["config"]]
-    for key, value in overrides.items():
-        args += [f"--{key}", cli_value(value)]
-    done = _done(step_dir)
-    if done is not None:
-        previous = list(done.get("args", args))
-        if previous[-2:] == ["--ckpt_path", "last"]:  # the run had resumed from its own last.ckpt
-            previous = previous[:-2]
-        if previous != args:
-            raise ConfigError(f"{step_dir} was trained with other settings than the config now asks for: delete that "
-                              "folder to train it again, or use another --out")
-        return done
-    import train
-
-    if (step_dir / "checkpoints" / "last.ckpt").is_file():
-        args += ["--ckpt_path", "last"]  # an interrupted run resumes
-    started = time.time()
-    result = train.run(args)
-    summary = {
-        "metrics": result.metrics, "best_checkpoint": str(result.best_checkpoint) if result.best_checkpoint else None,
-        "report": str(result.report) if result.report else None, "best_epoch": result.best_epoch,
-        "seconds": round(time.time() - started, 1), "args": args,
-    }
-    write_json_atomic(step_dir / DONE, summary)
-    return summary
-
-
 def construct_step(out: Path, kind: str, source: dict, study: Study, dataset: dict, seed: int) -> Path:
     """Build one constructed training set from a source checkpoint (kept and reused when already built)."""
     from constructions import Settings, construct_file
@@ -186,10 +105,6 @@ def construct_step(out: Path, kind: str, source: dict, study: Study, dataset: di
     construct_file(kind, source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
                    root=dataset.get("root"), settings=settings, limit=limit, seed=seed,
                    verify_md5=dataset.get("verify_md5", True))
-    return out
-    settings = {**study.construction_defaults, **{k: v for k, v in study.constructions[kind].items() if k != "source"}}
-    build_file(kind, source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
-               root=dataset.get("root"), seed=seed, **settings)
     return out
 
 
@@ -221,30 +136,9 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict) -
 
 def write_results(rows: list[dict], out: Path) -> None:
     """results.csv (one row per model, dataset and seed), results.md and the figures."""
-    columns: list[str] = []
-    for row in rows:
-        columns += [key for key in row if key not in columns]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns)
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out / "results.csv", buffer.getvalue())
+    write_csv(rows, out / "results.csv")
     write_text_atomic(out / "results.md", results_markdown(rows))
     figures(rows, out)
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
-    if not values:
-        return float("nan"), float("nan")
-    return float(np.mean(values)), float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
-
-
-def _cell(values: list[float]) -> str:
-    mean, sd = _mean_sd(values)
-    if math.isnan(mean):
-        return "-"
-    return f"{mean:.3f}" + (f" ± {sd:.3f}" if len(values) > 1 else "")
 
 
 MODEL_ORDER = ("erm", "pgd_at", "robust_l2", "d_rand", "d_det", "d_nr", "d_r")
@@ -266,7 +160,7 @@ def results_markdown(rows: list[dict]) -> str:
                   "d_rand": "D_rand (nonrobust features only)", "d_det": "D_det (nonrobust features only)",
                   "d_nr": "D_NR (standard-model features)", "d_r": "D_R (robust-model features)"}
     for model in _ordered_models(rows):
-        cells = [_cell([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d]) for d in datasets]
+        cells = [cell([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d]) for d in datasets]
         lines.append(f"| {model} | {trained_on.get(model, model)} | " + " | ".join(cells) + " |")
     chance = [f"{next(r['chance_bacc'] for r in rows if r['dataset'] == d):.3f}" for d in datasets]
     lines.append("| chance | | " + " | ".join(chance) + " |")
@@ -279,11 +173,11 @@ def results_markdown(rows: list[dict]) -> str:
             for model in _ordered_models(corr_rows):
                 sel = [r for r in corr_rows if r["dataset"] == d and r["model"] == model]
                 if sel:
-                    lines.append(f"| {d} | {model} | {_cell([r['clean_bacc'] for r in sel])} | "
-                                 f"{_cell([r['corr_clean_reference_bacc'] for r in sel])} | "
-                                 f"{_cell([r['corr_bacc'] for r in sel])} | "
-                                 f"{_cell([r['corr_bacc'] - r['corr_clean_reference_bacc'] for r in sel])} | "
-                                 f"{_cell([r['corr_rbe'] for r in sel])} |")
+                    lines.append(f"| {d} | {model} | {cell([r['clean_bacc'] for r in sel])} | "
+                                 f"{cell([r['corr_clean_reference_bacc'] for r in sel])} | "
+                                 f"{cell([r['corr_bacc'] for r in sel])} | "
+                                 f"{cell([r['corr_bacc'] - r['corr_clean_reference_bacc'] for r in sel])} | "
+                                 f"{cell([r['corr_rbe'] for r in sel])} |")
         lines += ["", "## PGD-AT minus ERM under each corruption (corrupted balanced accuracy)", ""]
         for d in datasets:
             erm = [r for r in corr_rows if r["dataset"] == d and r["model"] == "erm"]
@@ -294,10 +188,10 @@ def results_markdown(rows: list[dict]) -> str:
             lines += [f"**{d}**", "", "| corruption | ERM | PGD-AT | PGD-AT - ERM | ERM: corrupted - round-tripped clean | PGD-AT: corrupted - round-tripped clean |",
                       "|---|---|---|---|---|---|"]
             for name in names:
-                e = _mean_sd([r.get(f"corr_bacc@{name}") for r in erm])[0]
-                a = _mean_sd([r.get(f"corr_bacc@{name}") for r in at])[0]
-                de = _mean_sd([r.get(f"corr_delta@{name}") for r in erm])[0]
-                da = _mean_sd([r.get(f"corr_delta@{name}") for r in at])[0]
+                e = mean_sd([r.get(f"corr_bacc@{name}") for r in erm])[0]
+                a = mean_sd([r.get(f"corr_bacc@{name}") for r in at])[0]
+                de = mean_sd([r.get(f"corr_delta@{name}") for r in erm])[0]
+                da = mean_sd([r.get(f"corr_delta@{name}") for r in at])[0]
                 lines.append(f"| {name} | {e:.3f} | {a:.3f} | {a - e:+.3f} | {de:+.3f} | {da:+.3f} |")
             lines.append("")
     lines += ["", findings(rows)]
@@ -312,15 +206,15 @@ def findings(rows: list[dict]) -> str:
         for model in ("d_rand", "d_det"):
             values = [r["clean_bacc"] for r in rows if r["dataset"] == d and r["model"] == model]
             if values:
-                mean = _mean_sd(values)[0]
+                mean = mean_sd(values)[0]
                 verdict = "holds" if mean > chance + 0.05 else "does not hold"
                 out.append(f"- {d}, {model}: test balanced accuracy {mean:.3f} vs chance {chance:.3f} "
                            f"({mean - chance:+.3f}): finding 1 (nonrobust features generalise) {verdict}.")
         erm = [r for r in rows if r["dataset"] == d and r["model"] == "erm" and r.get("corr_bacc") is not None]
         at = [r for r in rows if r["dataset"] == d and r["model"] == "pgd_at" and r.get("corr_bacc") is not None]
         if erm and at:
-            ce, ca = _mean_sd([r["clean_bacc"] for r in erm])[0], _mean_sd([r["clean_bacc"] for r in at])[0]
-            me, ma = _mean_sd([r["corr_bacc"] for r in erm])[0], _mean_sd([r["corr_bacc"] for r in at])[0]
+            ce, ca = mean_sd([r["clean_bacc"] for r in erm])[0], mean_sd([r["clean_bacc"] for r in at])[0]
+            me, ma = mean_sd([r["corr_bacc"] for r in erm])[0], mean_sd([r["corr_bacc"] for r in at])[0]
             verdict = "holds" if ca <= ce and ma > me else ("partly holds" if ma > me else "does not hold")
             out.append(f"- {d}, ERM -> PGD-AT: clean {ce:.3f} -> {ca:.3f} ({ca - ce:+.3f}), MedMNIST-C {me:.3f} -> "
                        f"{ma:.3f} ({ma - me:+.3f}): finding 2 (AT trades clean accuracy for corruption robustness) {verdict}.")
@@ -330,7 +224,7 @@ def findings(rows: list[dict]) -> str:
 def figures(rows: list[dict], out: Path) -> None:
     """constructed.png (constructed-set accuracies vs chance), corruption.png (clean vs corrupted, ERM and PGD-AT),
     robust_curve.png (PGD balanced accuracy against epsilon)."""
-    from .report import pyplot_agg, save_figure
+    from sweeps.report import pyplot_agg, save_figure
 
     plt = pyplot_agg()
 
@@ -340,7 +234,7 @@ def figures(rows: list[dict], out: Path) -> None:
     fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.45 * len(datasets) * len(models)), 3.8))
     width = 0.8 / max(1, len(models))
     for i, model in enumerate(models):
-        means, sds = zip(*[_mean_sd([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d])
+        means, sds = zip(*[mean_sd([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d])
                            for d in datasets])
         ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=sds, label=model, capsize=2)
     for j, d in enumerate(datasets):
@@ -361,8 +255,8 @@ def figures(rows: list[dict], out: Path) -> None:
             for d in datasets:
                 sel = [r for r in corr if r["model"] == model and r["dataset"] == d]
                 if sel:
-                    x = _mean_sd([r["clean_bacc"] for r in sel])[0]
-                    y = _mean_sd([r["corr_bacc"] for r in sel])[0]
+                    x = mean_sd([r["clean_bacc"] for r in sel])[0]
+                    y = mean_sd([r["corr_bacc"] for r in sel])[0]
                     ax.scatter(x, y, marker=marker, s=50, label=f"{model} {d}")
         ax.plot([0, 1], [0, 1], "k:", lw=1)
         ax.set_xlabel("clean test balanced accuracy")
@@ -382,7 +276,7 @@ def figures(rows: list[dict], out: Path) -> None:
             labels = sorted({k.split("@", 1)[1] for r in sel for k in r if k.startswith("adv_bacc@")},
                             key=parse_epsilon)
             eps = [0.0] + [parse_epsilon(label) for label in labels]
-            ys = [_mean_sd([r["clean_bacc"] for r in sel])[0]] + [_mean_sd([r.get(f"adv_bacc@{label}") for r in sel])[0]
+            ys = [mean_sd([r["clean_bacc"] for r in sel])[0]] + [mean_sd([r.get(f"adv_bacc@{label}") for r in sel])[0]
                                                                    for label in labels]
             ax.plot(np.array(eps) * 255, ys, marker="o", label=model)
         ax.set_xlabel("PGD epsilon (x 1/255, L-inf)")
@@ -404,8 +298,8 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
             base = out / f"{flag}_{dataset.get('size', 28)}" / f"seed_{seed}"
             trained = {}
             for name, spec in study.models.items():
-                log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if _done(base / name) else ""))
-                trained[name] = train_step(base / name, spec, study, dataset, seed, corruptions=spec.get("corruptions", False))
+                log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if done(base / name) else ""))
+                trained[name] = train_step(base / name, spec, study.train, dataset, seed, corruptions=spec.get("corruptions", False))
                 rows.append(result_row(dataset, name, "real", seed, trained[name]))
             for kind, spec in study.constructions.items():
                 npz = base / "constructed" / f"{kind}.npz"
@@ -413,45 +307,12 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                 construct_step(npz, kind, trained[spec["source"]], study, dataset, seed)
                 training = study.constructed_training
                 extra = {"data.train_npz": str(npz), "data.verify_md5": False}
-                log(f"[{flag} seed {seed}] train on {kind}" + (" (reused)" if _done(base / f"train_{kind}") else ""))
-                summary = train_step(base / f"train_{kind}", training, study, dataset, seed, extra=extra)
+                log(f"[{flag} seed {seed}] train on {kind}" + (" (reused)" if done(base / f"train_{kind}") else ""))
+                summary = train_step(base / f"train_{kind}", training, study.train, dataset, seed, extra=extra)
                 rows.append(result_row(dataset, kind, "constructed", seed, summary))
             write_results(rows, out)  # partial results after every dataset and seed
     write_results(rows, out)
     return rows
 
 
-DESCRIPTION = "Reproduce the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate."
-EXAMPLE = "Example: python -m sweeps reproduce configs/study/quick.yaml --out runs/study/quick"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="study YAML (configs/study/quick.yaml, paper.yaml, causes.yaml)")
-    parser.add_argument("--out", required=True, help="folder for every step's run and the results (reused on rerun)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a study key, e.g. --set seeds=[0,1] --set train.trainer.max_epochs=2")
-
-
-def run_from_args(args) -> int:
-    """Run the study named on the command line; MedRobustError propagates (the caller prints one line)."""
-    study = load_study(args.config, args.overrides)
-    started = time.time()
-    rows = reproduce(study, Path(args.out))
-    print((Path(args.out) / "results.md").read_text())
-    print(f"{len(rows)} models in {time.time() - started:.0f} s; results in {args.out}/results.csv, results.md, *.png")
-    return 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = Parser(prog="python -m sweeps reproduce", description=DESCRIPTION, epilog=EXAMPLE)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    try:
-        return run_from_args(args)
-    except MedRobustError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+DESCRIPTION = "the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate"

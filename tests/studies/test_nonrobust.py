@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import MedRobustError
-from sweeps.reproduce import findings, load_study, result_row, write_results
+from studies.nonrobust import findings, load as load_study, result_row, write_results
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -43,7 +43,7 @@ def test_bad_study_configs_end_in_one_clear_error(overrides, message):
 def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed\n")
-    result = subprocess.run([sys.executable, "-m", "sweeps", "reproduce", str(bad), "--out", str(tmp_path / "out")],
+    result = subprocess.run([sys.executable, "-m", "studies", "reproduce", str(bad), "--out", str(tmp_path / "out")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
@@ -94,7 +94,7 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
     """ERM, PGD-AT and D_rand on synthetic BreastMNIST: every step runs, results are written, a rerun trains
     nothing, and a rerun with other settings is refused rather than mixing old and new runs."""
     from datamodules.synthetic import write_synthetic_npz
-    from sweeps.reproduce import reproduce
+    from studies.nonrobust import reproduce
 
     write_synthetic_npz(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32)
     overrides = [

@@ -1,0 +1,215 @@
+"""Finished training runs, read in one place: the RunResult, every logged epoch, the best epoch, the saved
+config, per-example test predictions of the best checkpoint, and bootstrap intervals over test examples.
+
+Sweeps, studies, bench and reports ask this module; none of them reads a run folder or a CSV log itself.
+"""
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+import yaml
+
+from core.errors import ConfigError
+from core.files import atomic_write
+from datamodules.info import MULTILABEL
+from lightning_modules.metrics import MetricKey, make_metrics
+
+MONITOR, MODE = "val/clean_bacc", "max"  # train.py's checkpoint defaults
+
+
+@dataclass
+class RunResult:
+    """What one training run gives back: `metrics` holds the validation metrics of the epoch whose checkpoint
+    is best (by the checkpoint's monitor) and the test metrics of that checkpoint; paths are None when absent."""
+
+    metrics: dict[str, float]
+    run_dir: Path
+    best_checkpoint: Optional[Path]
+    report: Optional[Path]
+    best_epoch: Optional[int]
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def logged_epochs(run_dir) -> list[dict[str, float]]:
+    """Every epoch's metrics from a run's CSV logs, all versions in order (a resumed run logs to a new
+    version; where two versions log the same epoch, the later one wins)."""
+    rows: dict[int, dict[str, float]] = {}
+    for path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv"), key=_version):
+        with open(path, newline="") as handle:
+            for row in csv.DictReader(handle):
+                if row.get("epoch") in (None, ""):
+                    continue
+                epoch = int(float(row["epoch"]))
+                values = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in (None, "")}
+                rows.setdefault(epoch, {"epoch": epoch}).update(values)
+    return [rows[epoch] for epoch in sorted(rows)]
+
+
+def _version(path: Path) -> int:
+    number = path.parent.name.rsplit("_", 1)[-1]
+    return int(number) if number.isdigit() else -1
+
+
+def run_config(run_dir) -> dict:
+    """The training config LightningCLI saved for the run (the newest version's config.yaml)."""
+    configs = sorted(Path(run_dir).glob("csv/version_*/config.yaml"), key=_version)
+    if not configs:
+        raise ConfigError(f"{run_dir} has no saved config.yaml (csv/version_*/config.yaml)")
+    return yaml.safe_load(configs[-1].read_text())
+
+
+def checkpoint_epoch(path) -> Optional[int]:
+    """The epoch a Lightning checkpoint was saved at (None when it cannot be read)."""
+    try:
+        return int(torch.load(path, map_location="cpu", weights_only=False, mmap=True)["epoch"])
+    except Exception:
+        return None
+
+
+def best_epoch(epochs: Sequence[dict], best_checkpoint=None, monitor: Optional[str] = MONITOR,
+               mode: str = MODE) -> tuple[Optional[int], dict[str, float]]:
+    """(epoch, its val/ metrics): the best checkpoint's epoch, else the best logged epoch by `monitor`."""
+    epochs = [row for row in epochs if any(key.startswith("val/") for key in row)]
+    if not epochs:
+        return None, {}
+    epoch = checkpoint_epoch(best_checkpoint) if best_checkpoint else None
+    chosen = next((row for row in epochs if int(row["epoch"]) == epoch), None)
+    if chosen is None:
+        scored = [row for row in epochs if monitor in row] if monitor else []
+        pick = min if mode == "min" else max
+        chosen = pick(scored, key=lambda row: row[monitor]) if scored else epochs[-1]
+    return int(chosen["epoch"]), {k: v for k, v in chosen.items() if k.startswith("val/")}
+
+
+def checkpoint_choice(run_dir) -> tuple[Optional[Path], str, str]:
+    """(best checkpoint, monitor, mode) of a run: the path from last.ckpt's ModelCheckpoint state, the monitor
+    and mode from the run's saved config (train.py's defaults where it has none)."""
+    run_dir = Path(run_dir)
+    monitor, mode = MONITOR, MODE
+    try:
+        saved = run_config(run_dir).get("checkpoint") or {}
+        monitor, mode = saved.get("monitor") or monitor, saved.get("mode") or mode
+    except ConfigError:
+        pass
+    best = None
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
+        for key, state in states.items():
+            if str(key).startswith("ModelCheckpoint") and state.get("best_model_path"):
+                best, monitor = Path(state["best_model_path"]), state.get("monitor") or monitor
+    return best, monitor, mode
+
+
+def report_path(checkpoint: Optional[Path]) -> Optional[Path]:
+    """The robustness report written beside a checkpoint, when it exists."""
+    report = checkpoint.with_name(f"{checkpoint.stem}.robustness.json") if checkpoint else None
+    return report if report and report.exists() else None
+
+
+def test_metrics(epochs: Sequence[dict]) -> dict[str, float]:
+    """The test/ metrics of the last tested epoch."""
+    tested = [row for row in epochs if any(k.startswith("test/") for k in row)]
+    return {k: v for k, v in tested[-1].items() if k.startswith("test/")} if tested else {}
+
+
+def read_run(run_dir) -> RunResult:
+    """The RunResult of a finished `train.py fit` run from its folder alone (CSV logs, checkpoints, report):
+    for runs made in another process, such as DDP trials or a study's earlier steps."""
+    run_dir = Path(run_dir)
+    best, monitor, mode = checkpoint_choice(run_dir)
+    epochs = logged_epochs(run_dir)
+    epoch, metrics = best_epoch(epochs, best, monitor, mode)
+    metrics.update(test_metrics(epochs))
+    return RunResult(metrics, run_dir, best, report_path(best), epoch, epochs)
+
+
+# ---- per-example test predictions and bootstrap intervals -----------------------------------------------------
+def robustness_settings(config: dict) -> dict:
+    """The RobustnessCallback's init args in a saved training config ({} when the run had none)."""
+    return next((c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks") or []
+                 if str(c.get("class_path", "")).endswith("RobustnessCallback")), {})
+
+
+def test_predictions(run_dir, checkpoint) -> dict[str, Any]:
+    """Per-example test probabilities of `checkpoint`: clean and under the report's PGD at each evaluation
+    epsilon (same steps, restarts, norm and seed as the robustness report). Cached beside the checkpoint.
+
+    Returns {'settings', 'task', 'num_classes', 'targets', 'scores': [(MetricKey kind, epsilon, probabilities)]}.
+    """
+    from attacks.gradient import PGD
+    from attacks.threat_model import parse_epsilon
+    from datamodules.medmnist import MedMNISTDataModule
+    from evaluation.checkpoints import load_module
+    from evaluation.scoring import predict
+
+    ckpt = Path(checkpoint or "")
+    if not ckpt.is_file():
+        raise ConfigError(f"run {run_dir} has no best checkpoint ({ckpt})")
+    config = run_config(run_dir)
+    robustness = robustness_settings(config)
+    settings = {
+        "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": config["data"],
+        "epsilons": robustness.get("epsilons", ["4/255"]), "norm": robustness.get("norm", "linf"),
+        "steps": robustness.get("test_steps", 50), "restarts": robustness.get("test_restarts", 2),
+        "seed": robustness.get("seed", 0), "batch_size": robustness.get("batch_size", 256),
+    }
+    cache = ckpt.with_name(f"{ckpt.stem}.test-predictions.pt")
+    if cache.exists():
+        cached = torch.load(cache, weights_only=False)
+        if cached.get("settings") == settings:
+            return cached
+    model = load_module(ckpt)
+    dm = MedMNISTDataModule(**config["data"])
+    split = dm.split("test")
+    run = dict(task=dm.task, num_classes=dm.num_classes, batch_size=settings["batch_size"])
+    out = {"settings": settings, "task": dm.task, "num_classes": dm.num_classes, "targets": split.targets.clone(),
+           "scores": [("clean", None, predict(model, split.images, targets=split.targets, **run))]}
+    for eps in settings["epsilons"]:
+        eps = parse_epsilon(eps, settings["norm"])
+        attack = PGD(model, eps, steps=settings["steps"], restarts=settings["restarts"], norm=settings["norm"],
+                     seed=settings["seed"])
+        out["scores"].append(("adv", eps, predict(model, split.images, attack=attack, targets=split.targets, **run)))
+    with atomic_write(cache, "wb") as handle:
+        torch.save(out, handle)
+    return out
+
+
+def score(probabilities: torch.Tensor, targets: torch.Tensor, task: str, num_classes: int,
+          metrics: Sequence[str] = ("bacc", "acc", "auroc")) -> dict[str, float]:
+    """{'bacc', 'acc', 'auroc'} of probabilities against targets by the project's metrics (one definition)."""
+    collection = make_metrics(task, num_classes)
+    targets = targets.long() if task == MULTILABEL or targets.is_floating_point() else targets
+    targets = targets if task == MULTILABEL else targets.reshape(len(targets), -1)[:, 0]
+    out = {}
+    for name in metrics:
+        metric = collection[name]
+        metric.update(probabilities, targets)
+        out[name] = float(metric.compute())
+        metric.reset()
+    return out
+
+
+def bootstrap(predictions: dict, n: int = 1000, seed: int = 0, stage: str = "test",
+              metrics: Sequence[str] = ("bacc", "acc")) -> dict[str, dict[str, float]]:
+    """{'test/clean_bacc': {'value', 'low', 'high'}, 'test/adv_bacc@4_255': ...}: the point estimate on every
+    example (the logged metric) and the 2.5 / 97.5 percentiles over `n` resamples of the examples."""
+    targets = predictions["targets"]
+    num_classes = predictions.get("num_classes") or predictions["scores"][0][2].shape[1]
+    rng = np.random.default_rng(seed)
+    samples = [torch.from_numpy(rng.integers(0, len(targets), len(targets))) for _ in range(n)]
+    out = {}
+    for kind, epsilon, probs in predictions["scores"]:
+        point = score(probs, targets, predictions["task"], num_classes, metrics)
+        draws = [score(probs[i], targets[i], predictions["task"], num_classes, metrics) for i in samples]
+        for metric in metrics:
+            values = np.array([d[metric] for d in draws], dtype=float)
+            low, high = np.nanpercentile(values, [2.5, 97.5])
+            key = str(MetricKey(stage, kind, metric, epsilon))
+            out[key] = {"value": point[metric], "low": float(low), "high": float(high)}
+    return out
