@@ -8,7 +8,8 @@ import pytest
 import torch
 from torchmetrics.classification import MulticlassAccuracy
 
-from evaluation.corruption_scores import task_balanced_accuracy
+from lightning_modules.metrics import task_balanced_accuracy
+from core.errors import ConfigError
 from lightning_modules.metrics import BalancedAccuracy, MultilabelBalancedAccuracy, make_metrics
 
 # 3 classes; class 2 never occurs in the targets but is predicted twice.
@@ -75,3 +76,32 @@ def test_multilabel_label_without_positives_counts_only_its_specificity():
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.1, 0.6], [0.3, 0.2]])
     # label 0: sensitivity 1/2, specificity 2/2 -> 3/4; label 1 has no positives: specificity 2/4
     assert MultilabelBalancedAccuracy(2)(probs, target).item() == pytest.approx((3 / 4 + 2 / 4) / 2)
+
+
+def test_metric_key_parses_and_formats_every_part():
+    from lightning_modules.metrics import MetricKey
+
+    key = MetricKey.parse("val/adv_bacc@4/255")
+    assert (key.stage, key.kind, key.metric, key.condition) == ("val", "adv", "bacc", "4_255")
+    assert key.epsilon == pytest.approx(4 / 255) and str(key) == "val/adv_bacc@4_255"
+    assert MetricKey.parse("adv_acc@eps=8/255", stage="test") == MetricKey("test", "adv", "acc", 8 / 255)
+    assert str(MetricKey.parse("test/corr_bacc@gaussian_noise")) == "test/corr_bacc@gaussian_noise"
+    assert MetricKey.parse("test/corr_bacc@gaussian_noise").epsilon is None
+    assert str(MetricKey("test", "expl", "topk", "2/255")) == "test/expl_topk@2_255"
+    assert str(MetricKey.parse("val/clean_bacc@subset")) == "val/clean_bacc@subset"
+    for outside in ("train/epsilon", "epoch", "val/unknown_metric", "train/loss"):
+        assert MetricKey.try_parse(outside) is None, outside
+    with pytest.raises(ConfigError, match="needs a stage"):
+        MetricKey.try_parse("adv_bacc@4/255")
+    with pytest.raises(ConfigError, match="not a metric key"):
+        MetricKey.parse("val/epsilon")
+
+
+def test_metric_keys_sort_by_stage_kind_then_epsilon():
+    from lightning_modules.metrics import MetricKey
+
+    keys = ["test/clean_bacc", "val/adv_bacc@8_255", "val/corr_bacc", "val/adv_bacc@2_255", "val/clean_bacc",
+            "val/aa_bacc@4_255"]
+    ordered = [str(k) for k in sorted(map(MetricKey.parse, keys), key=MetricKey.sort_key)]
+    assert ordered == ["val/clean_bacc", "val/adv_bacc@2_255", "val/adv_bacc@8_255", "val/aa_bacc@4_255",
+                       "val/corr_bacc", "test/clean_bacc"]
