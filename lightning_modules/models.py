@@ -9,7 +9,7 @@ import torchvision
 
 from core.errors import ConfigError
 
-ARCHITECTURES = ("small_cnn", "resnet18_28", "resnet18", "resnet50")
+ARCHITECTURES = ("small_cnn", "small_cnn_gn", "resnet18_28", "resnet18", "resnet50")  # _gn: GroupNorm, not BatchNorm
 
 
 class Normalize(nn.Module):
@@ -30,13 +30,16 @@ class SmallCNN(nn.Module):
     Trains on 28 px MedMNIST on a CPU in minutes; any input size works.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, width: int = 32):
+    def __init__(self, in_channels: int, num_classes: int, width: int = 32, group_norm: bool = False):
         super().__init__()
+
+        def norm(channels: int) -> nn.Module:  # GroupNorm (8 groups): no running statistics to shift
+            return nn.GroupNorm(8, channels) if group_norm else nn.BatchNorm2d(channels)
 
         def block(cin: int, cout: int) -> nn.Sequential:
             return nn.Sequential(
-                nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
-                nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm(cout), nn.ReLU(inplace=True),
                 nn.MaxPool2d(2),
             )
 
@@ -116,8 +119,8 @@ def build_model(
     std = [std] * in_channels if isinstance(std, (int, float)) else list(std)
     if len(mean) != in_channels or len(std) != in_channels or min(std) <= 0:
         raise ConfigError(f"normalization needs {in_channels} means and {in_channels} positive stds, got {mean}, {std}")
-    if arch == "small_cnn":
-        backbone = SmallCNN(in_channels, num_classes)
+    if arch in ("small_cnn", "small_cnn_gn"):
+        backbone = SmallCNN(in_channels, num_classes, group_norm=arch == "small_cnn_gn")
     else:
         backbone = _resnet(arch.removesuffix("_28"), in_channels, num_classes, small_input=arch.endswith("_28"))
     return nn.Sequential(Normalize(mean, std), backbone)
