@@ -19,7 +19,8 @@ from core.errors import ConfigError, DataError
 
 CLASS_KEY = "medrobust_class"
 MODULE_CLASSES = ("lightning_modules.erm.ERM", "lightning_modules.adversarial.PGDAT",
-                  "lightning_modules.adversarial.TRADES", "lightning_modules.adversarial.FGSMRS")
+                  "lightning_modules.adversarial.TRADES", "lightning_modules.adversarial.FGSMRS",
+                  "lightning_modules.explanation_regularized.ExplanationRegularized")
 #: what `expect` may hold; the model facts are compared with the checkpoint's hyperparameters
 EXPECTABLE = ("flag", "num_classes", "in_channels", "task", "model_class")
 
