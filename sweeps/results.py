@@ -12,6 +12,7 @@ from optuna.trial import TrialState
 from attacks.threat_model import format_epsilon
 from lightning_modules.metrics import MetricKey
 
+from . import optuna_adapter as adapter
 from . import study as studies
 from .spec import SweepSpec
 
@@ -19,7 +20,7 @@ from .spec import SweepSpec
 def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
     """One row per trial (skipped duplicates left out): number, state, params, values, metrics, paths."""
     rows = []
-    for trial in study._storage.get_all_trials(study._study_id, deepcopy=True):
+    for trial in adapter.all_trials(study, copy=True):
         if studies.is_skipped(trial):
             continue
         params = {**spec.fixed, **trial.params}
@@ -38,7 +39,7 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
             "checkpoint": trial.user_attrs.get("checkpoint"),
             "report": trial.user_attrs.get("report"),
             "best_epoch": trial.user_attrs.get("best_epoch"),
-            "retry_of": trial.system_attrs.get("failed_trial"),
+            "retry_of": trial.system_attrs.get(adapter.FAILED_TRIAL),
             "failure": trial.user_attrs.get("failure"),
             "seconds": (trial.datetime_complete - trial.datetime_start).total_seconds()
             if trial.datetime_complete and trial.datetime_start else None,
@@ -60,10 +61,12 @@ def headline_metrics(rows: Sequence[dict], spec: SweepSpec) -> list[str]:
     return [str(key) for key in sorted(keys, key=MetricKey.sort_key)]
 
 
-def curve(rows: Sequence[dict], spec: SweepSpec) -> list[dict[str, Any]]:
+def curve(rows: Sequence[dict], spec: SweepSpec, extra: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Finished trials grouped by point (all parameters but the seed), sorted by training epsilon: per metric
-    the mean, standard deviation, min and max over seeds."""
+    (the headline metrics and `extra` keys, such as select's constraints) the mean, standard deviation, min and
+    max over seeds."""
     metrics = headline_metrics(rows, spec)
+    metrics += [key for key in extra if key not in metrics]
     groups: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         if row["state"] == TrialState.COMPLETE.name:

@@ -3,7 +3,6 @@
 intervals over test examples (per-example predictions recomputed once and cached in the trial's folder)."""
 from __future__ import annotations
 
-import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence
@@ -57,7 +56,7 @@ def choose(rows: Sequence[dict], spec: SweepSpec, constraints: Sequence[tuple[st
     for key in [c[0] for c in constraints] + [objective[0]]:
         if key not in known:
             raise ConfigError(f"unknown metric {key}: the trials logged {', '.join(sorted(known))}")
-    table = results.curve(rows, spec)
+    table = results.curve(rows, spec, extra=[c[0] for c in constraints] + [objective[0]])
     sign = 1 if objective[1] == "maximize" else -1
 
     def ok(value, kind, bound):
@@ -68,7 +67,7 @@ def choose(rows: Sequence[dict], spec: SweepSpec, constraints: Sequence[tuple[st
         return None
     best = max(eligible, key=lambda e: sign * e[objective[0]])
     members = [r for r in done if str(r["number"]) in best["trials"].split()]
-    trial = max(members, key=lambda r: sign * (r["val"].get(objective[0]) or -np.inf * sign))
+    trial = max(members, key=lambda r: -np.inf if r["val"].get(objective[0]) is None else sign * r["val"][objective[0]])
     return Choice(best, trial, list(constraints), objective)
 
 
@@ -101,7 +100,3 @@ def format_choice(choice: Choice, intervals: dict, spec: SweepSpec) -> str:
     if others:
         lines.append("  test (from the robustness report): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(others.items())))
     return "\n".join(lines)
-
-
-def mean(values):
-    return statistics.fmean(values) if values else None
