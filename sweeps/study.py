@@ -29,6 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from core.errors import ConfigError
 
+from . import optuna_adapter as adapter
 from .spec import SweepSpec
 
 POINT = "medrobust:point"
@@ -248,8 +249,8 @@ def load(spec: SweepSpec, worker: int = 0) -> optuna.Study:
 # ---- points, queue and crashes ----------------------------------------------------------------------
 def point_of(trial: FrozenTrial) -> Optional[str]:
     point = trial.system_attrs.get(POINT)
-    if point is None and "grid_id" in trial.system_attrs:
-        point = f"grid:{trial.system_attrs['grid_id']}"
+    if point is None and adapter.GRID_ID in trial.system_attrs:
+        point = f"grid:{trial.system_attrs[adapter.GRID_ID]}"
     return point
 
 
@@ -290,10 +291,6 @@ def point_states(trials: list[FrozenTrial]) -> dict[str, PointState]:
     return states
 
 
-def _all_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study._storage.get_all_trials(study._study_id, deepcopy=False)
-
-
 @contextlib.contextmanager
 def queue_lock(study: optuna.Study, spec: SweepSpec):
     """One process at a time decides what to queue (processes starting together would each queue the grid):
@@ -312,8 +309,7 @@ def queue_lock(study: optuna.Study, spec: SweepSpec):
         import sqlalchemy
 
         key = int(hashlib.sha256(spec.study.encode()).hexdigest()[:15], 16)
-        engine = getattr(study._storage, "_backend", study._storage).engine  # Optuna wraps RDBStorage in a cache
-        with engine.connect() as connection:
+        with adapter.sql_engine(study).connect() as connection:
             connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
             try:
                 yield
@@ -331,16 +327,16 @@ def fill(study: optuna.Study, spec: SweepSpec) -> int:
 
 
 def _fill(study: optuna.Study, spec: SweepSpec) -> int:
-    states = point_states(_all_trials(study))
+    states = point_states(adapter.all_trials(study))
     queued = 0
     if spec.is_grid:
-        space = study.sampler._search_space if isinstance(study.sampler, GridSampler) else spec.grid_space()
+        space = adapter.grid_space(study.sampler) if isinstance(study.sampler, GridSampler) else spec.grid_space()
         for grid_id in range(grid_size(spec)):
             point = f"grid:{grid_id}"
             state = states.get(point, PointState())
             if state.done or state.live or state.failures > spec.max_retries:
                 continue
-            attrs = {"grid_id": grid_id, "search_space": space, POINT: point}
+            attrs = {adapter.GRID_ID: grid_id, adapter.SEARCH_SPACE: space, POINT: point}
             _enqueue(study, attrs, state.last_failed)
             queued += 1
     else:
@@ -355,9 +351,9 @@ def _fill(study: optuna.Study, spec: SweepSpec) -> int:
 def _enqueue(study: optuna.Study, system_attrs: dict, failed: Optional[FrozenTrial]) -> None:
     params, distributions, user_attrs = None, None, {}
     if failed is not None:
-        history = list(failed.system_attrs.get("retry_history", [])) + [failed.number]
-        system_attrs = {**system_attrs, "failed_trial": failed.system_attrs.get("failed_trial", failed.number),
-                        "retry_history": history}
+        history = list(failed.system_attrs.get(adapter.RETRY_HISTORY, [])) + [failed.number]
+        system_attrs = {**system_attrs, adapter.FAILED_TRIAL: failed.system_attrs.get(adapter.FAILED_TRIAL, failed.number),
+                        adapter.RETRY_HISTORY: history}
         params, distributions = failed.params, failed.distributions
         user_attrs = {k: v for k, v in failed.user_attrs.items() if k in (SEED, "run_dir")}
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=distributions,
@@ -373,29 +369,25 @@ def enqueue_seed(study: optuna.Study, trial: FrozenTrial, seed: int) -> None:
 
 def pop(study: optuna.Study, spec: SweepSpec) -> Optional[optuna.Trial]:
     """The next trial this worker runs (now RUNNING and owned by it), or None when nothing is left to start."""
-    storage = study._storage
-    for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.WAITING,)):
-        try:
-            if storage.set_trial_state_values(frozen._trial_id, state=TrialState.RUNNING):
-                claim(study, frozen._trial_id)
-                return optuna.Trial(study, frozen._trial_id)
-        except UpdateFinishedTrialError:
-            continue
+    for waiting in adapter.all_trials(study, states=(TrialState.WAITING,)):
+        trial = adapter.start_waiting(study, waiting)
+        if trial is not None:
+            claim(study, trial)
+            return trial
     if spec.is_grid or spec.n_trials is None:
         return None
-    if len(point_states(_all_trials(study))) >= spec.n_trials:
+    if len(point_states(adapter.all_trials(study))) >= spec.n_trials:
         return None
-    trial_id = storage.create_new_trial(study._study_id)
-    claim(study, trial_id)
-    trial = optuna.Trial(study, trial_id)
-    storage.set_trial_system_attr(trial_id, POINT, f"trial:{trial.number}")
+    trial = adapter.new_trial(study)
+    claim(study, trial)
+    adapter.set_system_attr(study, trial, POINT, f"trial:{trial.number}")
     return trial
 
 
-def claim(study: optuna.Study, trial_id: int) -> None:
+def claim(study: optuna.Study, trial: optuna.Trial) -> None:
     """Record who runs a trial (host, pid, process start) so a dead owner can be recognised."""
-    study._storage.set_trial_system_attr(trial_id, OWNER, owner())
-    study._storage.set_trial_system_attr(trial_id, BEAT, time.time())
+    adapter.set_system_attr(study, trial, OWNER, owner())
+    adapter.set_system_attr(study, trial, BEAT, time.time())
 
 
 def owner() -> dict:
@@ -430,7 +422,7 @@ def owner_alive(info: dict) -> Optional[bool]:
 def duplicate_of(study: optuna.Study, trial: FrozenTrial) -> Optional[int]:
     """Another trial of the same point that is done, or live with a lower number (it runs, this one not)."""
     point = point_of(trial)
-    for other in _all_trials(study):
+    for other in adapter.all_trials(study):
         if other.number == trial.number or point_of(other) != point or is_skipped(other):
             continue
         if other.state in (TrialState.COMPLETE, TrialState.PRUNED):
@@ -444,10 +436,10 @@ def reap(study: optuna.Study, spec: SweepSpec) -> list[int]:
     """Mark FAIL the RUNNING trials whose worker is dead (same host) or silent for longer than the grace
     period; only one process succeeds in failing a trial, so its point is queued again exactly once."""
     if is_database(spec):
-        optuna.storages.fail_stale_trials(study)  # Optuna's heartbeat, RetryHeartbeatStaleTrialCallback
+        adapter.fail_stale(study)  # Optuna's heartbeat, RetryHeartbeatStaleTrialCallback
     failed = []
     now = time.time()
-    for trial in study._storage.get_all_trials(study._study_id, deepcopy=False, states=(TrialState.RUNNING,)):
+    for trial in adapter.all_trials(study, states=(TrialState.RUNNING,)):
         info = trial.system_attrs.get(OWNER)
         if info and info.get("pid") == os.getpid() and info.get("host") == socket.gethostname():
             continue
@@ -456,11 +448,11 @@ def reap(study: optuna.Study, spec: SweepSpec) -> list[int]:
         if alive is False or (alive is None and now - last > spec.heartbeat_grace):
             why = "its worker died" if alive is False else f"no heartbeat for {now - last:.0f} s"
             try:
-                study._storage.set_trial_user_attr(trial._trial_id, "failure", why)
-                if study._storage.set_trial_state_values(trial._trial_id, TrialState.FAIL):
-                    failed.append(trial.number)
+                adapter.set_user_attr(study, trial, "failure", why)
             except UpdateFinishedTrialError:
                 continue
+            if adapter.fail(study, trial):
+                failed.append(trial.number)
     if failed:
         fill(study, spec)
     return failed
@@ -472,7 +464,7 @@ def is_database(spec: SweepSpec) -> bool:
 
 def counts(study: optuna.Study, spec: SweepSpec) -> dict[str, int]:
     """Points done / running / waiting / failed (retries exhausted) and trials by state."""
-    trials = _all_trials(study)
+    trials = adapter.all_trials(study)
     states = point_states(trials)
     total = grid_size(spec) if spec.is_grid else (spec.n_trials or len(states))
     by_state = {s.name.lower(): sum(1 for t in trials if t.state == s and not is_skipped(t)) for s in TrialState}
@@ -495,4 +487,4 @@ def finished(study: optuna.Study, spec: SweepSpec) -> bool:
         return False
     if spec.is_grid:
         return c["done"] + c["failed_points"] >= c["points"]
-    return len(point_states(_all_trials(study))) >= (spec.n_trials or 0)
+    return len(point_states(adapter.all_trials(study))) >= (spec.n_trials or 0)

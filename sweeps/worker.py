@@ -17,6 +17,7 @@ from optuna.trial import TrialState
 
 from attacks.threat_model import format_epsilon
 
+from . import optuna_adapter as adapter
 from . import study as studies
 from . import training
 from .spec import SweepSpec
@@ -50,8 +51,7 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     if spec.is_grid:
         params["seed"] = trial.suggest_categorical("seed", spec.seeds)
     else:
-        frozen = trial.study._storage.get_trial(trial._trial_id)
-        params["seed"] = frozen.user_attrs.get(studies.SEED, spec.seeds[0])
+        params["seed"] = adapter.frozen(trial).user_attrs.get(studies.SEED, spec.seeds[0])
     return params
 
 
@@ -64,37 +64,33 @@ class Heartbeat:
     """Tells the study every `interval` s that this worker still runs the trial (and Optuna's heartbeat on
     databases), so a silent trial can be failed by other workers after the grace period."""
 
-    def __init__(self, study: optuna.Study, trial_id: int, interval: int):
-        self.study, self.trial_id, self.interval = study, trial_id, interval
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, daemon=True)
+    def __init__(self, study: optuna.Study, trial: optuna.Trial, interval: int):
+        self.study, self.trial, self.interval = study, trial, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.beat, daemon=True)
 
-    def _beat(self) -> None:
-        storage = self.study._storage
-        while not self._stop.wait(self.interval):
+    def beat(self) -> None:
+        while not self.stopped.wait(self.interval):
             try:
-                storage.set_trial_system_attr(self.trial_id, studies.BEAT, time.time())
-                if optuna.storages._heartbeat.is_heartbeat_enabled(storage):
-                    storage.record_heartbeat(self.trial_id)
+                adapter.set_system_attr(self.study, self.trial, studies.BEAT, time.time())
+                adapter.record_heartbeat(self.study, self.trial)
             except Exception:  # a finished trial or a storage hiccup: the next beat tries again
                 pass
 
     def __enter__(self):
-        if optuna.storages._heartbeat.is_heartbeat_enabled(self.study._storage):
-            self.study._storage.record_heartbeat(self.trial_id)
-        self._thread.start()
+        adapter.record_heartbeat(self.study, self.trial)
+        self.thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.stopped.set()
+        self.thread.join()
 
 
 def run_folder(spec: SweepSpec, trial: optuna.Trial) -> tuple[Path, Optional[Path]]:
     """(run folder, checkpoint to resume): a retry reuses the failed trial's folder and resumes from its
     last.ckpt when that file loads; a fresh trial gets an empty folder."""
-    frozen = trial.study._storage.get_trial(trial._trial_id)
-    origin = frozen.system_attrs.get("failed_trial")
+    origin = adapter.frozen(trial).system_attrs.get(adapter.FAILED_TRIAL)
     run_dir = spec.study_dir / f"trial_{trial.number if origin is None else origin}"
     if origin is None:
         if run_dir.exists():  # left by an earlier study of the same name
@@ -121,17 +117,16 @@ def pruning_callback(trial: optuna.Trial, spec: SweepSpec):
 
 def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, log=print) -> TrialState:
     """Train one trial and tell the study its objectives; test metrics and paths go to its user attrs."""
-    storage = study._storage
-    frozen = storage.get_trial(trial._trial_id)
+    frozen = adapter.frozen(trial)
     twin = studies.duplicate_of(study, frozen)
     if twin is not None:
-        storage.set_trial_system_attr(trial._trial_id, studies.SKIPPED, twin)
+        adapter.set_system_attr(study, trial, studies.SKIPPED, twin)
         study.tell(trial, state=TrialState.FAIL)
         return TrialState.FAIL
     started = time.time()
     params = suggest(trial, spec)
     if not spec.is_grid and studies.point_of(frozen) == f"trial:{trial.number}":
-        frozen = storage.get_trial(trial._trial_id)
+        frozen = adapter.frozen(trial)
         for seed in spec.seeds[1:]:
             studies.enqueue_seed(study, frozen, seed)
     run_dir, ckpt = run_folder(spec, trial)
@@ -143,7 +138,7 @@ def run_trial(study: optuna.Study, trial: optuna.Trial, spec: SweepSpec, log=pri
     args = training.trial_args(spec, params, run_dir, ckpt=ckpt, run_name=f"{spec.study}-trial_{trial.number}")
     log(f"trial {trial.number} started: {describe(params)} in {run_dir}" + (f" (resuming {ckpt})" if ckpt else ""))
     state, values = TrialState.FAIL, None
-    with Heartbeat(study, trial._trial_id, spec.heartbeat_interval):
+    with Heartbeat(study, trial, spec.heartbeat_interval):
         try:
             if spec.gpus_per_trial > 1:
                 run_dir.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from sweeps import optuna_adapter as adapter
 from sweeps import study as studies
 from sweeps.spec import load_spec
 
@@ -126,11 +127,10 @@ def test_a_silent_remote_worker_is_failed_after_the_grace_period(tiny_sweep):
     spec = load_spec(path)
     study = studies.create_or_load(spec)
     trial = studies.pop(study, spec)
-    storage = study._storage
-    storage.set_trial_system_attr(trial._trial_id, studies.OWNER, {"host": "elsewhere", "pid": 1, "start": None})
-    storage.set_trial_system_attr(trial._trial_id, studies.BEAT, time.time())
+    adapter.set_system_attr(study, trial, studies.OWNER, {"host": "elsewhere", "pid": 1, "start": None})
+    adapter.set_system_attr(study, trial, studies.BEAT, time.time())
     assert studies.reap(study, spec) == []  # still beating
-    storage.set_trial_system_attr(trial._trial_id, studies.BEAT, time.time() - spec.heartbeat_grace - 1)
+    adapter.set_system_attr(study, trial, studies.BEAT, time.time() - spec.heartbeat_grace - 1)
     assert studies.reap(study, spec) == [trial.number]
     assert studies.reap(study, spec) == []  # failed once only
     waiting = [t for t in study.trials if t.state.name == "WAITING"]
@@ -145,7 +145,7 @@ def test_duplicate_trials_of_one_point_run_once(tiny_sweep):
     spec = load_spec(path)
     study = studies.create_or_load(spec)
     for grid_id in range(2):  # the second creator's queue
-        studies._enqueue(study, {"grid_id": grid_id, "search_space": spec.grid_space(), studies.POINT: f"grid:{grid_id}"}, None)
+        studies._enqueue(study, {adapter.GRID_ID: grid_id, adapter.SEARCH_SPACE: spec.grid_space(), studies.POINT: f"grid:{grid_id}"}, None)
     finish(start(path, 0))
     done = complete_points(spec)
     assert len(done) == 2 and set(done.values()) == {1}
