@@ -61,6 +61,15 @@ class RobustnessCallback(Callback):
         corruption_val_samples: int = 64,
         corruption_cache: str = "~/.medmnist-c",
         corruption_workers: Optional[int] = None,
+        explanation_epoch: bool = False,
+        explanation_report: bool = False,
+        explanation_method: str = "saliency",
+        explanation_samples: int = 32,
+        explanation_epsilons: Sequence[Union[float, str]] = ("4/255",),
+        explanation_steps: int = 5,
+        explanation_k: Union[int, float] = 0.1,
+        explanation_test_samples: Optional[int] = 200,
+        explanation_test_steps: int = 20,
     ):
         """
         Args:
@@ -79,6 +88,13 @@ class RobustnessCallback(Callback):
                 dataset's MedMNIST-C corruptions) at `corruption_severities`.
             corruption_report: add the MedMNIST-C table (balanced accuracy, BE, rBE over all severities of
                 the `corruptions`) to the test report; corrupted test sets are cached in `corruption_cache`.
+            explanation_epoch: log explanation robustness each check (`val/expl_topk@4_255`, `val/expl_spearman@...`,
+                `val/expl_sensmax@...`, ...; see `explanations.EXPLANATION_METRICS`) on `explanation_samples` fixed
+                validation images: the `explanation_method` map under the top-k attack (Ghorbani et al., softplus
+                network, `explanation_steps` steps, top `explanation_k` pixels) and under random noise, at each of
+                `explanation_epsilons` (the callback's norm). Off by default; cheap when on (bench: callback).
+            explanation_report: add the same measures on `explanation_test_samples` test images (None: all), with
+                `explanation_test_steps` attack steps, to the test report (`test/expl_topk@4_255`, ...).
         """
         super().__init__()
         self.norm = parse_norm(norm)
@@ -99,6 +115,9 @@ class RobustnessCallback(Callback):
             corruptions, corruption_severities, corruption_val_samples, corruption_cache, corruption_workers, seed
         ) if corruption_epoch or corruption_report else None
         self.corruption_epoch, self.corruption_report = corruption_epoch, corruption_report
+        self._init_explanations(explanation_epoch, explanation_report, explanation_method, explanation_samples,
+                                explanation_epsilons, explanation_steps, explanation_k, explanation_test_samples,
+                                explanation_test_steps)
         self.report: Optional[dict] = None
         self.report_path: Optional[Path] = None
 
@@ -114,6 +133,7 @@ class RobustnessCallback(Callback):
             if unknown:
                 raise ConfigError(f"{dm.flag} has no MedMNIST-C corruption {', '.join(unknown)}: choose from "
                                   f"{', '.join(names)}")
+        self._check_explanations(pl_module, dm)
         if self.autoattack and self.epsilons and dm.task != MULTILABEL and self.autoattack_attacks is not None:
             plan, notes = attack_plan(self.autoattack_attacks, dm.num_classes)
             if not plan:
@@ -139,6 +159,8 @@ class RobustnessCallback(Callback):
         if self.corruption_report:
             test.update(metric_key("test", "corr", metric) for metric in ("bacc", "be", "rbe"))
             test.add(metric_key("test", "clean", "bacc", "roundtrip"))
+        val.update(self._explanation_keys("val") if self.explanation_epoch else ())
+        test.update(self._explanation_keys("test") if self.explanation_report else ())
         return {"val": val, "test": test}
 
     # ---- per-epoch validation check ------------------------------------------------------------
@@ -161,6 +183,8 @@ class RobustnessCallback(Callback):
             if self.corruption_epoch:
                 dm = self._datamodule(trainer)
                 logged.update(self.corruption.epoch_metrics(pl_module, dm, trainer.global_rank, trainer.world_size))
+            if self.explanation_epoch:
+                logged.update(self._explanation_epoch_metrics(pl_module, split))
         for key, value in logged.items():
             pl_module.log(key, value, prog_bar=key.startswith("val/adv_bacc"), rank_zero_only=True)
 
@@ -201,6 +225,8 @@ class RobustnessCallback(Callback):
                 if table.roundtrip_bacc is not None:  # rBE's reference: clean images resampled like the corrupted
                     pl_module.log(metric_key("test", "clean", "bacc", "roundtrip"), table.roundtrip_bacc,
                                   rank_zero_only=True)
+            if self.explanation_report:
+                report["explanations"] = self._explanation_report(pl_module, split)
         report["seconds"] = round(time.time() - started, 1)
         for kind, section in (("adv", "pgd"), ("aa", "autoattack")):
             for scores in report[section].values():
@@ -212,6 +238,91 @@ class RobustnessCallback(Callback):
             self.report = merge_report(path, report)
             self.report_path = write_json_atomic(path, self.report)
             rank_zero_info(f"robustness report: {self.report_path}")
+
+    # ---- explanation robustness (explanations package; off unless explanation_epoch / explanation_report) --------
+    def _init_explanations(self, epoch, report, method, samples, epsilons, steps, k, test_samples, test_steps) -> None:
+        self.explanation_epoch, self.explanation_report, self.explanation_method = epoch, report, method
+        self.explanation_samples = positive_int("explanation_samples", samples)
+        self.explanation_test_samples = None if test_samples is None else positive_int("explanation_test_samples",
+                                                                                        test_samples)
+        self.explanation_steps = positive_int("explanation_steps", steps)
+        self.explanation_test_steps = positive_int("explanation_test_steps", test_steps)
+        try:
+            self.explanation_epsilons = [parse_epsilon(e, self.norm) for e in epsilons]
+        except ConfigError as err:
+            raise ConfigError(f"explanation_epsilons: {err}") from None
+        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1 or isinstance(k, float) and 0 < k < 1):
+            raise ConfigError(f"explanation_k is a number of pixels (an integer >= 1) or a share of the image in (0, 1), "
+                              f"got {k!r}")
+        self.explanation_k = k
+        if epoch or report:
+            from explanations import METHODS
+
+            if method not in METHODS:
+                raise ConfigError(f"unknown explanation method {method!r}: choose from {', '.join(METHODS)}")
+            if not self.explanation_epsilons:
+                raise ConfigError("explanation_epsilons is empty: give at least one radius, e.g. [4/255]")
+
+    def _check_explanations(self, pl_module, dm) -> None:
+        """Explanation settings that depend on the model or the images fail before training."""
+        if not (self.explanation_epoch or self.explanation_report):
+            return
+        pixels = dm.size * dm.size
+        if isinstance(self.explanation_k, int) and self.explanation_k > pixels:
+            raise ConfigError(f"explanation_k {self.explanation_k} is larger than the image ({dm.size} x {dm.size} = "
+                              f"{pixels} pixels): give fewer pixels or a share in (0, 1)")
+        if self.explanation_method == "gradcam":
+            from explanations import last_conv_layer
+
+            last_conv_layer(pl_module)  # ConfigError for a model without a convolutional layer
+
+    def _explanation_keys(self, stage: str) -> set[str]:
+        from explanations import EXPLANATION_METRICS
+
+        return {metric_key(stage, "expl", name, eps) for eps in self.explanation_epsilons for name in EXPLANATION_METRICS}
+
+    def _explanation_measures(self, pl_module, images, steps: int) -> dict[float, dict[str, torch.Tensor]]:
+        """{epsilon: {measure: per-example values}} on uint8 or [0, 1] images, in batches of `batch_size`: the
+        explained class is the model's prediction (multi-label heads: the top-scoring label)."""
+        from explanations import explanation_robustness
+
+        device = next(pl_module.parameters()).device
+        out = {}
+        for eps in self.explanation_epsilons:
+            parts = []
+            for start in range(0, len(images), self.batch_size):
+                x = to_unit_range(images[start : start + self.batch_size].to(device))
+                parts.append(explanation_robustness(pl_module, x, None, eps, method=self.explanation_method,
+                                                    norm=self.norm, k=self.explanation_k, steps=steps,
+                                                    seed=self.seed, reduce=False,
+                                                    multilabel=getattr(pl_module, "task", None) == MULTILABEL))
+            out[eps] = {name: torch.cat([p[name].detach().float().cpu() for p in parts]) for name in parts[0]}
+        return out
+
+    def _explanation_epoch_metrics(self, pl_module, split) -> dict[str, float]:
+        """`val/expl_*@eps` on the fixed validation subset of `explanation_samples` images."""
+        index = fixed_subset(len(split), self.explanation_samples, self.seed)
+        measures = self._explanation_measures(pl_module, split.images[index], self.explanation_steps)
+        return {metric_key("val", "expl", name, eps): float(values.mean())
+                for eps, per_eps in measures.items() for name, values in per_eps.items()}
+
+    def _explanation_report(self, pl_module, split) -> dict:
+        """The report's `explanations` section (means and per-example values per epsilon); logs `test/expl_*@eps`."""
+        index = fixed_subset(len(split), self.explanation_test_samples, self.seed)
+        measures = self._explanation_measures(pl_module, split.images[index], self.explanation_test_steps)
+        section = {}
+        for eps, per_eps in measures.items():
+            means = {name: float(values.mean()) for name, values in per_eps.items()}
+            for name, value in means.items():
+                pl_module.log(metric_key("test", "expl", name, eps), value, rank_zero_only=True)
+            section[epsilon_label(eps)] = {
+                **means, "epsilon": eps, "norm": self.norm, "method": self.explanation_method,
+                "k": self.explanation_k, "steps": self.explanation_test_steps, "n_examples": len(index),
+                "attack": "top-k (Ghorbani et al. 2019) on the softplus network (every ReLU -> Softplus(beta=10)); "
+                          "an example whose label the attack changed counts as a kept map",
+                "per_example": {name: [round(float(v), 5) for v in values] for name, values in per_eps.items()},
+            }
+        return section
 
     def _autoattack(self, pl_module, dm, split, eps: float, trainer: L.Trainer) -> dict:
         index = _shard(fixed_subset(len(split), self.autoattack_samples, self.seed), trainer)
