@@ -210,13 +210,14 @@ class TopKAttack(_ExplanationAttack):
 
 class TargetedManipulation(_ExplanationAttack):
     """Targeted manipulation (Dombrowski et al. 2019): bring the gradient map close to a target map while the
-    logits stay put. Objective (minimised): map_distance(map, target) + gamma * mean squared logit change."""
+    output stays put. Objective (minimised): map_distance(map, target) + gamma * the squared change of the output
+    probabilities (softmax, or sigmoid per label for multi-label)."""
 
     def __init__(self, model: nn.Module, epsilon, alpha=None, steps: int = 10, norm: str = "linf",
                  gamma: float = 1.0, beta: float = 10.0, multilabel: bool = False):
         super().__init__(model, epsilon, alpha=alpha, steps=steps, norm=norm, beta=beta, multilabel=multilabel)
         if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not math.isfinite(gamma) or gamma < 0:
-            raise ConfigError(f"gamma (weight of the logit term) must be a number >= 0, got {gamma!r}")
+            raise ConfigError(f"gamma (weight of the output term) must be a number >= 0, got {gamma!r}")
         self.gamma = float(gamma)
 
     def __call__(self, x: Tensor, target_map: Tensor, classes: Optional[Tensor] = None) -> Tensor:
@@ -229,8 +230,13 @@ class TargetedManipulation(_ExplanationAttack):
         return self._attack(x, classes, {"target": autograd_ready(target_map).float()})
 
     def _setup(self, x, classes, logits, state):
-        state["logits"] = logits
+        state["outputs"] = self._outputs(logits)
+
+    def _outputs(self, logits: Tensor) -> Tensor:
+        """The outputs kept put: probabilities (softmax; sigmoid per label for multi-label), so gamma is free of
+        the logits' scale."""
+        return logits.sigmoid() if self.multilabel else logits.softmax(1)
 
     def _objective(self, maps, logits, state):
-        change = (logits - state["logits"]).pow(2).mean(1)
+        change = (self._outputs(logits) - state["outputs"]).pow(2).sum(1)
         return map_distance(maps, state["target"]) + self.gamma * change
