@@ -48,7 +48,7 @@ class MedRobustCLI(LightningCLI):
     """LightningCLI with the DataModule's facts linked into the model and the project's loggers."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for key in ("num_classes", "in_channels", "task"):
+        for key in ("num_classes", "in_channels", "task", "input_size"):  # input_size: data.resize or data.size
             parser.link_arguments(f"data.{key}", f"model.init_args.{key}", apply_on="instantiate")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
         parser.set_defaults(

@@ -55,6 +55,7 @@ class MedMNISTDataModule(L.LightningDataModule):
         subsample_seed: int = 0,
         num_workers: int = 0,
         keep_on_device: bool = False,
+        resize: Optional[int] = None,
     ):
         """
         Args:
@@ -71,6 +72,10 @@ class MedMNISTDataModule(L.LightningDataModule):
             subsample_*: keep a seeded random subset of a split: a count (int) or fraction (float).
             keep_on_device: hold the splits (uint8) on the trainer's device, a GPU, and cut batches there: no
                 host-to-device copy per batch. 28 px sets take a few MB, 224 px PathMNIST ~14 GB.
+            resize: the model's input size, when it differs from `size` (e.g. 224 for a 224 px backbone on 28 px
+                files). Batches are resized on their device by the model's first layer (train.py links this into
+                `model.init_args.input_size`), so the DataModule still serves `size` px images: attacks perturb
+                them and epsilon is measured on them, at every resize.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -82,6 +87,7 @@ class MedMNISTDataModule(L.LightningDataModule):
         if train_npz is not None and not Path(train_npz).is_file():
             raise DataError(f"train_npz {train_npz} not found")
         self.crop_padding = self.size // 14 if crop_padding is None else int(crop_padding)
+        self.resize = None if resize is None else positive_int("resize", resize)
         if keep_on_device and num_workers:
             raise ConfigError("keep_on_device needs num_workers=0: batches are cut on the device, not by workers")
         self._splits: dict[str, TensorPairDataset] = {}
@@ -94,6 +100,11 @@ class MedMNISTDataModule(L.LightningDataModule):
     @property
     def in_channels(self) -> int:
         return 3 if self.hparams.as_rgb else self.info.n_channels
+
+    @property
+    def input_size(self) -> int:
+        """The model's input size in pixels: `resize` when set, else the served images' `size`."""
+        return self.resize or self.size
 
     @property
     def task(self) -> str:

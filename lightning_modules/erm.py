@@ -1,7 +1,7 @@
 """Empirical risk minimisation: the base LightningModule that adversarial training subclasses."""
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import lightning as L
 import torch
@@ -9,9 +9,14 @@ from torch import nn
 
 from core.errors import ConfigError
 from .metrics import make_metrics, metric_key, probabilities, task_loss
+from .backbones import is_timm, parameter_counts
 from .models import build_model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+#: what a timm model records about itself in its hparams (so the test report shows it); not constructor arguments,
+#: so they are left out of the checkpoint's hyper_parameters and recomputed when it is loaded
+MODEL_FACTS = ("backbone", "trainable_parameters", "total_parameters")
+PRETRAINED_KEY = "medrobust_pretrained"  # where a checkpoint keeps the weights its model started from
 
 
 class ERM(L.LightningModule):
@@ -35,22 +40,42 @@ class ERM(L.LightningModule):
         momentum: float = 0.9,
         lr_milestones: Sequence[float] = (0.5, 0.75),
         lr_gamma: float = 0.1,
-        norm_mean: Union[float, Sequence[float]] = 0.5,
-        norm_std: Union[float, Sequence[float]] = 0.5,
+        norm_mean: Union[float, Sequence[float], None] = None,
+        norm_std: Union[float, Sequence[float], None] = None,
         channels_last: bool = False,
         compile: bool = False,
+        input_size: Optional[int] = None,
+        pretrained: Union[bool, str] = False,
+        finetune: str = "full",
+        lora_rank: int = 8,
+        lora_alpha: Optional[float] = None,
+        lora_dropout: float = 0.0,
+        lora_targets: Optional[list[str]] = None,
+        model_kwargs: Optional[dict[str, Any]] = None,
     ):
         """
         Args:
-            arch: small_cnn, resnet18_28 (3x3 stem, no max-pool), resnet18 or resnet50.
+            arch: small_cnn, resnet18_28 (3x3 stem, no max-pool), resnet18 or resnet50; or any timm model as
+                timm/NAME (timm/resnet50, timm/convnext_tiny, timm/vit_small_patch16_224).
             num_classes, in_channels, task: set from the DataModule by train.py.
             optimizer: adam, adamw or sgd; lr, weight_decay and momentum (sgd) go with it.
             lr_milestones: fractions of max_epochs at which the learning rate is multiplied by lr_gamma.
-            norm_mean, norm_std: the normalization layer inside the model (inputs stay in [0, 1]).
+            norm_mean, norm_std: the normalization layer inside the model (inputs stay in [0, 1]); None: 0.5 for the
+                built-in archs, the backbone's own (timm.data.resolve_data_config) for timm ones.
             channels_last: keep conv weights (and so activations) in channels-last memory format: faster with
                 bf16 autocast on recent GPUs (`trainer.precision: bf16-mixed`); no effect on results.
             compile: run the model's forward through `torch.compile` (training, attacks and evaluation alike);
                 checkpoints keep the plain parameter names. Pays off on a GPU for long runs.
+            input_size: the model's input layer resizes batches to this many pixels on their device (linked from
+                data.resize by train.py); attacks and epsilon stay on the images the DataModule serves.
+            pretrained: timm only: false (random weights), true (the published weights) or a weights file
+                (safetensors or a state dict). Checkpoints hold every weight: reloading needs no weights file.
+            finetune: timm only: full, linear (a linear probe: only the classifier trains, the backbone frozen in
+                eval mode) or lora (PEFT LoRA adapters of lora_rank on lora_targets, plus the classifier).
+            lora_rank, lora_alpha (default: the rank), lora_dropout: the LoraConfig.
+            lora_targets: attention (the Linear layers of attention blocks), conv (ungrouped Conv2d layers) or
+                layer names as PEFT matches them; default: attention when the backbone has it, else conv.
+            model_kwargs: more keywords for timm.create_model (img_size, patch_size, drop_path_rate, ...).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -59,7 +84,15 @@ class ERM(L.LightningModule):
         if not all(0 < m <= 1 for m in lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of max_epochs in (0, 1], got {list(lr_milestones)}")
         self.task = task
-        self.model = build_model(arch, in_channels, num_classes, norm_mean, norm_std)
+        timm_options = dict(pretrained=pretrained, finetune=finetune, model_kwargs=model_kwargs)
+        if is_timm(arch):
+            timm_options.update(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
+                                lora_targets=lora_targets)
+        self.model = build_model(arch, in_channels, num_classes, norm_mean, norm_std, input_size, **timm_options)
+        if is_timm(arch):
+            trainable, total = parameter_counts(self.model)
+            self.hparams.update(backbone=self.model[1].description, trainable_parameters=trainable,
+                                total_parameters=total)
         metrics = make_metrics(task, num_classes)
         self.train_metrics = metrics.clone(prefix=f"train/{self.train_inputs}_")
         self.val_metrics = metrics.clone(prefix="val/clean_")
@@ -75,6 +108,12 @@ class ERM(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def on_fit_start(self) -> None:
+        if "trainable_parameters" in self.hparams:
+            hp = self.hparams
+            self.print(f"{hp.backbone}: trainable params: {hp.trainable_parameters:,} || all params: "
+                       f"{hp.total_parameters:,} || trainable%: {100 * hp.trainable_parameters / hp.total_parameters:.4f}")
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return task_loss(logits, target)
@@ -115,10 +154,22 @@ class ERM(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the class, so evaluation.checkpoints.load_module rebuilds the right module from the file alone."""
         checkpoint["medrobust_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        saved = checkpoint.get("hyper_parameters")
+        if isinstance(saved, dict) and is_timm(saved.get("arch", "")):
+            for key in MODEL_FACTS:
+                saved.pop(key, None)
+            # every weight is in the state dict: rebuilding the model must not need (or download) the weights file
+            checkpoint[PRETRAINED_KEY] = saved.get("pretrained", False)
+            saved["pretrained"] = False
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """The weights the model started from, as the run recorded them (the checkpoint rebuilds it without)."""
+        if PRETRAINED_KEY in checkpoint:
+            self.hparams["pretrained"] = checkpoint[PRETRAINED_KEY]
 
     def configure_optimizers(self):
         hp = self.hparams
-        params = self.parameters()
+        params = [p for p in self.parameters() if p.requires_grad]  # a frozen backbone's weights stay out
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True)
         elif hp.optimizer == "adamw":

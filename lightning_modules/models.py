@@ -1,27 +1,41 @@
 """Classifier backbones. Every model takes images in [0, 1]; normalization is its first layer."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 import torchvision
 
 from core.errors import ConfigError
+from .backbones import TimmBackbone, is_timm
 
 ARCHITECTURES = ("small_cnn", "small_cnn_gn", "resnet18_28", "resnet18", "resnet50")  # _gn: GroupNorm, not BatchNorm
 
 
 class Normalize(nn.Module):
-    """(x - mean) / std per channel, so attacks and epsilons live in [0, 1] pixel space."""
+    """(x - mean) / std per channel, so attacks and epsilons live in [0, 1] pixel space.
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+    With `size`, batches of another size are first resized to size x size (bilinear, antialiased when shrinking)
+    on their device: `data.resize` lets a 224 px backbone read 28 px files, while attacks still perturb (and
+    epsilon still measures) the images the DataModule serves.
+    """
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float], size: Optional[int] = None):
         super().__init__()
         self.register_buffer("mean", torch.as_tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.as_tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.size = None if size is None else int(size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is not None and tuple(x.shape[-2:]) != (self.size, self.size):
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                              antialias=self.size < min(x.shape[-2:]))
         return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}" if self.size is not None else ""
 
 
 class SmallCNN(nn.Module):
@@ -77,14 +91,19 @@ def _resnet_penultimate(net: torchvision.models.ResNet, x: torch.Tensor) -> torc
 def classifier_layer(model: nn.Module) -> nn.Linear:
     """The last linear layer (features -> logits) of a `build_model` model."""
     backbone = _backbone(model)
+    if isinstance(backbone, TimmBackbone):
+        return backbone.classifier()
     return backbone.head[-1] if isinstance(backbone, SmallCNN) else backbone.fc
 
 
 def features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Penultimate-layer representation (N x D) of [0, 1] images for a `build_model` model (or a module
-    holding one as `.model`, like ERM): small_cnn's 128-d hidden layer, a ResNet's pooled vector before fc."""
+    holding one as `.model`, like ERM): small_cnn's 128-d hidden layer, a ResNet's pooled vector before fc, a
+    timm backbone's pre-logits vector."""
     normalize, backbone = _unpack(model)
     x = normalize(x)
+    if isinstance(backbone, TimmBackbone):
+        return backbone.features(x)
     if isinstance(backbone, SmallCNN):
         return backbone.penultimate(x)
     return _resnet_penultimate(backbone, x)
@@ -95,7 +114,7 @@ def _unpack(model: nn.Module) -> tuple[nn.Module, nn.Module]:
     inner = model if isinstance(model, nn.Sequential) else getattr(model, "model", None)
     if (
         isinstance(inner, nn.Sequential) and len(inner) == 2 and isinstance(inner[0], Normalize)
-        and isinstance(inner[1], (SmallCNN, torchvision.models.ResNet))
+        and isinstance(inner[1], (SmallCNN, torchvision.models.ResNet, TimmBackbone))
     ):
         return inner[0], inner[1]
     raise ConfigError(f"features() needs a model from build_model (Normalize + backbone), got {type(model).__name__}")
@@ -109,18 +128,42 @@ def build_model(
     arch: str,
     in_channels: int,
     num_classes: int,
-    mean: Sequence[float] | float = 0.5,
-    std: Sequence[float] | float = 0.5,
+    mean: Sequence[float] | float | None = None,
+    std: Sequence[float] | float | None = None,
+    input_size: Optional[int] = None,
+    **timm_options: Any,
 ) -> nn.Sequential:
-    """A [0, 1]-input classifier: Normalize followed by the named backbone."""
+    """A [0, 1]-input classifier: Normalize (resizing to `input_size` when given) followed by the named backbone.
+
+    mean, std: per channel or one value; None: 0.5 for the built-in archs, the backbone's own for timm ones.
+    `timm/NAME` builds a timm backbone (lightning_modules.backbones.build); `timm_options` are that function's
+    keywords: pretrained, finetune, lora_*, model_kwargs.
+    """
+    if input_size is not None and int(input_size) < 1:
+        raise ConfigError(f"input_size must be a positive number of pixels, got {input_size}")
+    if is_timm(arch):
+        from .backbones import build
+
+        backbone, own_mean, own_std = build(arch, in_channels, num_classes, input_size=input_size, **timm_options)
+        mean, std = own_mean if mean is None else mean, own_std if std is None else std
+        return nn.Sequential(Normalize(*_normalization(mean, std, in_channels), size=input_size), backbone)
     if arch not in ARCHITECTURES:
-        raise ConfigError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)}")
-    mean = [mean] * in_channels if isinstance(mean, (int, float)) else list(mean)
-    std = [std] * in_channels if isinstance(std, (int, float)) else list(std)
-    if len(mean) != in_channels or len(std) != in_channels or min(std) <= 0:
-        raise ConfigError(f"normalization needs {in_channels} means and {in_channels} positive stds, got {mean}, {std}")
+        raise ConfigError(f"unknown architecture {arch!r}: choose one of {', '.join(ARCHITECTURES)} or timm/NAME")
+    options = [k for k in ("pretrained", "model_kwargs") if timm_options.get(k)]
+    options += ["finetune"] if timm_options.get("finetune", "full") != "full" else []
+    if options:
+        raise ConfigError(f"{', '.join(options)} need a timm backbone (arch: timm/NAME), not {arch}")
+    mean, std = _normalization(0.5 if mean is None else mean, 0.5 if std is None else std, in_channels)
     if arch in ("small_cnn", "small_cnn_gn"):
         backbone = SmallCNN(in_channels, num_classes, group_norm=arch == "small_cnn_gn")
     else:
         backbone = _resnet(arch.removesuffix("_28"), in_channels, num_classes, small_input=arch.endswith("_28"))
-    return nn.Sequential(Normalize(mean, std), backbone)
+    return nn.Sequential(Normalize(mean, std, size=input_size), backbone)
+
+
+def _normalization(mean, std, in_channels: int) -> tuple[list[float], list[float]]:
+    mean = [mean] * in_channels if isinstance(mean, (int, float)) else list(mean)
+    std = [std] * in_channels if isinstance(std, (int, float)) else list(std)
+    if len(mean) != in_channels or len(std) != in_channels or min(std) <= 0:
+        raise ConfigError(f"normalization needs {in_channels} means and {in_channels} positive stds, got {mean}, {std}")
+    return mean, std
