@@ -2,6 +2,7 @@
 every grid point exactly once with two workers, and a SIGKILLed worker's trial failed and retried once."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,14 +21,19 @@ from sweeps.spec import load_spec
 FAKE = Path(__file__).with_name("fake_worker.py")
 
 
-def start(path, index, slow=None) -> subprocess.Popen:
+def start(path, index, slow=None, env=None) -> subprocess.Popen:
     args = [sys.executable, str(FAKE), str(path), str(index)] + ([slow] if slow else [])
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
 
 
 def finish(proc: subprocess.Popen, timeout=240) -> str:
-    out, _ = proc.communicate(timeout=timeout)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out = proc.communicate()[0]
+        pytest.fail(f"the worker did not exit within {timeout} s: {out[-2000:]}")
     assert proc.returncode == 0, out[-3000:]
     return out
 
@@ -119,6 +125,29 @@ def test_two_workers_on_postgresql_run_every_point_once(tiny_sweep, fresh_databa
         finish(proc)
     done = complete_points(spec)
     assert len(done) == 6 and set(done.values()) == {1}
+
+
+def test_a_point_that_always_fails_is_tried_max_retries_plus_one_times_then_reported_failed(tiny_sweep, capsys):
+    path = tiny_sweep(epsilon=[0, "4/255"], seeds=[0], max_retries=2)
+    spec = load_spec(path)
+    procs = [start(path, i, env={"FAKE_FAIL_POINT": slow_key(4 / 255)}) for i in range(2)]
+    for proc in procs:
+        finish(proc, timeout=120)  # both workers exit once the point's retries are spent
+    trials = studies.load(spec).trials
+    failed = [t for t in trials if t.state.name == "FAIL"]
+    assert len(failed) == spec.max_retries + 1 == 3
+    assert {studies.point_of(t) for t in failed} == {studies.point_of(failed[0])}
+    assert all("a point that always fails" in t.user_attrs["failure"] for t in failed)
+    assert [t.system_attrs.get(adapter.FAILED_TRIAL) for t in failed] == [None, failed[0].number, failed[0].number]
+    assert [t.state.name for t in trials if t not in failed] == ["COMPLETE"]
+    attempts = sorted(p.name for p in Path(failed[0].user_attrs["run_dir"]).glob("attempt_*"))
+    assert attempts == ["attempt_0", "attempt_1", "attempt_2"]  # every retry in the point's one folder
+
+    from sweeps.cli import main
+
+    assert main(["status", str(path), "--json"]) == 0
+    counts = json.loads(capsys.readouterr().out)["counts"]
+    assert (counts["done"], counts["failed_points"], counts["trials_fail"], counts["waiting"]) == (1, 1, 3, 0)
 
 
 def test_a_silent_remote_worker_is_failed_after_the_grace_period(tiny_sweep):
