@@ -20,7 +20,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench.common import DEFAULT_ROOT, Parser, existing_dir, format_table, not_measured, run_main
+from bench.common import DEFAULT_ROOT, Parser, existing_dir, figure, format_table, met_text, not_measured, run_main
 
 FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu")
 
@@ -48,7 +48,6 @@ def data_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, workdir:
     import io
 
     from bench import data_loading
-    from bench.common import figure
     from datamodules.synthetic import write_synthetic_npz
 
     sets = [("pneumoniamnist", root, verify_md5, "real PneumoniaMNIST, 4,708 grey train images")]
@@ -98,19 +97,20 @@ def sweep_figures(quick: bool, smoke: bool, workdir: Path, log) -> list[dict]:
         result = sweep_scaling.measure(args, folder)
     for line in printed.getvalue().splitlines():
         log(f"[sweep] {line}")
-    speedup = result["ratios"]["1/2"]  # seconds(1 worker) / seconds(2 workers), paired
-    ratio, low, high = 1 / speedup["median"], 1 / speedup["max"], 1 / speedup["min"]
     threads = sweep_scaling.thread_scaling(repeats=3, log=lambda line: log(f"[sweep threads] {line}"))
-    from bench.common import figure
+    return sweep_rows(result, threads)
 
-    return [{"name": "sweep scaling: 2 workers / 1 (time)", "ratio": ratio, "range": [low, high], "repeats": [],
-             "goal": "<= 0.6x", "goal_value": 0.6, "higher_is_better": False, "unit": "x", "met": ratio <= 0.6,
-             "details": {"seconds_median": {str(w): s["median"] for w, s in result["seconds"].items()},
-                         "settings": f"{Path(result['sweep']).name} with {' '.join(result['overrides'])}, wall clock"}},
-            {**figure("sweep context: one trial's PGD-AT steps, 2 torch threads / 1 (speed-up)", threads, 2.0,
-                      details={"settings": "small_cnn, batch 128, PGD-3 at 4/255, 6 training steps, wall clock; "
-                                           "the best 2-worker time ratio is about this / 2"}),
-             "goal": "reported", "goal_value": None, "met": None}]
+
+def sweep_rows(result: dict, threads: list[float]) -> list[dict]:
+    """The sweep figure (time with 2 workers / with 1, each repeat paired; goal <= 0.6x) from
+    `sweep_scaling.measure`, and one trial's 2-thread speed-up beside it (reported)."""
+    times = [1 / speedup for speedup in result["ratios"]["1/2"]["repeats"]]  # seconds(2 workers) / seconds(1)
+    return [figure("sweep scaling: 2 workers / 1 (time)", times, 0.6, higher_is_better=False, details={
+                "seconds_median": {str(w): s["median"] for w, s in result["seconds"].items()},
+                "settings": f"{Path(result['sweep']).name} with {' '.join(result['overrides'])}, wall clock"}),
+            figure("sweep context: one trial's PGD-AT steps, 2 torch threads / 1 (speed-up)", threads, None,
+                   details={"settings": "small_cnn, batch 128, PGD-3 at 4/255, 6 training steps, wall clock; "
+                                        "the best 2-worker time ratio is about this / 2"})]
 
 
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:
@@ -142,12 +142,6 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
     return rows
 
 
-def _status(row: dict) -> str:
-    if row.get("status"):
-        return row["status"]
-    return {True: "yes", False: "NO", None: "reported"}[row["met"]]
-
-
 def _ratio(row: dict) -> str:
     if row["ratio"] is None:
         return "-"
@@ -156,7 +150,7 @@ def _ratio(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    return format_table(["figure", "ratio (range)", "goal", "met"], [[r["name"], _ratio(r), r["goal"], _status(r)] for r in rows])
+    return format_table(["figure", "ratio (range)", "goal", "met"], [[r["name"], _ratio(r), r["goal"], met_text(r)] for r in rows])
 
 
 def markdown(rows: list[dict], info: dict, command: str, seconds: float) -> str:
@@ -167,7 +161,7 @@ def markdown(rows: list[dict], info: dict, command: str, seconds: float) -> str:
              "| figure | ratio, median (range) | goal | met | settings |", "|---|---|---|---|---|"]
     for r in rows:
         settings = r.get("details", {}).get("settings") or r.get("details", {}).get("callback") or ""
-        lines.append(f"| {r['name']} | {_ratio(r)} | {r['goal']} | {_status(r)} | {settings} |")
+        lines.append(f"| {r['name']} | {_ratio(r)} | {r['goal']} | {met_text(r)} | {settings} |")
     lines += ["", "Ratios are paired and interleaved within this run (see bench/README.md); absolute times are not "
               "comparable across runs or machines.", ""]
     return "\n".join(lines)

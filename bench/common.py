@@ -124,14 +124,28 @@ def environment() -> dict:
     }
 
 
-def figure(name: str, ratios: Sequence[float], goal: float, higher_is_better: bool = True, unit: str = "x",
-           details: dict | None = None) -> dict:
-    """One row of `python -m bench all`: the median paired ratio, its range and whether it meets the goal."""
+def figure(name: str, ratios: Sequence[float], goal: float | None, higher_is_better: bool = True, unit: str = "x",
+           details: dict | None = None, requires: dict[str, bool] | None = None) -> dict:
+    """One row of `python -m bench all`, the only place a row's `met` is decided: the median paired ratio, its
+    range and whether it meets the goal. `goal` None: the row is reported without a goal of its own (met None).
+    `requires`: named conditions the goal also needs (equal attack strength, say), kept in the details."""
     stats = summary(ratios)
-    met = stats["median"] >= goal if higher_is_better else stats["median"] <= goal
+    details = {**(details or {}), **(requires or {})}
+    if goal is None:
+        met, goal_text = None, "reported"
+    else:
+        met = (stats["median"] >= goal if higher_is_better else stats["median"] <= goal) and all((requires or {}).values())
+        goal_text = f"{'>=' if higher_is_better else '<='} {goal:g}{unit}"
     return {"name": name, "ratio": stats["median"], "range": [stats["min"], stats["max"]], "repeats": list(ratios),
-            "goal": f"{'>=' if higher_is_better else '<='} {goal:g}{unit}", "goal_value": goal,
-            "higher_is_better": higher_is_better, "unit": unit, "met": bool(met), "details": details or {}}
+            "goal": goal_text, "goal_value": goal, "higher_is_better": higher_is_better, "unit": unit,
+            "met": None if met is None else bool(met), "details": details}
+
+
+def met_text(row: dict) -> str:
+    """The table's `met` column: yes, NO, reported, or why the row was not measured."""
+    if row.get("status"):
+        return row["status"]
+    return {True: "yes", False: "NO", None: "reported"}[row["met"]]
 
 
 def not_measured(name: str, goal: str, why: str) -> dict:

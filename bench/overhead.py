@@ -19,7 +19,7 @@ from pathlib import Path
 
 from bench.common import (
     DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, existing_dir, figure, format_table, interleaved_order,
-    positive_int, run_main, set_threads, summary, timed, write_json,
+    met_text, positive_int, run_main, set_threads, summary, timed, write_json,
 )
 
 VARIANTS = ("lightning", "plain")
@@ -227,7 +227,7 @@ def main(argv=None) -> int:
     rows = figures(results, settings)
     print()
     print(format_table(["figure", "ratio", "min", "max", "goal", "met"],
-                       [[r["name"], r["ratio"], *r["range"], r["goal"], "yes" if r["met"] else "NO"] for r in rows]))
+                       [[r["name"], r["ratio"], *r["range"], r["goal"], met_text(r)] for r in rows]))
     write_json(args.json, {"benchmark": "overhead", "settings": settings, "results": results, "figures": rows,
                            "environment": environment()})
     return 0

@@ -81,7 +81,7 @@ def measure(args, folder: Path) -> dict:
            "ratios": {}, "environment": environment()}
     for w in args.workers[1:]:
         paired = [a / b for a, b in zip(seconds[base], seconds[w])]
-        out["ratios"][f"{base}/{w}"] = summary(paired)
+        out["ratios"][f"{base}/{w}"] = {**summary(paired), "repeats": paired}
     return out
 
 
