@@ -22,7 +22,8 @@ EXPLANATION_METRICS = (*SIMILARITIES, *(f"{name}_random" for name in SIMILARITIE
 def explanation_robustness(model: nn.Module, images: Tensor, targets: Optional[Tensor] = None, epsilon="4/255", *,
                            method: str = "saliency", norm: str = "linf", k=0.1, attack: str = "topk", steps: int = 10,
                            alpha=None, beta: float = 10.0, gamma: float = 1.0, samples: int = 8, seed: int = 0,
-                           multilabel: Optional[bool] = None, reduce: bool = True, **explainer_options) -> dict:
+                           multilabel: Optional[bool] = None, reduce: bool = True,
+                           explainer_options: Optional[dict] = None) -> dict:
     """How much `method`'s maps move under the explanation attack and under random noise, both of radius epsilon.
 
     The class explained is `explained_classes(model, images, targets)` (multi-label: the top-scoring label). The
@@ -33,7 +34,9 @@ def explanation_robustness(model: nn.Module, images: Tensor, targets: Optional[T
     left intact); the same rule holds under the random noise. Keys: EXPLANATION_METRICS (topk, spearman, cosine
     under attack; the same with _random under random noise of the same radius (`random_perturbation`); sensmax:
     max-sensitivity over `samples` uniform draws; kept, kept_random: share of predictions kept), floats averaged
-    over the examples with reduce=True, (N,) tensors otherwise.
+    over the examples with reduce=True, (N,) tensors otherwise. `steps`, `alpha`, `beta`, `gamma` are the
+    attack's; `samples` max-sensitivity's draws; `explainer_options` go to `Explainer` (e.g. {"samples": 16} for
+    SmoothGrad, {"steps": 32} for Integrated Gradients).
     """
     if attack not in ATTACKS:
         raise ConfigError(f"unknown explanation attack {attack!r}: choose one of {', '.join(ATTACKS)}")
@@ -42,7 +45,7 @@ def explanation_robustness(model: nn.Module, images: Tensor, targets: Optional[T
     samples = positive_int("samples", samples)
     if multilabel is None:
         multilabel = targets is not None and targets.is_floating_point() and targets.ndim == 2
-    explainer = Explainer(model, method, seed=seed, **explainer_options)
+    explainer = Explainer(model, method, seed=seed, **(explainer_options or {}))
     images = autograd_ready(images)
     classes = explained_classes(model, images, targets)
     clean_maps = explainer(images, classes)

@@ -146,12 +146,17 @@ def test_relus_and_training_modes_are_restored(trained):
         model.eval()
 
 
-def test_a_changed_prediction_is_a_failed_manipulation(trained):
-    """A budget so large the first step flips labels: `kept` must say which examples kept their prediction."""
+@pytest.mark.parametrize("multilabel", [False, True])
+def test_a_changed_prediction_is_a_failed_manipulation(trained, multilabel):
+    """A budget so large the first step flips labels: `kept` must say which examples kept their prediction
+    (multi-label: the set of labels with a positive logit)."""
     model, x, c = trained
-    result = TopKAttack(model, 0.5, steps=1).run(x, c)
+    result = TopKAttack(model, 0.5, steps=1, multilabel=multilabel).run(x, c)
     with torch.no_grad():
-        still = model(result.x_adv).argmax(1) == c
+        if multilabel:
+            still = ((model(result.x_adv) > 0) == (model(x) > 0)).all(1)
+        else:
+            still = model(result.x_adv).argmax(1) == c
     assert torch.equal(result.kept, still)
     assert 0 < int(result.kept.sum()) < len(x)
     assert f"{int(still.sum())}/{len(x)}" in result.describe()
