@@ -162,6 +162,9 @@ def run(args: Sequence[str], callbacks: Sequence[Callback] = ()) -> RunResult:
 def main(args=None) -> None:
     from jsonargparse import ArgumentError
 
+    from core.quiet import quiet_third_party
+
+    quiet_third_party()
     try:
         build_cli(args)
     except Exception as err:

@@ -9,6 +9,7 @@ NOISE = (
     r".*LightningCLI's args parameter is intended to run from within Python.*",
     r".*litlogger.*",
     r".*does not have many workers.*",
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # torch's pytree, called by Lightning
 )
 
 

@@ -99,6 +99,9 @@ def forwarded(args) -> list[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from core.quiet import quiet_third_party
+
+    quiet_third_party()  # workers inherit nothing: each `python -m sweeps worker` calls this too
     try:
         return COMMANDS[args.command](args)
     except MedRobustError as err:
