@@ -60,12 +60,13 @@ def test_default_sizes_follow_ilyas_scaled_to_the_image():
     assert Settings(epsilon="128/255", step="0.2").epsilon == 128 / 255  # text as in YAML configs
 
 
-@pytest.mark.parametrize("flag", ["breastmnist", "bloodmnist"])
-def test_representation_matching_gets_closer_to_its_targets(tiny, flag):
-    root, ckpt = tiny(flag)
+@pytest.mark.parametrize("kind, flag", [("d_nr", "breastmnist"), ("d_nr", "bloodmnist"), ("d_r", "breastmnist")])
+def test_representation_matching_gets_closer_to_its_targets(tiny, tiny_l2_robust, kind, flag):
+    """D_NR from the standard source and D_R from the L2-robust one: the same matching, the same checks."""
+    root, ckpt = tiny_l2_robust if kind == "d_r" else tiny(flag)
     model = load_source(ckpt).model
     x, y = _data(root, flag)
-    out = build("d_nr", model, x, y, dataset_info(flag).num_classes, Settings(step=0.5, steps=20, scale=False,
+    out = build(kind, model, x, y, dataset_info(flag).num_classes, Settings(step=0.5, steps=20, scale=False,
                 batch_size=32), seed=0, device="cpu", progress=False)
     assert torch.equal(out.labels, y)  # labelled as the image whose representation is matched
     assert out.images.min() >= 0 and out.images.max() <= 1
@@ -78,6 +79,30 @@ def test_representation_matching_gets_closer_to_its_targets(tiny, flag):
     assert (end < start).float().mean() > 0.8
     # Each image started from another training image, not from the one it matches.
     assert ((out.images - x).flatten(1).norm(dim=1) > 1.0).float().mean() > 0.9
+
+
+def test_d_rand_labels_are_uniform_and_independent_of_the_original_labels():
+    """Ilyas et al.'s D_rand: each new label t ~ Uniform(C), drawn without looking at the original label. On 4,000
+    images whose original labels are far from uniform, the new labels agree with the originals about 1/C of the
+    time, their counts are uniform and the (original, new) table shows no dependence (chi-square tests). The labels
+    do not depend on the source model, so a linear one keeps the attack cheap."""
+    from scipy.stats import chi2_contingency, chisquare
+
+    c, n = 8, 4000
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, c))
+    rng = np.random.default_rng(0)
+    y = torch.from_numpy(rng.choice(c, n, p=[0.35, 0.25, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05]))
+    x = torch.rand(n, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    out = build("d_rand", model, x, y, c, Settings(steps=1, batch_size=1000), seed=3, device="cpu", progress=False)
+    assert torch.equal(out.original_labels, y)
+    agreement = (out.labels == y).float().mean().item()
+    assert abs(agreement - 1 / c) < 4 * math.sqrt(1 / c * (1 - 1 / c) / n)  # 1/8 +- 0.021
+    counts = torch.bincount(out.labels, minlength=c).numpy()
+    assert chisquare(counts).pvalue > 0.001
+    table = np.zeros((c, c))
+    np.add.at(table, (y.numpy(), out.labels.numpy()), 1)
+    assert chi2_contingency(table).pvalue > 0.001
 
 
 def test_results_do_not_depend_on_batch_size(tiny):
