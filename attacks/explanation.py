@@ -64,8 +64,12 @@ def input_gradient_map(model: nn.Module, x: Tensor, classes: Tensor, create_grap
 
 
 def _saliency(model: nn.Module, x: Tensor, classes: Tensor, create_graph: bool) -> tuple[Tensor, Tensor]:
-    """(gradient map (N, H, W), logits) of x, which requires grad."""
-    with torch.enable_grad():
+    """(gradient map (N, H, W), logits) of x, which requires grad. With create_graph, attention runs on PyTorch's
+    math kernel: the fused scaled-dot-product kernels (a ViT's) have no second derivative."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = sdpa_kernel([SDPBackend.MATH]) if create_graph else contextlib.nullcontext()
+    with torch.enable_grad(), kernels:
         logits = model(x)
         chosen = logits.float().gather(1, classes.view(-1, 1).long()).sum()
         (grad,) = torch.autograd.grad(chosen, x, create_graph=create_graph)

@@ -8,11 +8,11 @@ from explanations.measures import (
     SIMILARITIES, cosine, map_similarity, max_sensitivity, noise_similarity, random_perturbation, spearman,
     topk_intersection,
 )
-from explanations.methods import METHODS, Explainer, explained_classes, last_conv_layer
+from explanations.methods import METHODS, Explainer, explained_classes, gradcam_layer, last_conv_layer
 from explanations.robustness import ATTACKS, EXPLANATION_METRICS, explanation_robustness
 
 __all__ = [
     "ATTACKS", "EXPLANATION_METRICS", "METHODS", "SIMILARITIES", "Explainer", "cosine", "explained_classes",
-    "explanation_robustness", "last_conv_layer", "map_similarity", "max_sensitivity", "noise_similarity",
+    "explanation_robustness", "gradcam_layer", "last_conv_layer", "map_similarity", "max_sensitivity", "noise_similarity",
     "random_perturbation", "spearman", "topk_intersection",
 ]

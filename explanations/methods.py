@@ -36,23 +36,50 @@ def _class_indices(targets: Tensor, n: int) -> bool:
     return targets.shape == (n,) and not targets.is_floating_point() and targets.dtype != torch.bool
 
 
-def last_conv_layer(model: nn.Module, images: Optional[Tensor] = None) -> nn.Module:
-    """The last nn.Conv2d the forward pass runs (the order of registration when no images are given)."""
+def gradcam_layer(model: nn.Module, images: Optional[Tensor] = None) -> nn.Module:
+    """The layer Grad-CAM explains by default: the output of the network's last convolutional stage, i.e. the last
+    module run (containers finish after their children) with a 4-D output of more than 1 x 1 pixels, not a pooling
+    layer, from the first convolution on: `features` of small_cnn, `layer4` of a ResNet. Without images (to check a
+    model before a run), the last registered nn.Conv2d. ConfigError for a model without nn.Conv2d, and for one whose
+    last convolution is followed by attention (a ViT's only convolution is its patch embedding): pass layer=."""
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
     if not convs:
         raise ConfigError(f"Grad-CAM needs a convolutional layer, and {type(model).__name__} has no nn.Conv2d "
                           f"(choose saliency, smoothgrad or integrated_gradients)")
     if images is None:
+        modules = list(model.modules())
+        _refuse_attention_after(modules.index(convs[-1]), modules)
         return convs[-1]
-    order = []
-    hooks = [m.register_forward_hook(lambda module, inputs, output: order.append(module)) for m in convs]
+    runs = []  # (module, output shape or None), in the order the modules finish
+    hooks = [m.register_forward_hook(lambda module, inputs, output: runs.append(
+        (module, tuple(output.shape) if isinstance(output, Tensor) else None))) for m in model.modules()]
     try:
         with attack_mode(model), torch.no_grad():
             model(autograd_ready(images[:1]))
     finally:
         for hook in hooks:
             hook.remove()
-    return order[-1] if order else convs[-1]
+    first_conv = next(i for i, (m, _) in enumerate(runs) if isinstance(m, nn.Conv2d))
+    stages = [(i, shape) for i, (m, shape) in enumerate(runs) if i >= first_conv and shape is not None
+              and len(shape) == 4 and "Pool" not in type(m).__name__]
+    spatial = [i for i, shape in stages if shape[2] * shape[3] > 1]
+    chosen = (spatial or [i for i, _ in stages])[-1]
+    _refuse_attention_after(chosen, [m for m, _ in runs])
+    return runs[chosen][0]
+
+
+def _refuse_attention_after(index: int, modules: list) -> None:
+    if any(_is_attention(m) for m in modules[index + 1:]):
+        raise ConfigError("Grad-CAM needs convolutional feature maps at the end of the network, and this model's "
+                          "last convolution is followed by attention (a ViT's patch embedding): choose saliency, "
+                          "smoothgrad or integrated_gradients, or pass the layer to explain as layer=")
+
+
+def _is_attention(module: nn.Module) -> bool:
+    return isinstance(module, nn.MultiheadAttention) or "Attention" in type(module).__name__
+
+
+last_conv_layer = gradcam_layer  # the name the first version had
 
 
 class Explainer:
@@ -61,7 +88,8 @@ class Explainer:
     saliency              Saliency (|input gradient|, Simonyan et al. 2014)
     smoothgrad            NoiseTunnel(Saliency), `samples` draws of Gaussian noise with sd `noise` in pixel units
     integrated_gradients  IntegratedGradients from a constant `baseline` image in `steps` steps
-    gradcam               LayerGradCam on `layer` (an nn.Module or a dotted name; default the last conv layer run)
+    gradcam               LayerGradCam on `layer` (an nn.Module or a dotted name; default `gradcam_layer`: the
+                          output of the last convolutional stage), ReLU'd and upsampled bilinearly
 
     targets: integer class indices (N,), or None for the model's predicted class. A map explains one class, so
     multi-label targets (N, L) are refused: pass `explained_classes(model, images, y)` (the top-scoring label).
@@ -80,12 +108,12 @@ class Explainer:
         self.seed = int(seed)
         self.layer = _named_layer(model, layer) if layer is not None else None
         if method == "gradcam" and self.layer is None:
-            last_conv_layer(model)  # a model without a conv layer is refused now, not at the first call
+            gradcam_layer(model)  # a model without a conv stage is refused now, not at the first call
 
     def __repr__(self) -> str:
         options = {"saliency": "", "smoothgrad": f", samples={self.samples}, noise={self.noise:g}",
                    "integrated_gradients": f", steps={self.steps}, baseline={self.baseline:g}",
-                   "gradcam": f", layer={type(self.layer).__name__ if self.layer is not None else 'last conv'}"}
+                   "gradcam": f", layer={type(self.layer).__name__ if self.layer is not None else 'last conv stage'}"}
         return f"Explainer({self.method!r}{options[self.method]}, seed={self.seed})"
 
     def __call__(self, images: Tensor, targets: Optional[Tensor] = None) -> Tensor:
@@ -118,7 +146,7 @@ class Explainer:
         if self.method == "integrated_gradients":
             ig = IntegratedGradients(self.model)
             return ig.attribute(x, baselines=self.baseline, target=targets, n_steps=self.steps).abs().sum(1)
-        layer = self.layer if self.layer is not None else last_conv_layer(self.model, x)
+        layer = self.layer if self.layer is not None else gradcam_layer(self.model, x)
         cam = LayerGradCam(self.model, layer).attribute(x, target=targets, relu_attributions=True)
         return LayerAttribution.interpolate(cam, tuple(x.shape[2:]), "bilinear").sum(1).clamp_min(0)
 

@@ -189,3 +189,15 @@ def test_bad_input_is_one_config_error(trained):
         TopKAttack(model, "4/255")(x + 2, c)
     with torch.inference_mode(), pytest.raises(ConfigError, match="inference_mode"):
         TopKAttack(model, "4/255")(x, c)
+
+
+def test_a_vit_is_twice_differentiable_during_the_attack():
+    """Fused attention kernels have no second derivative: the attack runs attention on the math kernel."""
+    timm = pytest.importorskip("timm")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        vit = timm.create_model("test_vit", img_size=16, patch_size=4, in_chans=1, num_classes=2).eval()
+    x = torch.rand(2, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    result = TopKAttack(vit, "8/255", steps=2, k=8).run(x)
+    assert result.relus_replaced == 0 and "0 nn.ReLU" in result.describe()  # GELU is smooth already
+    assert (result.x_adv != x).any()

@@ -6,13 +6,18 @@ from torch import nn
 from attacks.explanation import input_gradient_map
 from conftest import MLP, SIZE
 from core.errors import ConfigError
-from explanations import METHODS, Explainer, explained_classes, last_conv_layer
-from lightning_modules.models import build_model
+from explanations import METHODS, Explainer, explained_classes, gradcam_layer
+from lightning_modules.models import ARCHITECTURES, build_model
 
 FAST = {"samples": 3, "steps": 4}
 
 
-@pytest.mark.parametrize("arch, size", [("small_cnn", 8), ("resnet18_28", 16), ("resnet18", 64), ("resnet50", 64)])
+def size_for(arch):
+    """Small images that leave Grad-CAM's stage a 2 x 2 grid at least."""
+    return 8 if arch.startswith("small") else 16 if arch.endswith("_28") else 64
+
+
+@pytest.mark.parametrize("arch, size", [(arch, size_for(arch)) for arch in ARCHITECTURES])
 def test_every_method_gives_one_nonnegative_map_per_image_for_every_architecture(arch, size):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -68,14 +73,32 @@ def test_integrated_gradients_are_complete(small_cnn):
                        torch.zeros_like(maps))
 
 
-def test_gradcam_uses_the_last_conv_layer_the_forward_runs(small_cnn):
+def test_gradcam_explains_the_last_convolutional_stage(small_cnn):
     model, x, y = small_cnn
-    assert last_conv_layer(model, x) is model[1].features[1][3]
+    assert gradcam_layer(model, x) is model[1].features
     resnet = build_model("resnet18_28", 1, 2)
-    assert last_conv_layer(resnet, torch.rand(1, 1, 8, 8)) is resnet[1].layer4[1].conv2
-    explicit = Explainer(model, "gradcam", layer="1.features.1.3")(x, y)
+    assert gradcam_layer(resnet, torch.rand(1, 1, 16, 16)) is resnet[1].layer4  # 2 x 2 at 16 px
+    assert gradcam_layer(resnet, torch.rand(1, 1, 8, 8)) is resnet[1].layer3  # layer4 is 1 x 1 at 8 px
+    explicit = Explainer(model, "gradcam", layer="1.features")(x, y)
     assert torch.equal(Explainer(model, "gradcam")(x, y), explicit)
-    assert not torch.equal(Explainer(model, "gradcam", layer="1.features.0.0")(x, y), explicit)
+    assert not torch.equal(Explainer(model, "gradcam", layer="1.features.0")(x, y), explicit)
+
+
+def test_timm_backbones_and_a_vit():
+    """A timm ResNet: every method; a ViT: the gradient methods, and Grad-CAM refused (its only convolution is the
+    patch embedding) unless a layer is named."""
+    pytest.importorskip("timm")
+    resnet = build_model("timm/test_resnet", 1, 2)
+    vit = build_model("timm/test_vit", 3, 3, model_kwargs={"img_size": 16, "patch_size": 4})
+    for model, x in ((resnet, torch.rand(2, 1, 32, 32)), (vit, torch.rand(2, 3, 16, 16))):
+        for method in METHODS:
+            if model is vit and method == "gradcam":
+                with pytest.raises(ConfigError, match="followed by attention"):
+                    Explainer(model, method)
+                maps = Explainer(model, method, layer="1.net.patch_embed.proj")(x)
+            else:
+                maps = Explainer(model, method, **FAST)(x)
+            assert maps.shape == (2, *x.shape[2:]) and maps.min() >= 0 and maps.flatten(1).std(1).min() > 0
 
 
 def test_explained_classes_for_indices_none_and_multi_label(small_cnn):
