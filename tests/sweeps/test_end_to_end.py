@@ -1,5 +1,7 @@
-"""Real sweeps on tiny synthetic data, as a user runs them: `run --workers 2`, `status`, `report`, `select`;
-and a worker SIGKILLed in the middle of real training, whose retry resumes from the trial's last.ckpt."""
+"""Real sweeps on tiny synthetic data, as a user runs them (in the default suite, about two minutes on two
+idle cores): `run --workers 2`, `status --json`, `report`, `select` with test-split intervals; and, on SQLite,
+a worker SIGKILLed in the middle of real training, whose retry resumes from the trial's last.ckpt. The
+pruner and Ctrl-C checks are slow-marked."""
 from __future__ import annotations
 
 import csv
@@ -13,42 +15,62 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.runs import checkpoint_epoch
 from sweeps import study as studies
 from sweeps.spec import load_spec
 
 from sweep_helpers import REPO, sweeps
 
-pytestmark = pytest.mark.slow
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """`python -m sweeps ARGS` in this process (status, report and select start no workers)."""
+    from sweeps.cli import main
+
+    code = main([str(a) for a in args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
 
 
-def test_run_status_report_select(tiny_sweep, tmp_path):
-    path = tiny_sweep(epsilon=[0, "4/255"], seeds=[0, 1])
+def test_run_status_report_select(tiny_sweep, tmp_path, capsys):
+    corruptions = {"trainer.callbacks.init_args.corruption_report": True,  # run builds the MedMNIST-C cache first
+                   "trainer.callbacks.init_args.corruptions": ["pixelate"],
+                   "trainer.callbacks.init_args.corruption_cache": str(tmp_path / "medmnist-c")}
+    path = tiny_sweep(epsilon=[0, "4/255"], seeds=[0], overrides=corruptions)
     result = sweeps("run", path, "--workers", "2")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert result.stdout.count(" COMPLETE: ") == 4 and "4/4 points done" in result.stdout
+    assert "building the cache" in result.stdout and list((tmp_path / "medmnist-c").rglob("*pixelate*"))
+    assert result.stdout.count(" COMPLETE: ") == 2 and "2/2 points done" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr  # nothing failed, so no traceback
+    logs = sorted((load_spec(path).study_dir / "workers").glob("worker_*.log"))
+    assert len(logs) == 2 and sum("COMPLETE" in log.read_text() for log in logs) >= 1
+    for log in logs:  # known third-party noise is filtered (core.quiet)
+        assert "litlogger" not in log.read_text() and "LightningCLI's args" not in log.read_text()
 
-    status = json.loads(sweeps("status", path, "--json").stdout)
-    assert status["counts"]["done"] == 4 and status["counts"]["trials"] == 4
+    code, out, _ = cli(capsys, "status", path, "--json")
+    assert code == 0
+    status = json.loads(out)
+    assert status["counts"]["done"] == 2 and status["counts"]["trials"] == 2
     for trial in status["trials"]:
         assert trial["state"] == "COMPLETE" and len(trial["values"]) == 2
         assert Path(trial["run_dir"]).name == f"trial_{trial['number']}"
         assert list(Path(trial["run_dir"]).glob("checkpoints/best-*.robustness.json"))
     trials = studies.load(load_spec(path)).trials
     assert all(t.user_attrs["test"]["test/adv_bacc@4_255"] >= 0 and "val/clean_bacc" in t.user_attrs["val"] for t in trials)
+    assert all("test/corr_bacc" in t.user_attrs["test"] for t in trials)
 
     out = tmp_path / "report"
-    result = sweeps("report", path, "--out", out)
-    assert result.returncode == 0, result.stderr
-    assert "| train epsilon |" in result.stdout and (out / "curve.png").stat().st_size > 0 and (out / "pareto.png").exists()
+    code, text, err = cli(capsys, "report", path, "--out", out)
+    assert code == 0, err
+    assert "| train epsilon |" in text and (out / "curve.png").stat().st_size > 0 and (out / "pareto.png").exists()
     rows = list(csv.DictReader(open(out / "curve.csv")))
-    assert [r["epsilon_label"] for r in rows] == ["0", "4/255"] and [r["seeds"] for r in rows] == ["2", "2"]
+    assert [r["epsilon_label"] for r in rows] == ["0", "4/255"] and [r["seeds"] for r in rows] == ["1", "1"]
     assert {"val/clean_bacc", "test/clean_bacc", "val/adv_bacc@4_255", "test/adv_bacc@4_255"} <= set(rows[0])
 
     choice_file = tmp_path / "choice.json"
-    result = sweeps("select", path, "--min", "clean_bacc=0", "--maximize", "adv_bacc@4/255", "--bootstrap", "200",
-                    "--json", choice_file)
-    assert result.returncode == 0, result.stderr
-    assert "chosen training epsilon:" in result.stdout and "95% bootstrap" in result.stdout
+    code, text, err = cli(capsys, "select", path, "--min", "clean_bacc=0", "--maximize", "adv_bacc@4/255",
+                          "--bootstrap", "200", "--json", choice_file)
+    assert code == 0, err
+    assert "chosen training epsilon:" in text and "95% bootstrap" in text
     choice = json.loads(choice_file.read_text())
     for key, ci in choice["test_intervals"].items():
         assert ci["low"] <= ci["value"] <= ci["high"], key
@@ -58,12 +80,13 @@ def test_run_status_report_select(tiny_sweep, tmp_path):
     assert Path(choice["checkpoint"]).is_file()
     assert list(Path(choice["checkpoint"]).parent.glob("*.test-predictions.pt"))  # cached for the next select
 
-    result = sweeps("select", path, "--min", "clean_bacc=1.01")
-    assert result.returncode == 1 and "no training epsilon meets the constraints" in result.stdout
+    code, text, _ = cli(capsys, "select", path, "--min", "clean_bacc=1.01")
+    assert code == 1 and "no training epsilon meets the constraints" in text
 
 
-def test_sigkilled_worker_resumes_its_trial_from_last_ckpt(tiny_sweep):
-    path = tiny_sweep(epsilon=["4/255"], seeds=[0], overrides={"trainer.max_epochs": 6})
+def test_sigkilled_worker_resumes_its_trial_from_last_ckpt_on_sqlite(tiny_sweep, tmp_path):
+    path = tiny_sweep(epsilon=["4/255"], seeds=[0], overrides={"trainer.max_epochs": 4},
+                      storage=f"sqlite:///{tmp_path / 'runs' / 'tiny.db'}")
     spec = load_spec(path)
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "MEDROBUST_THREADS": "1"}
     worker = subprocess.Popen([sys.executable, "-m", "sweeps", "worker", str(path)], cwd=REPO, env=env,
@@ -71,12 +94,13 @@ def test_sigkilled_worker_resumes_its_trial_from_last_ckpt(tiny_sweep):
     last = spec.study_dir / "trial_0" / "checkpoints" / "last.ckpt"
     deadline = time.time() + 300
     while time.time() < deadline and worker.poll() is None:
-        if last.exists() and list(last.parent.glob("best-epoch=001*.ckpt")):
+        if last.exists() and (checkpoint_epoch(last) or 0) >= 1:
             break
-        time.sleep(0.2)
+        time.sleep(0.5)
     assert worker.poll() is None, "the trial finished before it could be killed"
     worker.send_signal(signal.SIGKILL)
     worker.wait()
+    assert checkpoint_epoch(last) in (1, 2)
 
     result = sweeps("run", path)  # the same command again
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -90,12 +114,13 @@ def test_sigkilled_worker_resumes_its_trial_from_last_ckpt(tiny_sweep):
     from evaluation.runs import logged_epochs
 
     epochs = logged_epochs(spec.study_dir / "trial_0")
-    assert [int(e["epoch"]) for e in epochs if "val/clean_bacc" in e] == list(range(6))
+    assert [int(e["epoch"]) for e in epochs if "val/clean_bacc" in e] == list(range(4))
     best = max((e for e in epochs if "val/clean_bacc" in e), key=lambda e: e["val/clean_bacc"])
     assert retry.user_attrs["val"]["val/clean_bacc"] == pytest.approx(best["val/clean_bacc"])
     assert retry.values[0] == pytest.approx(best["val/clean_bacc"])
 
 
+@pytest.mark.slow
 def test_single_objective_sampler_sweep_reports_to_the_pruner(tiny_sweep):
     """optuna-integration's Lightning pruning callback works with lightning 2.6: every epoch's objective
     reaches the trial's intermediate values (what the median pruner compares)."""
@@ -110,6 +135,7 @@ def test_single_objective_sampler_sweep_reports_to_the_pruner(tiny_sweep):
         assert t.values[0] == pytest.approx(t.user_attrs["val"]["val/adv_bacc@4_255"])
 
 
+@pytest.mark.slow
 def test_ctrl_c_fails_the_running_trial_and_the_next_run_resumes_it(tiny_sweep):
     path = tiny_sweep(epsilon=["4/255"], seeds=[0], overrides={"trainer.max_epochs": 6})
     spec = load_spec(path)

@@ -125,6 +125,11 @@ def test_two_workers_on_postgresql_run_every_point_once(tiny_sweep, fresh_databa
         finish(proc)
     done = complete_points(spec)
     assert len(done) == 6 and set(done.values()) == {1}
+    trials = studies.load(spec).trials  # every trial counted: six, each COMPLETE, none a skipped duplicate
+    assert len(trials) == 6 and [t.state.name for t in trials] == ["COMPLETE"] * 6
+    assert not [t for t in trials if studies.is_skipped(t)]
+    assert sorted((round(t.params["epsilon"] * 255), t.params["seed"]) for t in trials) == [
+        (e, s) for e in range(3) for s in range(2)]
 
 
 def test_a_point_that_always_fails_is_tried_max_retries_plus_one_times_then_reported_failed(tiny_sweep, capsys):
