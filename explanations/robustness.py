@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from attacks.explanation import TargetedManipulation, TopKAttack, input_gradient_map
+from attacks.explanation import TargetedManipulation, TopKAttack, input_gradient_map, topk_count
 from attacks.gradient import attack_mode, autograd_ready
 from attacks.threat_model import parse_epsilon, parse_norm
 from core.checks import positive_int
@@ -43,6 +43,7 @@ def explanation_robustness(model: nn.Module, images: Tensor, targets: Optional[T
     norm = parse_norm(norm)
     epsilon = parse_epsilon(epsilon, norm)
     samples = positive_int("samples", samples)
+    topk_count(k, images[0, 0].numel() if images.ndim == 4 else 1)  # a bad k fails before any work
     if multilabel is None:
         multilabel = targets is not None and targets.is_floating_point() and targets.ndim == 2
     explainer = Explainer(model, method, seed=seed, **(explainer_options or {}))
