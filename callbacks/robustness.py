@@ -20,6 +20,7 @@ from attacks.autoattack import AUTOATTACK_ATTACKS, attack_plan, run_autoattack
 from attacks.threat_model import epsilon_label, format_epsilon, parse_epsilon, parse_norm
 from evaluation.scoring import evaluate
 from lightning_modules.metrics import metric_key
+from lightning_modules.calibration import CONFIDENCE_METRICS, DEFAULT_BINS, ConfidenceMetrics
 from evaluation.corruption_scores import format_table
 from evaluation.corruption import CorruptionEvaluation
 from core.files import write_json_atomic
@@ -70,6 +71,8 @@ class RobustnessCallback(Callback):
         explanation_k: Union[int, float] = 0.1,
         explanation_test_samples: Optional[int] = 200,
         explanation_test_steps: int = 20,
+        confidence: bool = True,
+        confidence_bins: int = DEFAULT_BINS,
     ):
         """
         Args:
@@ -95,6 +98,11 @@ class RobustnessCallback(Callback):
                 `explanation_epsilons` (the callback's norm). Off by default; cheap when on (bench: callback).
             explanation_report: add the same measures on `explanation_test_samples` test images (None: all), with
                 `explanation_test_steps` attack steps, to the test report (`test/expl_topk@4_255`, ...).
+            confidence: confidence and calibration (lightning_modules.calibration: `conf`, `ece` with
+                `confidence_bins` bins, `nll`, `brier`, each also `_correct` / `_wrong`) of every set the callback
+                scores, from the probabilities it already has (no extra forward pass): `val/clean_ece@subset`,
+                `val/adv_ece@4_255` (on the early-stopped per-epoch attack), `val/corr_ece`, `test/clean_ece`,
+                `test/adv_ece@4_255`, `test/aa_ece@4_255`, `test/corr_ece`, ... and in the report's sections.
         """
         super().__init__()
         self.norm = parse_norm(norm)
@@ -118,6 +126,7 @@ class RobustnessCallback(Callback):
         self._init_explanations(explanation_epoch, explanation_report, explanation_method, explanation_samples,
                                 explanation_epsilons, explanation_steps, explanation_k, explanation_test_samples,
                                 explanation_test_steps)
+        self.confidence, self.confidence_bins = bool(confidence), positive_int("confidence_bins", confidence_bins)
         self.report: Optional[dict] = None
         self.report_path: Optional[Path] = None
 
@@ -161,6 +170,8 @@ class RobustnessCallback(Callback):
             test.add(metric_key("test", "clean", "bacc", "roundtrip"))
         val.update(self._explanation_keys("val") if self.explanation_epoch else ())
         test.update(self._explanation_keys("test") if self.explanation_report else ())
+        for stage, keys in self._confidence_keys().items():
+            (val if stage == "val" else test).update(keys)
         return {"val": val, "test": test}
 
     # ---- per-epoch validation check ------------------------------------------------------------
@@ -172,17 +183,20 @@ class RobustnessCallback(Callback):
         images, targets = split.images[index], split.targets[index]
         logged = {}
         with torch.inference_mode(False):
-            clean = self._score(pl_module, images, targets, None)
+            clean = self._score(pl_module, images, targets, None, confidence=True)
             logged[metric_key("val", "clean", "bacc", "subset")] = clean["bacc"]
+            logged.update(self._confidence_logged("val", "clean", clean, "subset"))
             for eps in self.epsilons:
                 # accuracy only: stopping at each example's first success gives the same numbers for less work
                 attack = PGD(pl_module, eps, steps=self.val_steps, norm=self.norm, seed=self.seed, early_stop=True)
-                adv = self._score(pl_module, images, targets, attack)
+                adv = self._score(pl_module, images, targets, attack, confidence=True)
                 logged[metric_key("val", "adv", "bacc", eps)] = adv["bacc"]
                 logged[metric_key("val", "adv", "acc", eps)] = adv["acc"]
+                logged.update(self._confidence_logged("val", "adv", adv, eps))
             if self.corruption_epoch:
                 dm = self._datamodule(trainer)
-                logged.update(self.corruption.epoch_metrics(pl_module, dm, trainer.global_rank, trainer.world_size))
+                logged.update(self.corruption.epoch_metrics(pl_module, dm, trainer.global_rank, trainer.world_size,
+                                                            self.confidence_bins if self.confidence else None))
             if self.explanation_epoch:
                 logged.update(self._explanation_epoch_metrics(pl_module, split))
         for key, value in logged.items():
@@ -207,17 +221,18 @@ class RobustnessCallback(Callback):
             "versions": package_versions(),
         }
         with torch.inference_mode(False):
-            report["clean"] = self._score(pl_module, images, targets, None)
+            report["clean"] = self._score(pl_module, images, targets, None, confidence=True)
             report["pgd"], report["autoattack"] = {}, {}
             for eps in self.epsilons:
                 label = epsilon_label(eps)
                 attack = PGD(pl_module, eps, steps=self.test_steps, restarts=self.test_restarts, norm=self.norm, seed=self.seed)
-                scores = self._score(pl_module, images, targets, attack, progress=f"PGD-{self.test_steps} eps={format_epsilon(eps)}")
+                scores = self._score(pl_module, images, targets, attack, progress=f"PGD-{self.test_steps} eps={format_epsilon(eps)}",
+                                     confidence=True)
                 report["pgd"][label] = {**scores, "epsilon": eps, "attack": repr(attack)}
                 if self.autoattack:
                     report["autoattack"][label] = self._autoattack(pl_module, dm, split, eps, trainer)
             if self.corruption_report and trainer.is_global_zero:
-                table = self.corruption.test_table(pl_module, dm)
+                table = self.corruption.test_table(pl_module, dm, self.confidence_bins if self.confidence else None)
                 report["corruptions"] = table.to_dict()
                 rank_zero_info(f"MedMNIST-C ({table.protocol}, {dm.flag} at {dm.size} px):\n{format_table(table)}")
                 for metric, value in (("bacc", table.mean_bacc), ("be", table.mean_be), ("rbe", table.mean_rbe)):
@@ -232,6 +247,7 @@ class RobustnessCallback(Callback):
             for scores in report[section].values():
                 for metric in ("bacc", "acc"):
                     pl_module.log(metric_key("test", kind, metric, scores["epsilon"]), scores[metric], rank_zero_only=True)
+        self._log_confidence(pl_module, report)
         self.report = report
         if trainer.is_global_zero:
             path = self._report_path(trainer)
@@ -335,12 +351,52 @@ class RobustnessCallback(Callback):
             batch_size=self.batch_size, n_queries_square=self.square_queries,
         )
         clean = self._score(pl_module, x, y, None)
-        scores = self._score(pl_module, x_adv, y, None)
+        scores = self._score(pl_module, x_adv, y, None, confidence=True)
         return {**scores, "clean_bacc_same_examples": clean["bacc"], "epsilon": eps, "info": info}
 
-    def _score(self, pl_module, images, targets, attack, progress: Optional[str] = None) -> dict[str, float]:
-        return evaluate(pl_module, images, targets, pl_module.task, pl_module.hparams.num_classes, attack=attack,
-                        batch_size=self.batch_size, progress=progress)
+    def _score(self, pl_module, images, targets, attack, progress: Optional[str] = None,
+               confidence: bool = False) -> dict[str, float]:
+        """bacc, acc, auroc; with `confidence` (and the callback's `confidence` on) also the confidence measures of
+        the same probabilities."""
+        meter = ConfidenceMetrics(pl_module.task, self.confidence_bins) if confidence and self.confidence else None
+        scores = evaluate(pl_module, images, targets, pl_module.task, pl_module.hparams.num_classes, attack=attack,
+                          batch_size=self.batch_size, progress=progress, confidence=meter)
+        return scores if meter is None else {**scores, **meter.compute()}
+
+    # ---- confidence and calibration (lightning_modules.calibration; no forward pass of its own) ------------------
+    def _confidence_keys(self) -> dict[str, set[str]]:
+        """{'val': keys, 'test': keys} of the confidence measures this callback logs."""
+        if not self.confidence:
+            return {"val": set(), "test": set()}
+        val = [("clean", "subset")] + [("adv", eps) for eps in self.epsilons]
+        test = [("clean", None)] + [("adv", eps) for eps in self.epsilons]
+        test += [("aa", eps) for eps in self.epsilons] if self.autoattack else []
+        val += [("corr", None)] if self.corruption_epoch else []
+        test += [("corr", None)] if self.corruption_report else []
+        return {stage: {metric_key(stage, kind, name, condition) for kind, condition in sets for name in CONFIDENCE_METRICS}
+                for stage, sets in (("val", val), ("test", test))}
+
+    def _confidence_logged(self, stage: str, kind: str, scores: dict, condition=None) -> dict[str, float]:
+        """The confidence measures in `scores` under their metric keys ({} when confidence is off)."""
+        if not self.confidence:
+            return {}
+        return {metric_key(stage, kind, name, condition): scores[name] for name in CONFIDENCE_METRICS}
+
+    def _log_confidence(self, pl_module, report: dict) -> None:
+        """Logs `test/clean_ece`, `test/adv_ece@eps`, `test/aa_ece@eps`, `test/corr_ece`, ... from the report."""
+        if not self.confidence:
+            return
+        report["confidence"] = {"bins": self.confidence_bins, "measures": list(CONFIDENCE_METRICS),
+                                "definitions": "lightning_modules.calibration (top-label ECE by torchmetrics)"}
+        logged = self._confidence_logged("test", "clean", report["clean"])
+        for kind, section in (("adv", "pgd"), ("aa", "autoattack")):
+            for scores in report[section].values():
+                logged.update(self._confidence_logged("test", kind, scores, scores["epsilon"]))
+        pooled = (report.get("corruptions") or {}).get("confidence") or {}
+        if "all" in pooled:
+            logged.update(self._confidence_logged("test", "corr", pooled["all"]))
+        for key, value in logged.items():
+            pl_module.log(key, value, rank_zero_only=True)
 
     @staticmethod
     def _datamodule(trainer: L.Trainer):

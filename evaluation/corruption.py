@@ -11,6 +11,7 @@ from datamodules.medmnist_c import DEFAULT_CACHE, corrupt_chunk, corruption_name
 from datamodules.tensors import fixed_subset, to_channels_first
 from evaluation.corruption_scores import CorruptionScores, corruption_scores
 from evaluation.scoring import evaluate
+from lightning_modules.calibration import CONFIDENCE_METRICS, ConfidenceMetrics
 from lightning_modules.metrics import metric_key
 
 
@@ -53,23 +54,30 @@ class CorruptionEvaluation:
             self._val = images, split.targets[index]
         return self._val
 
-    def epoch_metrics(self, pl_module, dm, rank: int = 0, world_size: int = 1) -> dict[str, float]:
-        """`val/corr_bacc` (mean over the chosen corruptions and severities) and `val/corr_bacc@<corruption>`."""
+    def epoch_metrics(self, pl_module, dm, rank: int = 0, world_size: int = 1,
+                      confidence_bins: Optional[int] = None) -> dict[str, float]:
+        """`val/corr_bacc` (mean over the chosen corruptions and severities) and `val/corr_bacc@<corruption>`; with
+        `confidence_bins`, also `val/corr_conf`, `val/corr_ece`, ... (lightning_modules.calibration) over all the
+        corrupted predictions pooled, from the same probabilities."""
         images, targets = self._validation_set(dm)
         shard = slice(rank, None, world_size)
         per_corruption: dict[str, list[float]] = {}
+        confidence = None if confidence_bins is None else ConfidenceMetrics(dm.task, confidence_bins)
         for (name, _), x in images.items():
-            scores = evaluate(pl_module, x[shard], targets[shard], dm.task, dm.num_classes)
+            scores = evaluate(pl_module, x[shard], targets[shard], dm.task, dm.num_classes, confidence=confidence)
             per_corruption.setdefault(name, []).append(scores["bacc"])
         logged = {metric_key("val", "corr", "bacc", name): float(np.mean(v)) for name, v in per_corruption.items()}
         logged[metric_key("val", "corr", "bacc")] = float(np.mean(list(logged.values())))
+        if confidence is not None:
+            measured = confidence.compute()
+            logged.update({metric_key("val", "corr", name): measured[name] for name in CONFIDENCE_METRICS})
         return logged
 
-    def test_table(self, pl_module, dm) -> CorruptionScores:
+    def test_table(self, pl_module, dm, confidence_bins: Optional[int] = None) -> CorruptionScores:
         """Balanced accuracy per corruption (the chosen ones; default all) and severity, BE and rBE on the whole
-        MedMNIST-C test set."""
+        MedMNIST-C test set; with `confidence_bins`, the corrupted predictions' confidence and calibration too."""
         corrupted = load_corrupted(
             dm.flag, dm.size, dm.root, self.cache, seed=self.seed, as_rgb=dm.hparams.as_rgb,
             corruptions=self.corruptions, workers=self.workers, verify=dm.hparams.verify_md5,
         )
-        return corruption_scores(pl_module, corrupted)
+        return corruption_scores(pl_module, corrupted, confidence_bins=confidence_bins)

@@ -24,6 +24,7 @@ import torch
 from core.errors import ConfigError, DataError
 from datamodules.info import BINARY, MULTILABEL, DatasetInfo
 from evaluation.scoring import predict as predict_probabilities
+from lightning_modules.calibration import confidence_measures
 from lightning_modules.metrics import DEFAULT_THRESHOLD, task_balanced_accuracy
 
 
@@ -45,6 +46,9 @@ class CorruptionScores:
     mean_bacc: float  # mean corrupted balanced accuracy over corruptions
     mean_be: float
     mean_rbe: float
+    # confidence and calibration (lightning_modules.calibration) of the corrupted predictions, when asked for:
+    # {'all': pooled over corruptions and severities, 'per_corruption': {c: ...}, 'per_severity': {s: ...}}
+    confidence: dict | None = None
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict (for loggers and result files)."""
@@ -63,11 +67,13 @@ def scores_from_probabilities(info: DatasetInfo, labels: np.ndarray, clean_proba
                               corrupted_probabilities: Mapping[str, np.ndarray], *, protocol: str, size: int,
                               clean_labels: np.ndarray | None = None, severities: Sequence[int] = (1, 2, 3, 4, 5),
                               threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
-                              roundtrip_probabilities: np.ndarray | None = None) -> CorruptionScores:
+                              roundtrip_probabilities: np.ndarray | None = None,
+                              confidence_bins: int | None = None) -> CorruptionScores:
     """The table from probabilities: clean N x C, and per corruption (len(severities) * N) x C stacked
     severity-major (medmnistc's `Evaluator.evaluate` input); `labels` are MedMNIST's N x 1 or N x L, and
     `clean_labels` default to them. With `roundtrip_probabilities` (N x C, the round-tripped clean images,
-    scored against `labels`) rBE subtracts their error instead of the clean one."""
+    scored against `labels`) rBE subtracts their error instead of the clean one. With `confidence_bins` the
+    table also carries the corrupted predictions' confidence and calibration (ECE with that many bins)."""
     labels = _as_2d(labels)
     n, baseline = len(labels), _alexnet(info.flag)
     clean_labels = labels if clean_labels is None else _as_2d(clean_labels)
@@ -88,10 +94,33 @@ def scores_from_probabilities(info: DatasetInfo, labels: np.ndarray, clean_proba
         be[corruption] = error / alexnet_error
         rbe[corruption] = (error - (1.0 - reference_bacc)) / (alexnet_error - baseline["clean_score"])
     corruption_bacc = {c: float(np.mean(v)) for c, v in bacc.items()}
+    confidence = None if confidence_bins is None else \
+        _confidence(info.task, labels, corrupted_probabilities, severities, confidence_bins)
     return CorruptionScores(info.flag, protocol, int(size), tuple(severities), clean_bacc, roundtrip_bacc,
                             "clean" if roundtrip_bacc is None else "roundtrip", bacc, corruption_bacc,
                             be, rbe, float(np.mean(list(corruption_bacc.values()))),
-                            float(np.mean(list(be.values()))), float(np.mean(list(rbe.values()))))
+                            float(np.mean(list(be.values()))), float(np.mean(list(rbe.values()))), confidence)
+
+
+def _confidence(task: str, labels: np.ndarray, corrupted: Mapping[str, np.ndarray], severities: Sequence[int],
+                bins: int) -> dict:
+    """Confidence and calibration of the corrupted predictions: pooled, per corruption and per severity."""
+    n, stacks = len(labels), {c: np.asarray(p) for c, p in corrupted.items()}
+    if not stacks:
+        return {}
+    tiled = np.concatenate([labels] * len(severities))
+
+    def measures(probabilities, targets):
+        return confidence_measures(probabilities, targets, task, bins)
+
+    return {
+        "all": measures(np.concatenate(list(stacks.values())), np.concatenate([tiled] * len(stacks))),
+        "per_corruption": {c: measures(p, tiled) for c, p in stacks.items()},
+        "per_severity": {str(s): measures(np.concatenate([p[i * n:(i + 1) * n] for p in stacks.values()]),
+                                          np.concatenate([labels] * len(stacks)))
+                         for i, s in enumerate(severities)},
+        "bins": bins,
+    }
 
 
 def _as_2d(labels) -> np.ndarray:
@@ -101,7 +130,8 @@ def _as_2d(labels) -> np.ndarray:
 
 def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.Tensor | None = None,
                       clean_labels: np.ndarray | torch.Tensor | None = None, batch_size: int = 512,
-                      threshold: float | Sequence[float] = DEFAULT_THRESHOLD) -> CorruptionScores:
+                      threshold: float | Sequence[float] = DEFAULT_THRESHOLD,
+                      confidence_bins: int | None = None) -> CorruptionScores:
     """Score `model` (images in [0, 1] -> logits) on a `CorruptedTestSet`; the clean error comes from the set's own
     clean images unless `clean_images`/`clean_labels` (uint8 N x C x H x W, MedMNIST N x L labels) are given, and
     rBE's reference from the set's round-tripped clean images when it has them."""
@@ -120,7 +150,8 @@ def corruption_scores(model: torch.nn.Module, corrupted, *, clean_images: torch.
     return scores_from_probabilities(info, labels, clean_probabilities, stacked, clean_labels=clean_labels,
                                      protocol=corrupted.protocol, size=corrupted.size,
                                      severities=corrupted.severities, threshold=threshold,
-                                     roundtrip_probabilities=None if roundtrip is None else predict(roundtrip))
+                                     roundtrip_probabilities=None if roundtrip is None else predict(roundtrip),
+                                     confidence_bins=confidence_bins)
 
 
 def format_table(result: CorruptionScores, digits: int = 3) -> str:

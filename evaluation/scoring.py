@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from core.checks import positive_int
 from core.errors import ConfigError
 from datamodules.tensors import to_unit_range
+from lightning_modules.calibration import ConfidenceMetrics
 from lightning_modules.metrics import make_metrics, probabilities
 
 Attack = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -78,13 +79,18 @@ def evaluate(
     attack: Optional[Attack] = None,
     batch_size: int = 256,
     progress: Optional[str] = None,
+    confidence: Optional[ConfidenceMetrics] = None,
 ) -> dict[str, float]:
     """{'bacc', 'acc', 'auroc'} of `model` on images (uint8 or [0, 1] floats), attacked if `attack` is given.
 
     Metrics are torchmetrics objects: under DDP each rank passes its shard and `compute` reduces them.
+    `confidence` (a `lightning_modules.calibration.ConfidenceMetrics`) is fed the same probabilities: confidence
+    and calibration at no extra forward pass.
     """
     probs = predict(model, images, task, num_classes, attack, targets, batch_size, progress)
     metrics = make_metrics(task, num_classes)
     targets = targets.cpu()
+    if confidence is not None:
+        confidence.update(probs, targets)
     metrics.update(probs, targets.long() if targets.is_floating_point() else targets)
     return {name: float(value) for name, value in metrics.compute().items()}

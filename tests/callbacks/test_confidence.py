@@ -1,0 +1,130 @@
+"""Confidence and calibration in the RobustnessCallback: per-epoch keys, test-report sections, the keys it says it
+logs, and no extra forward pass (counted images through the model, confidence on against off)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+
+import lightning as L
+import pytest
+import torch
+
+from callbacks.robustness import RobustnessCallback
+from evaluation.scoring import predict
+from lightning_modules.calibration import CONFIDENCE_METRICS, confidence_measures
+
+
+@contextlib.contextmanager
+def counted(model):
+    """Counts the images that go through `model`'s forward (clean scoring, every attack step, the test loop)."""
+    seen = []
+    handle = model.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+def _trainer(callback, tmp_path):
+    return L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
+                     default_root_dir=str(tmp_path), accelerator="cpu")
+
+
+def _settings(tmp_path, **kwargs):
+    return dict(epsilons=["4/255"], val_samples=48, val_steps=3, test_steps=3, test_restarts=1, autoattack_samples=16,
+                autoattack_attacks=["apgd-ce"], corruptions=["brightness_down"], corruption_severities=[1, 5],
+                corruption_val_samples=16, corruption_cache=str(tmp_path / "cache"), **kwargs)
+
+
+def test_every_epoch_logs_the_measures_it_lists_for_clean_adversarial_and_corrupted(tiny_erm, tmp_path):
+    model, dm = tiny_erm.model, tiny_erm.datamodule
+    callback = RobustnessCallback(**_settings(tmp_path))
+    trainer = _trainer(callback, tmp_path)
+    trainer.validate(model, datamodule=dm, verbose=False)
+    logged = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    keys = callback.logged_keys(dm)
+    expected = {f"val/{kind}_{name}{at}" for kind, at in (("clean", "@subset"), ("adv", "@4_255"), ("corr", ""))
+                for name in CONFIDENCE_METRICS}
+    assert expected <= keys["val"] and expected <= set(logged)
+    assert {"val/adv_ece@4_255", "val/corr_conf", "val/clean_nll@subset"} <= keys["val"]
+    assert set(logged) - {"val/clean_bacc", "val/clean_loss", "val/clean_acc", "val/clean_auroc"} <= keys["val"]
+    assert 0.5 <= logged["val/clean_conf@subset"] <= 1 and 0 <= logged["val/adv_ece@4_255"] <= 1
+    # the attack lowers the confidence in the true class: the NLL rises
+    assert logged["val/adv_nll@4_255"] > logged["val/clean_nll@subset"]
+    off = RobustnessCallback(**_settings(tmp_path, confidence=False)).logged_keys(dm)
+    assert not any(k.split("/")[1].split("@")[0].endswith(("_conf", "_ece", "_nll", "_brier"))
+                   for k in off["val"] | off["test"])
+    assert keys["val"] - off["val"] == expected
+
+
+def test_test_report_carries_the_measures_of_the_probabilities_it_scored(tiny_erm, tmp_path):
+    model, dm = tiny_erm.model, tiny_erm.datamodule
+    callback = RobustnessCallback(**_settings(tmp_path, autoattack=False))  # AutoAttack: see the next test
+    result = _trainer(callback, tmp_path).test(model, datamodule=dm, verbose=False)[0]
+    report = json.loads((tmp_path / "robustness.json").read_text())
+    split = dm.split("test")
+    probs = predict(model, split.images, dm.task, dm.num_classes)  # an independent scoring pass
+    expected = confidence_measures(probs, split.targets, dm.task)
+    for name in CONFIDENCE_METRICS:
+        if math.isnan(expected[name]):
+            assert math.isnan(report["clean"][name])
+        else:
+            assert report["clean"][name] == pytest.approx(expected[name], abs=1e-6), name
+    assert report["clean"]["n"] == 64 and report["confidence"]["bins"] == 15
+    test_keys = callback.logged_keys(dm)["test"]
+    for key in ("test/clean_ece", "test/adv_ece@4_255", "test/corr_conf", "test/corr_ece_wrong"):
+        assert key in test_keys and key in result, key
+    assert result["test/adv_ece@4_255"] == pytest.approx(report["pgd"]["4_255"]["ece"])
+    pooled = report["corruptions"]["confidence"]
+    assert result["test/corr_conf"] == pytest.approx(pooled["all"]["conf"])
+    assert pooled["all"]["n"] == 64 * 5  # one corruption, all five test severities
+    assert set(pooled["per_severity"]) == {"1", "2", "3", "4", "5"}
+    assert report["pgd"]["4_255"]["n_wrong"] >= report["clean"]["n_wrong"]
+    assert {k for k in result if k.startswith("test/")} - {"test/clean_bacc", "test/clean_acc", "test/clean_auroc",
+                                                          "test/clean_loss"} <= test_keys
+
+
+def test_autoattack_sections_are_logged_under_aa_keys_it_lists(tiny_erm, tmp_path):
+    """AutoAttack's scores pass through the same `_score` (so carry the measures); the logging of the report, with a
+    stand-in module and report instead of a 100 s AutoAttack run."""
+    callback = RobustnessCallback(**_settings(tmp_path))
+    measures = {name: 0.25 + i / 100 for i, name in enumerate(CONFIDENCE_METRICS)}
+    report = {"clean": measures, "pgd": {"4_255": {**measures, "epsilon": 4 / 255}},
+              "autoattack": {"4_255": {**measures, "epsilon": 4 / 255}}, "corruptions": {"confidence": {"all": measures}}}
+
+    class Module:
+        logged = {}
+
+        def log(self, key, value, **kwargs):
+            self.logged[key] = value
+
+    module = Module()
+    callback._log_confidence(module, report)
+    assert module.logged["test/aa_ece@4_255"] == measures["ece"] and module.logged["test/corr_brier"] == measures["brier"]
+    assert set(module.logged) <= callback.logged_keys(tiny_erm.datamodule)["test"]
+    assert len(module.logged) == 4 * len(CONFIDENCE_METRICS)
+
+
+def test_confidence_adds_no_forward_pass(tiny_erm, tmp_path):
+    """Counted images through the model, confidence on against off: equal for the per-epoch check (clean, PGD,
+    corrupted) and the test report (clean, PGD); AutoAttack's and the corrupted test table's measures come from the
+    same `_score` / from the table's probabilities (bench/confidence_cost.py counts those runs too)."""
+    model, dm = tiny_erm.model, tiny_erm.datamodule
+    counts = {}
+    for confidence in (True, False):
+        callback = RobustnessCallback(**_settings(tmp_path, confidence=confidence, corruption_report=False,
+                                                  autoattack=False))
+        with counted(model) as seen:
+            _trainer(callback, tmp_path / str(confidence)).validate(model, datamodule=dm, verbose=False)
+            _trainer(callback, tmp_path / str(confidence)).test(model, datamodule=dm, verbose=False)
+        counts[confidence] = (len(seen), sum(seen))
+    assert counts[True] == counts[False]
+    assert counts[True][1] > 10 * 64  # the count saw the attacks
+
+
+def test_bad_bins_are_a_config_error():
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="confidence_bins"):
+        RobustnessCallback(confidence_bins=0)
