@@ -101,6 +101,13 @@ class MedRobustCLI(LightningCLI):
             kwargs["logger"] = loggers
         return super().instantiate_trainer(**kwargs)
 
+    def before_fit(self) -> None:
+        """Callback settings that need the model and the data (say, explanation_k against the image size) fail here,
+        before the Trainer creates the run folder: nothing is written."""
+        for callback in self.trainer.callbacks:
+            if hasattr(callback, "check_settings"):
+                callback.check_settings(self.model, self.datamodule)
+
     def after_fit(self) -> None:
         if self.config.fit.get("test_after_fit") and not self.trainer.fast_dev_run:
             has_best = self.trainer.checkpoint_callback and self.trainer.checkpoint_callback.best_model_path

@@ -279,6 +279,11 @@ class RobustnessCallback(Callback):
             if not self.explanation_epsilons:
                 raise ConfigError("explanation_epsilons is empty: give at least one radius, e.g. [4/255]")
 
+    def check_settings(self, pl_module, dm) -> None:
+        """The settings checks that need the model and the DataModule, callable before the Trainer starts (train.py
+        calls it before fit, so a bad setting writes nothing); `setup` repeats them for other callers."""
+        self._check_explanations(pl_module, dm)
+
     def _check_explanations(self, pl_module, dm) -> None:
         """Explanation settings that depend on the model or the images fail before training."""
         if not (self.explanation_epoch or self.explanation_report):
