@@ -8,6 +8,7 @@ Figures (each a ratio of paired, interleaved repeats: the median with the range)
   medmnist_c  MedMNIST-C build, 2 workers vs 1 (goal >= 1.8x)
   sweep       quick sweep, 2 workers vs 1 (bench/sweep_scaling.py; goal <= 0.6x the time)
   gpu         ResNet-18 fp32 vs bf16 + channels_last (+ compile), matmul-peak share ("no GPU" without CUDA)
+  lora        LoRA PGD-AT / full fine-tuning of the same timm backbone: step time and peak memory (reported)
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from bench.common import DEFAULT_ROOT, Parser, existing_dir, figure, format_table, met_text, not_measured, run_main
 
-FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu")
+FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora")
 
 
 def machine() -> dict:
@@ -115,7 +116,7 @@ def sweep_rows(result: dict, threads: list[float]) -> list[dict]:
 
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:
     """Every requested figure; a benchmark that fails gives a row saying so, and the others still run."""
-    from bench import attack_speed, callback_cost, gpu, medmnist_c_build, overhead
+    from bench import attack_speed, callback_cost, gpu, lora_step, medmnist_c_build, overhead
 
     runners = {
         "data": lambda: data_figures(root, verify_md5, quick, smoke, workdir, log),
@@ -125,6 +126,7 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
         "medmnist_c": lambda: medmnist_c_build.run_figures(quick, workdir, smoke, log),
         "sweep": lambda: sweep_figures(quick, smoke, workdir, log),
         "gpu": lambda: gpu.run_figures(quick, log=log),
+        "lora": lambda: lora_step.run_figures(quick, smoke, log=log),
     }
     rows = []
     for name in names:

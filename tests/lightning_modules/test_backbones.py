@@ -1,7 +1,7 @@
 """timm backbones: normalisation from the backbone, weights files, fine-tuning modes (full, linear probe, LoRA via
 PEFT) with ERM and adversarial training, checkpoints that reload, and one-line errors through train.py.
 
-Random weights only (tests cannot download): small timm models (resnet10t, a 2-block ViT-Tiny at 28 px)."""
+Random weights only (tests cannot download): timm's own tiny test models (test_resnet, test_vit at 28 px)."""
 from pathlib import Path
 
 import pytest
@@ -17,9 +17,8 @@ pytest.importorskip("peft")
 
 import train  # noqa: E402
 
-RESNET = dict(arch="timm/resnet10t", in_channels=1, num_classes=2)
-VIT = dict(arch="timm/vit_tiny_patch16_224", in_channels=3, num_classes=3,
-           model_kwargs={"img_size": 28, "patch_size": 4, "depth": 2})
+RESNET = dict(arch="timm/test_resnet", in_channels=1, num_classes=2)
+VIT = dict(arch="timm/test_vit", in_channels=3, num_classes=3, model_kwargs={"img_size": 28, "patch_size": 4})
 
 
 def _logits(module, x):
@@ -30,8 +29,8 @@ def _logits(module, x):
 def test_normalization_is_the_backbones_own():
     import timm
 
-    model = ERM(arch="timm/resnet10t", in_channels=3, num_classes=2)
-    config = timm.data.resolve_data_config(model=timm.create_model("resnet10t"))
+    model = ERM(arch="timm/test_resnet", in_channels=3, num_classes=2)
+    config = timm.data.resolve_data_config(model=timm.create_model("test_resnet"))
     normalize = model.model[0]
     assert isinstance(normalize, Normalize)
     assert torch.allclose(normalize.mean.flatten(), torch.tensor(config["mean"]))
@@ -58,11 +57,11 @@ def test_weights_file_round_trips(tmp_path):
     torch.manual_seed(0)
     source = ERM(**RESNET)
     x = torch.rand(4, 1, 28, 28)
-    path = save_weights(source, tmp_path / "resnet10t.safetensors")
-    torch.save(source.model[1].net.state_dict(), tmp_path / "resnet10t.pt")
+    path = save_weights(source, tmp_path / "test_resnet.safetensors")
+    torch.save(source.model[1].net.state_dict(), tmp_path / "test_resnet.pt")
     torch.manual_seed(1)
     assert not torch.allclose(_logits(ERM(**RESNET), x), _logits(source, x))  # other random weights differ
-    for file in (path, tmp_path / "resnet10t.pt"):
+    for file in (path, tmp_path / "test_resnet.pt"):
         loaded = ERM(**RESNET, pretrained=str(file))
         assert torch.equal(_logits(loaded, x), _logits(source, x))
         assert str(file) in loaded.hparams.backbone
@@ -88,7 +87,7 @@ def test_a_file_with_the_published_class_count_gets_a_new_classifier(tmp_path):
     import timm
     from safetensors.torch import save_file
 
-    published = timm.create_model("resnet10t", num_classes=1000, in_chans=3)  # what an ImageNet file holds
+    published = timm.create_model("test_resnet", num_classes=1000, in_chans=3)  # what an ImageNet file holds
     save_file(published.state_dict(), str(tmp_path / "imagenet.safetensors"))
     model = ERM(**RESNET, pretrained=str(tmp_path / "imagenet.safetensors"))
     conv1 = published.conv1[0].weight.sum(1, keepdim=True)  # RGB filters summed for grey input
@@ -101,7 +100,7 @@ def test_only_trained_parameters_move_and_reach_the_optimizer(finetune, monkeypa
     from types import SimpleNamespace
 
     torch.manual_seed(0)
-    model = ERM(**RESNET, finetune=finetune, lr=0.05)
+    model = ERM(**RESNET, finetune=finetune, lora_rank=2, lr=0.05)
     monkeypatch.setattr(ERM, "trainer", property(lambda self: SimpleNamespace(max_epochs=1)))  # the schedule reads it
     before = {k: v.clone() for k, v in model.state_dict().items()}
     optimizer = model.configure_optimizers()["optimizer"]
@@ -122,7 +121,7 @@ def test_only_trained_parameters_move_and_reach_the_optimizer(finetune, monkeypa
         assert any("conv1" in k for k in moved) and any("running_mean" in k for k in moved)
     elif finetune == "linear":
         assert moved == head  # not even BatchNorm's running statistics: the backbone runs in eval mode
-        assert model.hparams.trainable_parameters == 2 * 512 + 2
+        assert model.hparams.trainable_parameters == 2 * model.model[1].net.num_features + 2
     else:
         assert {k for k in moved - head} and all("lora_" in k for k in moved - head)
         assert model.hparams.trainable_parameters < 0.1 * model.hparams.total_parameters
@@ -173,12 +172,12 @@ def test_lora_pgd_at_checkpoint_reloads_without_the_weights_file(tmp_path):
 
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(arch="timm/resnet_nosuch"), ConfigError, "unknown timm model 'timm/resnet_nosuch'"),
-    (dict(arch="timm/resnet10t", finetune="lora", lora_targets=["qkv"]), ConfigError, "matches no layer"),
-    (dict(arch="timm/resnet10t", finetune="lora", lora_targets=["attention"]), ConfigError, "has no attention layers"),
-    (dict(arch="timm/resnet10t", finetune="adapter"), ConfigError, "unknown finetune mode"),
+    (dict(arch="timm/test_resnet", finetune="lora", lora_targets=["qkv"]), ConfigError, "matches no layer"),
+    (dict(arch="timm/test_resnet", finetune="lora", lora_targets=["attention"]), ConfigError, "has no attention layers"),
+    (dict(arch="timm/test_resnet", finetune="adapter"), ConfigError, "unknown finetune mode"),
     (dict(arch="timm/vit_tiny_patch16_224", input_size=112), ConfigError, "takes 224 px input"),
-    (dict(arch="timm/convnext_atto", input_size=2), ConfigError, "cannot take 2 px input"),
-    (dict(arch="timm/resnet10t", pretrained="/no/such.safetensors"), DataError, "not found"),
+    (dict(arch="timm/test_convnext", input_size=2), ConfigError, "cannot take 2 px input"),
+    (dict(arch="timm/test_resnet", pretrained="/no/such.safetensors"), DataError, "not found"),
     (dict(arch="small_cnn", finetune="lora"), ConfigError, "need a timm backbone"),
 ])
 def test_bad_backbones_are_one_line_errors(kwargs, error, message):
@@ -189,11 +188,11 @@ def test_bad_backbones_are_one_line_errors(kwargs, error, message):
 def test_weights_of_another_architecture_or_class_count_are_refused(tmp_path):
     from lightning_modules.backbones import save_weights
 
-    save_weights(ERM(arch="timm/resnet10t", in_channels=1, num_classes=3), tmp_path / "three.safetensors")
+    save_weights(ERM(arch="timm/test_resnet", in_channels=1, num_classes=3), tmp_path / "three.safetensors")
     save_weights(ERM(**VIT), tmp_path / "vit.safetensors")
     with pytest.raises(ConfigError, match="classifier for 3 classes: this run has 2"):
         ERM(**RESNET, pretrained=str(tmp_path / "three.safetensors"))
-    with pytest.raises(ConfigError, match="does not hold weights of timm/resnet10t"):
+    with pytest.raises(ConfigError, match="does not hold weights of timm/test_resnet"):
         ERM(**RESNET, pretrained=str(tmp_path / "vit.safetensors"))
     (tmp_path / "text.pt").write_text("not weights")
     with pytest.raises(DataError, match="not a readable weights file"):
@@ -209,15 +208,15 @@ def test_pretrained_true_without_network_names_the_file(monkeypatch, tmp_path):
     with pytest.raises(ConfigError) as err:
         ERM(**RESNET, pretrained=True)
     text = str(err.value)
-    assert "https://huggingface.co/timm/resnet10t.c3_in1k/resolve/main/model.safetensors" in text
-    assert str(tmp_path / "weights" / "resnet10t.c3_in1k.safetensors") in text and "\n" not in text
+    assert "https://huggingface.co/timm/test_resnet.r160_in1k/resolve/main/model.safetensors" in text
+    assert str(tmp_path / "weights" / "test_resnet.r160_in1k.safetensors") in text and "\n" not in text
     # put there, it is found without the network
     from safetensors.torch import save_file
     import timm
 
     (tmp_path / "weights").mkdir()
-    published = timm.create_model("resnet10t")
-    save_file(published.state_dict(), str(tmp_path / "weights" / "resnet10t.c3_in1k.safetensors"))
+    published = timm.create_model("test_resnet")
+    save_file(published.state_dict(), str(tmp_path / "weights" / "test_resnet.r160_in1k.safetensors"))
     model = ERM(**RESNET, pretrained=True)
     assert torch.allclose(model.model[1].net.layer4[0].conv1.weight, published.layer4[0].conv1.weight)
 
@@ -237,13 +236,13 @@ def lora_args(synthetic_root, tmp_path):
     def make(*extra):
         return ["fit", "--config", "configs/finetune_lora.yaml", "--data.root", str(root), "--data.verify_md5",
                 "false", "--trainer.default_root_dir", str(tmp_path / "run"), "--model.init_args.arch",
-                "timm/resnet10t", "--model.init_args.pretrained", "false", "--data.resize", "null", *extra]
+                "timm/test_resnet", "--model.init_args.pretrained", "false", "--data.resize", "null", *extra]
     return make
 
 
 @pytest.mark.parametrize("extra,message", [
     (["--model.init_args.arch", "timm/resnet_nosuch"], "unknown timm model"),
-    (["--model.init_args.pretrained", "WEIGHTS"], "does not hold weights of timm/resnet10t"),
+    (["--model.init_args.pretrained", "WEIGHTS"], "does not hold weights of timm/test_resnet"),
     (["--model.init_args.lora_targets", "[qkv]"], "LoRA target 'qkv' matches no layer"),
     (["--model.init_args.lora_targets", "[attention]"], "has no attention layers"),
     (["--model.init_args.arch", "timm/vit_tiny_patch16_224", "--data.resize", "112"], "takes 224 px input"),
@@ -253,7 +252,7 @@ def test_bad_backbone_input_through_train_py_is_one_line_and_writes_nothing(lora
                                                                             message):
     from lightning_modules.backbones import save_weights
 
-    weights = save_weights(ERM(arch="timm/resnet18", in_channels=1), tmp_path / "resnet18.safetensors")
+    weights = save_weights(ERM(arch="timm/test_vit", in_channels=1), tmp_path / "vit.safetensors")
     extra = [str(weights) if e == "WEIGHTS" else e for e in extra]
     code, err = _main(lora_args(*extra), capsys)
     assert code == 2 and "Traceback" not in err
@@ -261,6 +260,7 @@ def test_bad_backbone_input_through_train_py_is_one_line_and_writes_nothing(lora
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # a minute or more on 2 busy cores
 def test_lora_pgd_at_fit_through_train_py_reports_the_backbone(lora_args, tmp_path):
     import json
 
