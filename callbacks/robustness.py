@@ -8,7 +8,7 @@ from typing import Optional, Sequence, Union
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from core.checks import positive_int
 from core.errors import ConfigError
@@ -73,6 +73,7 @@ class RobustnessCallback(Callback):
         explanation_test_steps: int = 20,
         confidence: bool = True,
         confidence_bins: int = DEFAULT_BINS,
+        corruption_baseline: Optional[str] = None,
     ):
         """
         Args:
@@ -103,6 +104,9 @@ class RobustnessCallback(Callback):
                 scores, from the probabilities it already has (no extra forward pass): `val/clean_ece@subset`,
                 `val/adv_ece@4_255` (on the early-stopped per-epoch attack), `val/corr_ece`, `test/clean_ece`,
                 `test/adv_ece@4_255`, `test/aa_ece@4_255`, `test/corr_ece`, ... and in the report's sections.
+            corruption_baseline: a baseline model's robustness report (or its run folder, e.g. the ERM point of a
+                sweep): the test report adds the mean corruption error against it (evaluation.mce, ImageNet-C's
+                definition) as `corruptions.mce`, logged as `test/corr_mce`; needs `corruption_report`.
         """
         super().__init__()
         self.norm = parse_norm(norm)
@@ -127,6 +131,9 @@ class RobustnessCallback(Callback):
                                 explanation_epsilons, explanation_steps, explanation_k, explanation_test_samples,
                                 explanation_test_steps)
         self.confidence, self.confidence_bins = bool(confidence), positive_int("confidence_bins", confidence_bins)
+        if corruption_baseline is not None and not corruption_report:
+            raise ConfigError("corruption_baseline needs corruption_report: true (mCE compares MedMNIST-C tables)")
+        self.corruption_baseline = corruption_baseline
         self.report: Optional[dict] = None
         self.report_path: Optional[Path] = None
 
@@ -143,6 +150,7 @@ class RobustnessCallback(Callback):
                 raise ConfigError(f"{dm.flag} has no MedMNIST-C corruption {', '.join(unknown)}: choose from "
                                   f"{', '.join(names)}")
         self._check_explanations(pl_module, dm)
+        self._check_corruption_baseline(dm)
         if self.autoattack and self.epsilons and dm.task != MULTILABEL and self.autoattack_attacks is not None:
             plan, notes = attack_plan(self.autoattack_attacks, dm.num_classes)
             if not plan:
@@ -172,6 +180,8 @@ class RobustnessCallback(Callback):
         test.update(self._explanation_keys("test") if self.explanation_report else ())
         for stage, keys in self._confidence_keys().items():
             (val if stage == "val" else test).update(keys)
+        if self.corruption_baseline is not None:
+            test.add(metric_key("test", "corr", "mce"))
         return {"val": val, "test": test}
 
     # ---- per-epoch validation check ------------------------------------------------------------
@@ -234,6 +244,8 @@ class RobustnessCallback(Callback):
             if self.corruption_report and trainer.is_global_zero:
                 table = self.corruption.test_table(pl_module, dm, self.confidence_bins if self.confidence else None)
                 report["corruptions"] = table.to_dict()
+                if self.corruption_baseline is not None:
+                    report["corruptions"]["mce"] = self._corruption_mce(pl_module, report["corruptions"])
                 rank_zero_info(f"MedMNIST-C ({table.protocol}, {dm.flag} at {dm.size} px):\n{format_table(table)}")
                 for metric, value in (("bacc", table.mean_bacc), ("be", table.mean_be), ("rbe", table.mean_rbe)):
                     pl_module.log(metric_key("test", "corr", metric), value, rank_zero_only=True)
@@ -367,6 +379,39 @@ class RobustnessCallback(Callback):
         scores = evaluate(pl_module, images, targets, pl_module.task, pl_module.hparams.num_classes, attack=attack,
                           batch_size=self.batch_size, progress=progress, confidence=meter)
         return scores if meter is None else {**scores, **meter.compute()}
+
+    # ---- mean corruption error against a baseline report (evaluation.mce) ----------------------------------------
+    def _check_corruption_baseline(self, dm) -> None:
+        """A baseline that cannot serve fails before training: missing, another dataset or size, or lacking the
+        corruptions this run scores (protocol and severities are compared with the test table)."""
+        if self.corruption_baseline is None:
+            return
+        from evaluation.mce import load_report
+
+        path, baseline = load_report(self.corruption_baseline, "corruption_baseline")
+        table = baseline["corruptions"]
+        if (table.get("flag"), table.get("size")) != (dm.flag, dm.size):
+            raise ConfigError(f"corruption_baseline {path} is of {table.get('flag')} at {table.get('size')} px, this "
+                              f"run of {dm.flag} at {dm.size} px")
+        missing = [c for c in self.corruption.corruptions or corruption_names(dm.flag) if c not in table["bacc"]]
+        if missing:
+            raise ConfigError(f"corruption_baseline {path} has no scores for {', '.join(missing)}")
+
+    def _corruption_mce(self, pl_module, table: dict) -> dict:
+        """mCE of this run's MedMNIST-C table against the baseline's; logged as `test/corr_mce`. A baseline that
+        turns out to differ in protocol or severities leaves the reason in the report instead of losing the report."""
+        from evaluation.mce import load_report, mean_corruption_error
+
+        try:
+            path, baseline = load_report(self.corruption_baseline, "corruption_baseline")
+            result = {**mean_corruption_error(table, baseline["corruptions"]), "baseline": str(path),
+                      "baseline_checkpoint": baseline.get("checkpoint")}
+        except ConfigError as err:
+            rank_zero_warn(f"no mCE: {err}")
+            return {"error": str(err), "baseline": str(self.corruption_baseline)}
+        pl_module.log(metric_key("test", "corr", "mce"), result["mce"], rank_zero_only=True)
+        rank_zero_info(f"mCE against {path}: {result['mce']:.3f}")
+        return result
 
     # ---- confidence and calibration (lightning_modules.calibration; no forward pass of its own) ------------------
     def _confidence_keys(self) -> dict[str, set[str]]:

@@ -60,7 +60,11 @@ def test_every_epoch_logs_the_measures_it_lists_for_clean_adversarial_and_corrup
 
 def test_test_report_carries_the_measures_of_the_probabilities_it_scored(tiny_erm, tmp_path):
     model, dm = tiny_erm.model, tiny_erm.datamodule
-    callback = RobustnessCallback(**_settings(tmp_path, autoattack=False))  # AutoAttack: see the next test
+    baseline = tmp_path / "erm.robustness.json"  # a hand-made baseline report: balanced error 0.5 everywhere
+    baseline.write_text(json.dumps({"corruptions": {
+        "flag": "breastmnist", "size": 28, "protocol": "upsample224-corrupt-box", "severities": [1, 2, 3, 4, 5],
+        "bacc": {"brightness_down": [0.5] * 5}}}))
+    callback = RobustnessCallback(**_settings(tmp_path, autoattack=False, corruption_baseline=str(baseline)))
     result = _trainer(callback, tmp_path).test(model, datamodule=dm, verbose=False)[0]
     report = json.loads((tmp_path / "robustness.json").read_text())
     split = dm.split("test")
@@ -81,6 +85,10 @@ def test_test_report_carries_the_measures_of_the_probabilities_it_scored(tiny_er
     assert pooled["all"]["n"] == 64 * 5  # one corruption, all five test severities
     assert set(pooled["per_severity"]) == {"1", "2", "3", "4", "5"}
     assert report["pgd"]["4_255"]["n_wrong"] >= report["clean"]["n_wrong"]
+    # mCE against the baseline: the model's summed balanced errors over 5 x 0.5
+    errors = sum(1 - b for b in report["corruptions"]["bacc"]["brightness_down"])
+    assert report["corruptions"]["mce"]["mce"] == pytest.approx(errors / 2.5)
+    assert result["test/corr_mce"] == pytest.approx(errors / 2.5) and "test/corr_mce" in test_keys
     assert {k for k in result if k.startswith("test/")} - {"test/clean_bacc", "test/clean_acc", "test/clean_auroc",
                                                           "test/clean_loss"} <= test_keys
 
@@ -128,3 +136,20 @@ def test_bad_bins_are_a_config_error():
 
     with pytest.raises(ConfigError, match="confidence_bins"):
         RobustnessCallback(confidence_bins=0)
+    with pytest.raises(ConfigError, match="needs corruption_report"):
+        RobustnessCallback(corruption_report=False, corruption_baseline="base.json")
+
+
+@pytest.mark.parametrize("flag, corruption, message", [
+    ("pneumoniamnist", "brightness_down", "is of pneumoniamnist"), ("breastmnist", "pixelate", "no scores for"),
+    (None, None, "not found")])
+def test_a_baseline_that_cannot_serve_fails_before_any_work(tiny_erm, tmp_path, flag, corruption, message):
+    from core.errors import ConfigError
+
+    baseline = tmp_path / "base.json"
+    if flag:
+        baseline.write_text(json.dumps({"corruptions": {"flag": flag, "size": 28, "bacc": {corruption: [0.5] * 5}}}))
+    callback = RobustnessCallback(**_settings(tmp_path, corruption_baseline=str(baseline)))
+    with counted(tiny_erm.model) as seen, pytest.raises(ConfigError, match=message):
+        _trainer(callback, tmp_path).validate(tiny_erm.model, datamodule=tiny_erm.datamodule, verbose=False)
+    assert seen == []
