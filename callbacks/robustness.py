@@ -295,6 +295,7 @@ class RobustnessCallback(Callback):
         """The settings checks that need the model and the DataModule, callable before the Trainer starts (train.py
         calls it before fit, so a bad setting writes nothing); `setup` repeats them for other callers."""
         self._check_explanations(pl_module, dm)
+        self._check_corruption_baseline(dm)
 
     def _check_explanations(self, pl_module, dm) -> None:
         """Explanation settings that depend on the model or the images fail before training."""
