@@ -9,6 +9,8 @@ Figures (each a ratio of paired, interleaved repeats: the median with the range)
   sweep       quick sweep, 2 workers vs 1 (bench/sweep_scaling.py; goal <= 0.6x the time)
   gpu         ResNet-18 fp32 vs bf16 + channels_last (+ compile), matmul-peak share ("no GPU" without CUDA)
   lora        LoRA PGD-AT / full fine-tuning of the same timm backbone: step time and peak memory (reported)
+  explanation explanation attacks / PGD per image at the same steps (reported); the per-epoch explanation check /
+              a PGD-AT epoch (goal <= 10%)
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from pathlib import Path
 
 from bench.common import DEFAULT_ROOT, Parser, existing_dir, figure, format_table, met_text, not_measured, run_main
 
-FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora")
+FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora", "explanation")
 
 
 def machine() -> dict:
@@ -114,6 +116,16 @@ def sweep_rows(result: dict, threads: list[float]) -> list[dict]:
                                         "the best 2-worker time ratio is about this / 2"})]
 
 
+def explanation_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log) -> list[dict]:
+    """bench/explanation_attack.py's cost ratios, and the per-epoch explanation check / a PGD-AT epoch."""
+    from bench import callback_cost, explanation_attack
+
+    rows = explanation_attack.run_figures(root, verify_md5, quick, smoke, log)
+    for row in rows:  # the issue names no goal for the attack's cost: reported beside PGD's
+        row.update(goal="reported", goal_value=None, met=None)
+    return rows + callback_cost.explanation_figures(root, verify_md5, quick, workdir, smoke, log)
+
+
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:
     """Every requested figure; a benchmark that fails gives a row saying so, and the others still run."""
     from bench import attack_speed, callback_cost, gpu, lora_step, medmnist_c_build, overhead
@@ -127,6 +139,7 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
         "sweep": lambda: sweep_figures(quick, smoke, workdir, log),
         "gpu": lambda: gpu.run_figures(quick, log=log),
         "lora": lambda: lora_step.run_figures(quick, smoke, log=log),
+        "explanation": lambda: explanation_figures(root, verify_md5, quick, smoke, workdir, log),
     }
     rows = []
     for name in names:

@@ -35,7 +35,7 @@ def _probe(overrides: dict):
 
     class Probe(Callback):
         def __init__(self):
-            self.train, self.check, self.images, self.values = [], [], [], {}
+            self.train, self.check, self.images, self.values, self.explanation = [], [], [], {}, []
             self._start, self._images = None, 0
 
         def setup(self, trainer, pl_module, stage):
@@ -60,6 +60,18 @@ def _probe(overrides: dict):
                     self.check.append(elapsed(start))
 
             robust.on_validation_epoch_end = timed
+            explain = getattr(robust, "_explanation_epoch_metrics", None)
+            if explain is not None and getattr(robust, "explanation_epoch", False):
+                def timed_explanation(pl_module, split):  # the explanation part of the check, timed on its own
+                    start = clock_pair()
+                    values = explain(pl_module, split)
+                    if not trainer.sanity_checking:
+                        self.explanation.append(elapsed(start))
+                    return values
+
+                robust._explanation_epoch_metrics = timed_explanation
+                self.values["explanation"] = {key: getattr(robust, f"explanation_{key}") for key in
+                                              ("method", "samples", "steps", "k", "epsilons")}
 
         def on_train_epoch_start(self, trainer, pl_module):
             self._start, self._images = clock_pair(), 0
@@ -111,7 +123,39 @@ def measure(kind: str, root: str, verify_md5: bool, epochs: int, batches: int | 
     out["share"] = {**summary([e["share"]["cpu"] for e in later]), "repeats": [e["share"]["cpu"] for e in later]}
     out["wall_share"] = summary([e["share"]["wall"] for e in later])
     out["first_check_s"] = out["epochs"][0]["check_s"]
+    if probe.explanation:  # the per-epoch explanation check alone, as a share of the same training epoch
+        for epoch, expl_s in zip(out["epochs"], probe.explanation):
+            epoch["explanation_s"] = expl_s
+            epoch["explanation_share"] = {c: expl_s[c] / epoch["epoch_s_full_split"][c] for c in ("cpu", "wall")}
+        later = out["epochs"][1:] or out["epochs"]
+        out["explanation_share"] = {**summary([e["explanation_share"]["cpu"] for e in later]),
+                                    "repeats": [e["explanation_share"]["cpu"] for e in later]}
     return out
+
+
+EXPLANATION_CHECK = {"explanation_epoch": True, "epsilons": [], "corruption_epoch": False}
+
+
+def explanation_figures(root: str, verify_md5: bool, quick: bool, workdir: Path, smoke: bool = False,
+                        log=print) -> list[dict]:
+    """The per-epoch explanation check at the callback's defaults (explanation_epoch on; the PGD and corruption
+    parts off, so the check is the explanation part alone) as a share of a PGD-AT epoch (goal <= 10%)."""
+    p = plan(quick, smoke)
+    result = measure("pgd_at", root, verify_md5, p["epochs"], p["batches"]["pgd_at"], workdir / "callback_explanation",
+                     EXPLANATION_CHECK)
+    for i, e in enumerate(result["epochs"]):
+        log(f"[callback explanation] epoch {i + 1}: PGD-AT training {e['epoch_s_full_split']['cpu']:.1f} CPU s (whole "
+            f"split), explanation check {e['explanation_s']['cpu']:.2f} CPU s, share {e['explanation_share']['cpu']:.1%}")
+    values = result["callback"]["explanation"]
+    scope = (f"epoch time scaled from the first {p['batches']['pgd_at']} batches" if p["batches"]["pgd_at"]
+             else "whole epochs")
+    return [figure("callback cost: explanation check / PGD-AT epoch (defaults)", result["explanation_share"]["repeats"],
+                   0.10, higher_is_better=False, details={
+                       "callback": f"{values['method']} maps of {values['samples']} val images, top-k attack "
+                                   f"{values['steps']} steps at {values['epsilons']}, k {values['k']}, random noise, "
+                                   "max-sensitivity (8 draws)",
+                       "config": result["config"], "clock": "process CPU time",
+                       "scope": f"real PneumoniaMNIST ({result['train_images']} train images), {scope}"})]
 
 
 def _describe(values: dict) -> str:
