@@ -97,9 +97,18 @@ def run(spec: SweepSpec, forwarded: Sequence[str], log=print) -> int:
 
         write_report(study, spec, spec.study_dir / "report", log)
     if c["done"] < c["points"]:
-        log(f"the sweep is incomplete: rerun the same command to continue")
+        log(incomplete(study, spec))
         return 1
     return 0
+
+
+def incomplete(study, spec: SweepSpec) -> str:
+    """What to do about a sweep with points not done: rerun, or allow more retries of its failed points."""
+    c = studies.counts(study, spec)
+    if c["failed_points"] and studies.finished(study, spec):
+        return (f"{c['failed_points']} point(s) failed {spec.max_retries + 1} times (python -m sweeps status "
+                f"{spec.path} says why); to try them again, rerun with --set max_retries={spec.max_retries + 1}")
+    return "the sweep is incomplete: rerun the same command to continue"
 
 
 def _print_finished(study, spec: SweepSpec, seen: set, started: float, log) -> set:

@@ -153,6 +153,13 @@ def test_a_point_that_always_fails_is_tried_max_retries_plus_one_times_then_repo
     assert main(["status", str(path), "--json"]) == 0
     counts = json.loads(capsys.readouterr().out)["counts"]
     assert (counts["done"], counts["failed_points"], counts["trials_fail"], counts["waiting"]) == (1, 1, 3, 0)
+    from sweeps.launch import incomplete
+
+    assert "1 point(s) failed 3 times" in incomplete(studies.load(spec), spec)
+    assert "--set max_retries=3" in incomplete(studies.load(spec), spec)
+    path = tiny_sweep(epsilon=[0, "4/255"], seeds=[0], max_retries=3)  # as the hint says: one more try, same study
+    finish(start(path, 0, env={"FAKE_FAIL_POINT": slow_key(4 / 255)}), timeout=120)
+    assert [t.state.name for t in studies.load(spec).trials].count("FAIL") == 4
 
 
 def test_a_silent_remote_worker_is_failed_after_the_grace_period(tiny_sweep):
