@@ -94,6 +94,13 @@ def train_steps(module, optimizer, x, y, n: int) -> None:
         torch.cuda.synchronize()
 
 
+def training_state_bytes(module, optimizer) -> int:
+    """Bytes of the weights, their gradients and the optimizer's state: what training holds between steps."""
+    tensors = [p for p in module.parameters()] + [p.grad for p in module.parameters() if p.grad is not None]
+    tensors += [t for state in optimizer.state.values() for t in state.values() if hasattr(t, "element_size")]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def rss_bytes() -> int:
     import os
 
@@ -162,6 +169,7 @@ def measure(args, log=print) -> dict:
                 seconds[variant].append(spent)
     finally:
         torch.set_num_threads(before)
+    state = {v: training_state_bytes(m, optimizer) for v, (m, optimizer, *_) in built.items()}
     del built
     memory = peak_memory(args)
     ratios = [lora / full for lora, full in zip(seconds["lora"], seconds["full"])]
@@ -169,7 +177,7 @@ def measure(args, log=print) -> dict:
             "device": args.device, "clock": "wall" if args.device == "cuda" else "process CPU, 1 thread",
             "trainable_parameters": counts, "total_parameters_full": total,
             "seconds_per_step": {v: summary(s) for v, s in seconds.items()}, "time_ratios": ratios,
-            "peak_memory_bytes": memory, "memory_ratio": memory["lora"] / memory["full"] if memory["full"] else None,
+            "peak_memory_bytes": memory, "training_state_bytes": state, "memory_ratio": memory["lora"] / memory["full"] if memory["full"] else None,
             "environment": environment()}
 
 
@@ -185,6 +193,8 @@ def rows(result: dict) -> list[dict]:
     memory_row = figure("LoRA PGD-AT peak memory / full fine-tuning", [result["memory_ratio"]], None,
                         higher_is_better=False,
                         details={"peak_mib": {v: round(b / 2**20, 1) for v, b in memory.items()},
+                                 "weights_grads_optimizer_mib": {v: round(b / 2**20, 1)
+                                                                 for v, b in result["training_state_bytes"].items()},
                                  "settings": what + (", CUDA allocator peak" if result["device"] == "cuda" else
                                                      ", growth of a fresh process's peak RSS over the steps")})
     return [time_row, memory_row]

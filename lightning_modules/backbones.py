@@ -359,6 +359,8 @@ def build(arch: str, in_channels: int, num_classes: int, *, input_size: Optional
         check_input_size(model, arch, in_channels, int(input_size))
     mean, std = normalization(model, in_channels)
     description = f"{arch}, weights: {source}"
+    if input_size is not None:
+        description += f", input {int(input_size)} px (other sizes resized in the model; epsilon on the served images)"
     if finetune == "lora":
         model, adapters = apply_lora(model, arch, lora_rank, lora_alpha, lora_dropout, lora_targets)
         description += f", {adapters}"
