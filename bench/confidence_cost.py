@@ -33,7 +33,8 @@ def parse_args(argv=None):
 
 
 @contextlib.contextmanager
-def _counted(model):
+def counted_forward(model):
+    """A list that collects the batch size of every forward call of `model` (clean scoring, attack steps, test loop)."""
     seen = []
     handle = model.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
     try:
@@ -67,7 +68,7 @@ def measure(args) -> dict:
             trainer_args = dict(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
                                 callbacks=[callback], default_root_dir=tempfile.mkdtemp(prefix="confidence-cost-"))
             start = clock_pair()
-            with _counted(model) as seen:
+            with counted_forward(model) as seen:
                 L.Trainer(**trainer_args).validate(model, datamodule=dm, verbose=False)
                 L.Trainer(**trainer_args).test(model, datamodule=dm, verbose=False)
             runs[confidence].append({"calls": len(seen), "images": sum(seen), **elapsed(start)})

@@ -2,28 +2,16 @@
 logs, and no extra forward pass (counted images through the model, confidence on against off)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 
 import lightning as L
 import pytest
-import torch
 
+from bench.confidence_cost import counted_forward as counted
 from callbacks.robustness import RobustnessCallback
 from evaluation.scoring import predict
 from lightning_modules.calibration import CONFIDENCE_METRICS, confidence_measures
-
-
-@contextlib.contextmanager
-def counted(model):
-    """Counts the images that go through `model`'s forward (clean scoring, every attack step, the test loop)."""
-    seen = []
-    handle = model.register_forward_hook(lambda module, args, output: seen.append(args[0].shape[0]))
-    try:
-        yield seen
-    finally:
-        handle.remove()
 
 
 def _trainer(callback, tmp_path):
