@@ -117,6 +117,6 @@ class ConfidenceMetrics(Metric):
         self.targets.append(torch.as_tensor(targets).detach().cpu().reshape(len(probabilities), -1))
 
     def compute(self) -> dict[str, float]:
-        if not self.probabilities:
+        if isinstance(self.probabilities, list) and not self.probabilities:  # after a DDP sync: one tensor
             return {**{name: math.nan for name in CONFIDENCE_METRICS}, "n": 0, "n_correct": 0, "n_wrong": 0}
         return confidence_measures(dim_zero_cat(self.probabilities), dim_zero_cat(self.targets), self.task, self.n_bins)

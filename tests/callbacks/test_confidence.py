@@ -141,3 +141,22 @@ def test_a_baseline_that_cannot_serve_fails_before_any_work(tiny_erm, tmp_path, 
     with counted(tiny_erm.model) as seen, pytest.raises(ConfigError, match=message):
         _trainer(callback, tmp_path).validate(tiny_erm.model, datamodule=tiny_erm.datamodule, verbose=False)
     assert seen == []
+
+
+@pytest.mark.slow  # two spawned processes start torch and Lightning
+def test_two_process_ddp_gives_the_single_process_measures(tiny_erm, monkeypatch):
+    """The per-example states are gathered across ranks: 17 + 16 images under DDP give the 33-image numbers."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    metrics = {}
+    for name, extra in (("single", dict(devices=1)), ("ddp", dict(devices=2, strategy="ddp_spawn"))):
+        callback = RobustnessCallback(epsilons=[], val_samples=33, corruption_epoch=False, corruption_report=False)
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu",
+                            callbacks=[callback], **extra)
+        trainer.validate(tiny_erm.model, datamodule=tiny_erm.datamodule, verbose=False)
+        metrics[name] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    for name in CONFIDENCE_METRICS:
+        key = f"val/clean_{name}@subset"
+        if math.isnan(metrics["single"][key]):
+            assert math.isnan(metrics["ddp"][key]), key
+        else:
+            assert metrics["ddp"][key] == pytest.approx(metrics["single"][key], abs=1e-6), key
