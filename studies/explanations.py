@@ -22,16 +22,16 @@ from typing import Any, Optional
 import numpy as np
 
 from attacks.threat_model import epsilon_label, format_epsilon, parse_epsilon
-from core.config import resolve_path
 from core.errors import ConfigError
 from core.files import write_text_atomic
 from datamodules.info import dataset_info
 
-from .runner import cell, check_training_spec, done, load_config, mean_sd, train_step, write_csv
+from .runner import (
+    cell, check_datasets, check_seeds, check_training_spec, done, load_config, mean_sd, train_step, write_csv,
+)
 
 STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "epsilon", "norm", "explanation", "compare",
               "examples", "bootstrap"}
-DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}
 EXPLANATION_KEYS = {"method", "k", "steps", "samples", "val_samples", "val_steps", "every_epoch"}
 CALLBACK = "trainer.callbacks.init_args."
 #: the explanation-robustness measure on the study's y axis, and the one under random noise beside it
@@ -110,24 +110,12 @@ def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
         raise ConfigError(f"explanation.k is a number of pixels (an integer >= 1) or a share in (0, 1), got {k!r}")
     _positive_int("explanation.steps", explanation["steps"])
     _positive_int("explanation.samples", explanation["samples"], allow_none=True)
-    datasets = raw.get("datasets") or []
-    if not datasets:
-        raise ConfigError("the study needs at least one dataset: datasets: [{flag: pneumoniamnist, size: 28}]")
+    datasets = check_datasets(raw.get("datasets") or [])
     for entry in datasets:
-        if not isinstance(entry, dict) or "flag" not in entry:
-            raise ConfigError(f"each dataset needs a flag, got {entry!r}")
-        extra = sorted(set(entry) - DATASET_KEYS)
-        if extra:
-            raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use {', '.join(sorted(DATASET_KEYS))}")
-        if entry.get("root"):
-            entry["root"] = str(resolve_path(entry["root"]))
-        dataset_info(entry["flag"])
         size = entry.get("size", 28)
         if isinstance(k, int) and k > size * size:
             raise ConfigError(f"explanation.k {k} is larger than the image ({size} x {size} = {size * size} pixels)")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    seeds = check_seeds(raw.get("seeds", [0]))
     compare = raw.get("compare") or {}
     if not isinstance(compare, dict):
         raise ConfigError("compare maps a regularised model to the model it is compared with: {expl_reg: erm}")

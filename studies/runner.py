@@ -42,6 +42,34 @@ def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> dict
     return raw
 
 
+DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}
+
+
+def check_datasets(datasets) -> list[dict]:
+    """A study's `datasets:` list, checked (a mapping per dataset with a known MedMNIST flag and known keys; roots
+    resolved against the working folder or the repository)."""
+    from datamodules.info import dataset_info
+
+    if not datasets:
+        raise ConfigError("the study needs at least one dataset: datasets: [{flag: pneumoniamnist, size: 28}]")
+    for entry in datasets:
+        if not isinstance(entry, dict) or "flag" not in entry:
+            raise ConfigError(f"each dataset needs a flag, got {entry!r}")
+        extra = sorted(set(entry) - DATASET_KEYS)
+        if extra:
+            raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use {', '.join(sorted(DATASET_KEYS))}")
+        if entry.get("root"):
+            entry["root"] = str(resolve_path(entry["root"]))
+        dataset_info(entry["flag"])
+    return datasets
+
+
+def check_seeds(seeds) -> list[int]:
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    return seeds
+
+
 def check_training_spec(where: str, spec) -> None:
     if not isinstance(spec, dict) or "config" not in spec:
         raise ConfigError(f"{where} needs a training config: {{config: configs/erm.yaml, overrides: {{...}}}}")

@@ -73,6 +73,7 @@ def test_correlation_and_its_bootstrap_interval():
     assert np.isnan(correlation([1, 2], [3, 4])["pearson"])  # two models: no correlation
 
 
+@pytest.mark.slow  # three train.py runs: ~45 CPU s
 def test_tiny_study_end_to_end_on_synthetic_data(synthetic_root, tmp_path):
     root = synthetic_root("pneumoniamnist", n_train=48, n_val=16, n_test=24)
     config = yaml.safe_load(QUICK.read_text())
