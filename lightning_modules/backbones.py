@@ -110,7 +110,7 @@ def load_weights(model: nn.Module, name: str, path: str | os.PathLike, in_channe
         weight = state.get(f"{conv}.weight")
         if weight is not None and weight.ndim == 4 and weight.shape[1] != in_channels:
             state[f"{conv}.weight"] = _timm().models.adapt_input_conv(in_channels, weight)
-    head, num_classes = "kept", model.get_classifier().out_features if hasattr(model.get_classifier(), "out_features") else None
+    head, num_classes = "kept", getattr(model.get_classifier(), "out_features", None)
     for classifier in _names(cfg.get("classifier")):
         weight = state.get(f"{classifier}.weight")
         if weight is None or num_classes is None or weight.shape[0] == num_classes:
