@@ -50,3 +50,39 @@ def write_synthetic_npz(
     path = root / (name or npz_name(dataset_info(flag).flag, size))
     np.savez_compressed(path, **arrays)
     return path
+
+
+def positive_control_arrays(n: int, size: int = 16, amplitude: float = 4 / 255, pattern: bool = True,
+                            shape_contrast: float = 0.5, noise: float = 6 / 255, seed: int = 0,
+                            shape: bool = True, labels: np.ndarray | None = None,
+                            shape_agreement: float = 1.0, contrast_jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """n grey uint8 images (N x size x size) of two classes, MedMNIST layout, for the nonrobust-features positive
+    control: the class is carried by a large shape (a bright bar, horizontal for class 0 and vertical for class 1,
+    `shape_contrast` above the background: robust, far beyond a small L2 budget) and, with `pattern`, by a faint
+    checkerboard of +-`amplitude` per pixel whose sign is the class (nonrobust: an L2 perturbation of
+    2 * amplitude * size flips it). Gaussian pixel noise (sd `noise`) on top; labels N x 1 uint8 (random and
+    balanced unless given). `shape=False` leaves the bar out (a probe of the pattern alone); `shape_agreement` is the
+    share of images whose bar shows their class (the others show the other class's bar); each bar's contrast is
+    drawn from [1 - contrast_jitter, 1] x `shape_contrast`, so a small perturbation of the bar's contrast says
+    nothing about its class."""
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        labels = rng.permutation(np.arange(n) % 2)
+    labels = np.asarray(labels).reshape(-1)
+    images = np.full((n, size, size), 0.3, dtype=np.float64)
+    width, margin = max(2, size // 4), size // 8
+    if shape:
+        starts = rng.integers(margin, size - margin - width + 1, n)
+        bars = np.where(rng.random(n) < shape_agreement, labels, 1 - labels)
+        contrasts = shape_contrast * (1 - contrast_jitter * rng.random(n))
+        for i, (y, start, contrast) in enumerate(zip(bars, starts, contrasts)):
+            if y == 0:
+                images[i, start:start + width, margin:size - margin] += contrast
+            else:
+                images[i, margin:size - margin, start:start + width] += contrast
+    if pattern:
+        checker = np.where(np.add.outer(np.arange(size), np.arange(size)) % 2 == 0, 1.0, -1.0)
+        images += amplitude * checker[None] * np.where(labels == 1, 1.0, -1.0)[:, None, None]
+    images += rng.normal(0.0, noise, images.shape)
+    images = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
+    return images, labels.astype(np.uint8).reshape(-1, 1)

@@ -13,7 +13,8 @@ from core.config import load_yaml_mapping
 from core.errors import ConfigError, MedRobustError
 
 #: study kind -> module with `load(path, overrides)`, `reproduce(study, out, log)` and DESCRIPTION
-STUDIES = {"nonrobust_features": "studies.nonrobust", "explanations": "studies.explanations"}
+STUDIES = {"nonrobust_features": "studies.nonrobust", "explanations": "studies.explanations",
+           "positive_control": "studies.positive_control"}
 DEFAULT = "nonrobust_features"
 
 EXAMPLES = """examples:

@@ -9,25 +9,25 @@ the real test split (clean, PGD at several epsilons, MedMNIST-C where asked) wit
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
 from attacks.threat_model import parse_epsilon
-from core.config import resolve_path
 from core.errors import ConfigError
 
 from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
 
-from .runner import cell, check_training_spec, done, load_config, mean_sd, train_step, write_csv
+from . import measures
+from .runner import cell, check_datasets, check_training_spec, done, load_config, mean_sd, train_step, write_csv
 
 STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
-              "constructed_training"}
-DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}
-REQUIRED_MODELS = ("erm", "pgd_at")
+              "constructed_training", "statistics", "recalibration"}
+STATISTICS = {"bootstrap": 1000, "level": 0.95, "interval": "auto", "seed": 0}
+INTERVALS = ("auto", "examples", "seeds_and_examples")
 CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
 
 
@@ -45,6 +45,14 @@ class Study:
     construction_defaults: dict
     constructed_training: dict
     source: Path
+    statistics: dict = field(default_factory=lambda: dict(STATISTICS))
+    recalibration: dict = field(default_factory=lambda: {"split": "val"})
+
+    @property
+    def over_seeds(self) -> bool:
+        """Whether intervals resample seeds as well as test examples (`auto`: when there are 2 seeds or more)."""
+        return self.statistics["interval"] == "seeds_and_examples" or (
+            self.statistics["interval"] == "auto" and len(self.seeds) > 1)
 
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
@@ -55,28 +63,27 @@ def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
     if unknown:
         raise ConfigError(f"unknown study key(s) {', '.join(unknown)}: the keys are {', '.join(sorted(STUDY_KEYS))}")
     models = raw.get("models") or {}
-    missing = [m for m in REQUIRED_MODELS if m not in models]
-    if missing:
-        raise ConfigError(f"the study needs models {', '.join(missing)} (ERM and PGD-AT are what it compares)")
+    if not models:
+        raise ConfigError("the study needs at least one model trained on the real split: models: {erm: {config: "
+                          "configs/erm.yaml}} (finding 2 compares erm with pgd_at)")
     for name, spec in models.items():
         check_training_spec(f"models.{name}", spec)
     constructions = raw.get("constructions") or {}
-    for kind, spec in constructions.items():
-        if kind not in CONSTRUCTION_KINDS:
-            raise ConfigError(f"unknown construction {kind!r}: choose from {', '.join(CONSTRUCTION_KINDS)}")
+    for name, spec in constructions.items():
         if not isinstance(spec, dict) or spec.get("source") not in models:
-            raise ConfigError(f"constructions.{kind}.source must name one of the models ({', '.join(models)})")
-    datasets = raw.get("datasets") or []
-    if not datasets:
-        raise ConfigError("the study needs at least one dataset: datasets: [{flag: pneumoniamnist, size: 28}]")
+            raise ConfigError(f"constructions.{name}.source must name one of the models ({', '.join(models)})")
+        kind = construction_kind(name, spec)
+        if kind not in CONSTRUCTION_KINDS:
+            raise ConfigError(f"unknown construction {kind!r}: choose from {', '.join(CONSTRUCTION_KINDS)} "
+                              f"(a set named otherwise says which with kind: d_rand)")
+        if not isinstance(spec.get("training") or {}, dict):
+            raise ConfigError(f"constructions.{name}.training must be a mapping of train.py keys to values")
+        reuse = spec.get("reuse")
+        if reuse is not None and (reuse not in constructions or list(constructions).index(reuse) >= list(constructions).index(name)
+                                  or constructions[reuse].get("reuse") is not None):
+            raise ConfigError(f"constructions.{name}.reuse must name a set built earlier in the list, got {reuse!r}")
+    datasets = check_datasets(raw.get("datasets") or [])
     for entry in datasets:
-        if not isinstance(entry, dict) or "flag" not in entry:
-            raise ConfigError(f"each dataset needs a flag, got {entry!r}")
-        extra = sorted(set(entry) - DATASET_KEYS)
-        if extra:
-            raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use {', '.join(sorted(DATASET_KEYS))}")
-        if entry.get("root"):
-            entry["root"] = str(resolve_path(entry["root"]))
         info = dataset_info(entry["flag"])
         if constructions and info.task == MULTILABEL:
             raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
@@ -85,41 +92,127 @@ def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
         raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     constructed = raw.get("constructed_training") or {"config": "configs/erm.yaml"}
     check_training_spec("constructed_training", constructed)
+    statistics = check_statistics(raw.get("statistics") or {}, seeds)
+    recalibration = check_recalibration(raw.get("recalibration") or {}, datasets)
     return Study(str(raw.get("name") or path.stem), seeds, datasets, dict(raw.get("train") or {}), models,
-                 constructions, dict(raw.get("construction_defaults") or {}), constructed, path)
+                 constructions, dict(raw.get("construction_defaults") or {}), constructed, path, statistics,
+                 recalibration)
+
+
+def check_statistics(given: dict, seeds: list[int]) -> dict:
+    """statistics: {bootstrap: draws, level: interval level, interval: auto | examples | seeds_and_examples, seed}."""
+    if not isinstance(given, dict) or set(given) - set(STATISTICS):
+        raise ConfigError(f"statistics takes {', '.join(STATISTICS)}, got {given!r}")
+    out = {**STATISTICS, **given}
+    n, level = out["bootstrap"], out["level"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 100:
+        raise ConfigError(f"statistics.bootstrap must be an integer of at least 100 draws, got {n!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.5 <= level < 1:
+        raise ConfigError(f"statistics.level must lie in [0.5, 1), got {level!r}")
+    if out["interval"] not in INTERVALS:
+        raise ConfigError(f"statistics.interval must be one of {', '.join(INTERVALS)}, got {out['interval']!r}")
+    if out["interval"] == "seeds_and_examples" and len(seeds) < 2:
+        raise ConfigError(f"statistics.interval seeds_and_examples resamples seeds: it needs at least 2 seeds, got "
+                          f"{len(seeds)} ({seeds}); add seeds or use interval: examples")
+    return out
+
+
+def check_recalibration(given: dict, datasets: list[dict]) -> dict:
+    """recalibration: {split: val}: the real split a bias (and the AdaBN statistics) are fitted on; never test (the
+    split every number is reported on), never train (a constructed model's training split is the constructed set)."""
+    from datamodules.npz import SPLITS
+
+    if not isinstance(given, dict) or set(given) - {"split"}:
+        raise ConfigError(f"recalibration takes split, got {given!r}")
+    split = given.get("split", "val")
+    for entry in datasets:
+        flag = dataset_info(entry["flag"]).flag
+        if split not in SPLITS:
+            raise ConfigError(f"recalibration.split {split!r}: {flag} has no such split (its splits: "
+                              f"{', '.join(SPLITS)}); recalibrate on val")
+        if split != "val":
+            raise ConfigError(f"recalibration.split {split!r}: fit on the real validation split (val); test is "
+                              "what every number is reported on, and train is the constructed set itself")
+        path = _dataset_file(entry)
+        if path is not None:
+            with np.load(path) as npz:
+                if f"{split}_images" not in npz.files:
+                    raise ConfigError(f"recalibration.split {split!r}: {path} has no {split} split "
+                                      f"(it holds {', '.join(sorted(npz.files))})")
+    return {"split": split}
+
+
+def _dataset_file(entry: dict) -> Optional[Path]:
+    """The dataset's npz when it is already on disk (else None: it is checked when the study reads it)."""
+    from datamodules.info import npz_name
+    from datamodules.medmnist import default_root
+
+    path = Path(entry.get("root") or default_root()) / npz_name(dataset_info(entry["flag"]).flag, entry.get("size", 28))
+    return path if path.is_file() else None
+
+
+def construction_kind(name: str, spec: dict) -> str:
+    """The Ilyas et al. kind of a named constructed set: its `kind:` key, else its name (d_rand, d_det, ...)."""
+    return str(spec.get("kind", name))
+
+
+#: keys of a construction entry that are not constructions.Settings (`reuse: NAME`: train on the set built for
+#: entry NAME, for knobs of the constructed model only: epochs, normalisation)
+CONSTRUCTION_META = ("source", "kind", "training", "reuse")
+
+
+def constructed_training(study: Study, name: str) -> dict:
+    """The training spec of the model trained on constructed set `name`: constructed_training, with the set's
+    own `training:` train.py overrides on top (epochs, architecture, ...)."""
+    base = study.constructed_training
+    own = study.constructions[name].get("training") or {}
+    return {**base, "overrides": {**(base.get("overrides") or {}), **own}}
 
 
 # ---- steps --------------------------------------------------------------------------------------------------
-def construct_step(out: Path, kind: str, source: dict, study: Study, dataset: dict, seed: int) -> Path:
+def construct_step(out: Path, name: str, source: dict, study: Study, dataset: dict, seed: int) -> Path:
     """Build one constructed training set from a source checkpoint (kept and reused when already built)."""
     from constructions import Settings, construct_file
 
     if out.is_file():
         return out
-    settings = {**study.construction_defaults, **{k: v for k, v in study.constructions[kind].items() if k != "source"}}
+    spec = study.constructions[name]
+    settings = {**study.construction_defaults, **{k: v for k, v in spec.items() if k not in CONSTRUCTION_META}}
     limit = settings.pop("limit", None)
     try:
         settings = Settings(**settings)
     except TypeError as err:
-        raise ConfigError(f"constructions.{kind}: {err}") from None
-    construct_file(kind, source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
+        raise ConfigError(f"constructions.{name}: {err}") from None
+    construct_file(construction_kind(name, spec), source["best_checkpoint"], dataset["flag"], out, size=dataset.get("size", 28),
                    root=dataset.get("root"), settings=settings, limit=limit, seed=seed,
                    verify_md5=dataset.get("verify_md5", True))
     return out
 
 
 # ---- results ------------------------------------------------------------------------------------------------
-def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict) -> dict:
-    """One results.csv row: test metrics of one model (from its robustness report when there is one)."""
+def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, measured: Optional[dict] = None,
+               construction: Optional[str] = None) -> dict:
+    """One results.csv row: test metrics of one model (from its robustness report when there is one) and, with
+    `measured` ({'measures': studies.measures.draws(...), 'diagnostics', 'notes'}), every study measure with its
+    interval over test examples and the constructed model's diagnostics."""
     info = dataset_info(dataset["flag"])
     row: dict[str, Any] = {"dataset": info.flag, "size": dataset.get("size", 28), "model": model, "kind": kind,
-                           "seed": seed, "chance_bacc": 1.0 / info.num_classes if info.task != MULTILABEL else 0.5}
+                           "construction": construction or ("real" if kind == "real" else model), "seed": seed,
+                           "chance_bacc": 1.0 / info.num_classes if info.task != MULTILABEL else 0.5}
     report = {}
     if summary.get("report") and Path(summary["report"]).is_file():
         report = json.loads(Path(summary["report"]).read_text())
     metrics = summary.get("metrics") or {}
     row["clean_bacc"] = report.get("clean", {}).get("bacc", metrics.get("test/clean_bacc"))
     row["clean_acc"] = report.get("clean", {}).get("acc", metrics.get("test/clean_acc"))
+    if measured:
+        level = measured.get("level", 0.95)
+        for name, entry in measured["measures"].items():
+            low, high = measures.interval(entry["draws"], level)
+            row[name], row[f"{name}_low"], row[f"{name}_high"] = entry["value"], low, high
+        for name, note in (measured.get("notes") or {}).items():
+            row[name] = note
+        row.update(measured.get("diagnostics") or {})
     for label, entry in sorted((report.get("pgd") or {}).items(), key=lambda item: item[1]["epsilon"]):
         row[f"adv_bacc@{label}"] = entry["bacc"]
     table = report.get("corruptions")
@@ -134,14 +227,49 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict) -
     return row
 
 
-def write_results(rows: list[dict], out: Path) -> None:
-    """results.csv (one row per model, dataset and seed), results.md and the figures."""
+def write_results(rows: list[dict], out: Path, draws: Optional[dict] = None, study: Optional[Study] = None) -> None:
+    """results.csv (one row per model, dataset and seed), results.md and the figures. `draws` maps (dataset,
+    model) to the per-seed bootstrap draws of every measure (studies.measures.draws)."""
+    cells = cell_statistics(draws or {}, study)
     write_csv(rows, out / "results.csv")
-    write_text_atomic(out / "results.md", results_markdown(rows))
-    figures(rows, out)
+    write_text_atomic(out / "results.md", results_markdown(rows, cells, study))
+    figures(rows, out, cells)
+
+
+def cell_statistics(draws: dict, study: Optional[Study] = None) -> dict:
+    """{(dataset, model): {measure: mean, sd, interval, seeds}} from every seed's bootstrap draws."""
+    level = study.statistics["level"] if study else STATISTICS["level"]
+    over_seeds = study.over_seeds if study else True
+    seed = study.statistics["seed"] if study else 0
+    out = {}
+    for key, per_seed in draws.items():
+        names = [m for m in measures.MEASURES if all(m in d for d in per_seed)]
+        out[key] = {m: measures.cell([d[m] for d in per_seed], level, over_seeds, seed) for m in names}
+    return out
 
 
 MODEL_ORDER = ("erm", "pgd_at", "robust_l2", "d_rand", "d_det", "d_nr", "d_r")
+TRAINED_ON = {"erm": "real (ERM)", "pgd_at": "real (PGD-AT, L-inf)", "robust_l2": "real (PGD-AT, L2)",
+              "d_rand": "D_rand (nonrobust features only)", "d_det": "D_det (nonrobust features only)",
+              "d_nr": "D_NR (standard-model features)", "d_r": "D_R (robust-model features)"}
+TABLE_MEASURES = (("bacc", "bacc, default threshold"), ("auroc", "AUROC"),
+                  ("bacc_recal", "bacc, threshold fitted on real val"), ("bacc_adabn", "bacc, AdaBN on real val"),
+                  ("auroc_adabn", "AUROC, AdaBN"))
+WHY = """## Which measure each verdict uses, and why
+
+- **Finding 1 (nonrobust features alone are useful) is judged on test AUROC** against the real labels (chance
+  0.5): whether the model's scores rank real images of one class above the other, whatever its decision threshold.
+  A model trained on D_rand / D_det sees only perturbed images (every one moved by the construction's L2 budget), so
+  its BatchNorm statistics and its bias fit the constructed set, not clean images; at the default threshold it can
+  call nearly every real image one class (balanced accuracy at chance) while ranking them well. That is a shift of
+  the operating point, not an absence of useful features. Balanced accuracy is also given at a threshold (per-class
+  bias) fitted on the real validation split only, and after AdaBN (BatchNorm statistics re-estimated on unlabeled
+  real validation images: no labels, no threshold), each with its own verdict.
+- Every verdict is read from the interval, not a fixed margin: **holds** when its lower bound is above chance,
+  **does not hold** when its upper bound is not above chance, **undecided at this sample size** when it contains
+  chance with room above it (the upper bound says how large an effect the data still allow).
+- For D_det, a model that learned the robust (visible) features scores below chance against the real labels and
+  above chance against the D_det label `(y + 1) mod C` (`bacc_vs_new_label`)."""
 
 
 def _ordered_models(rows):
@@ -149,21 +277,50 @@ def _ordered_models(rows):
     return sorted(seen, key=lambda m: (MODEL_ORDER.index(m) if m in MODEL_ORDER else len(MODEL_ORDER), m))
 
 
-def results_markdown(rows: list[dict]) -> str:
-    """The study's tables: balanced accuracy per model kind and dataset with chance beside it; ERM vs PGD-AT
-    under MedMNIST-C; corrupted minus clean per corruption."""
+def _construction(rows, model) -> str:
+    return next((r.get("construction") or model for r in rows if r["model"] == model), model)
+
+
+def _trained_on(rows, model) -> str:
+    kind = _construction(rows, model)
+    label = TRAINED_ON.get(kind, TRAINED_ON.get(model, model))
+    return label if kind == model or kind == "real" else f"{label}: {model}"
+
+
+def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Optional[Study] = None) -> str:
+    """The study's tables: every measure per model and dataset with its interval and chance beside it, the
+    constructed models' diagnostics, clean vs MedMNIST-C, and a verdict per finding with the measure it uses."""
+    cells = cells or {}
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
-    lines = [f"# Study reproduction: test balanced accuracy (mean ± sd over seeds {seeds})", "",
-             "| model | trained on | " + " | ".join(datasets) + " |", "|---|---|" + "---|" * len(datasets)]
-    trained_on = {"erm": "real (ERM)", "pgd_at": "real (PGD-AT, L-inf)", "robust_l2": "real (PGD-AT, L2)",
-                  "d_rand": "D_rand (nonrobust features only)", "d_det": "D_det (nonrobust features only)",
-                  "d_nr": "D_NR (standard-model features)", "d_r": "D_R (robust-model features)"}
-    for model in _ordered_models(rows):
-        cells = [cell([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d]) for d in datasets]
-        lines.append(f"| {model} | {trained_on.get(model, model)} | " + " | ".join(cells) + " |")
-    chance = [f"{next(r['chance_bacc'] for r in rows if r['dataset'] == d):.3f}" for d in datasets]
-    lines.append("| chance | | " + " | ".join(chance) + " |")
+    stats = study.statistics if study else STATISTICS
+    over = "test examples and seeds" if (study.over_seeds if study else len(seeds) > 1) else "test examples"
+    lines = [f"# Study reproduction: measures on the real test split (seeds {seeds})", ""]
+    if cells:
+        lines += [f"Each cell: mean ± sd over seeds [{stats['level']:.0%} interval: bootstrap over {over}, "
+                  f"{stats['bootstrap']} draws]. Chance: AUROC 0.5, balanced accuracy 1 / classes.", ""]
+    for d in datasets:
+        chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
+        tested = next((r for r in rows if r["dataset"] == d), {})
+        lines += [f"## {d} (chance balanced accuracy {chance:.3f}, AUROC 0.500)", ""]
+        if not any(key[0] == d for key in cells):
+            lines += ["| model | trained on | test balanced accuracy |", "|---|---|---|"]
+            for model in _ordered_models([r for r in rows if r["dataset"] == d]):
+                lines.append(f"| {model} | {_trained_on(rows, model)} | "
+                             f"{cell([r['clean_bacc'] for r in rows if r['model'] == model and r['dataset'] == d])} |")
+            lines.append("")
+            continue
+        lines += ["| model | trained on | seeds | " + " | ".join(title for _, title in TABLE_MEASURES) + " |",
+                  "|---|---|---|" + "---|" * len(TABLE_MEASURES)]
+        for model in _ordered_models([r for r in rows if r["dataset"] == d]):
+            c = cells.get((d, model), {})
+            note = {m: next((r[m] for r in rows if r["model"] == model and r["dataset"] == d
+                             and isinstance(r.get(m), str)), "-") for m, _ in TABLE_MEASURES}
+            values = [measures.describe(c[m], chance) if m in c else note[m] for m, _ in TABLE_MEASURES]
+            n = len([r for r in rows if r["model"] == model and r["dataset"] == d])
+            lines.append(f"| {model} | {_trained_on(rows, model)} | {n} | " + " | ".join(values) + " |")
+        lines.append("")
+    lines += diagnostics_table(rows, cells)
     corr_rows = [r for r in rows if r.get("corr_bacc") is not None]
     if corr_rows:
         lines += ["", "## Clean vs MedMNIST-C (mean over corruptions and severities)", "",
@@ -194,22 +351,79 @@ def results_markdown(rows: list[dict]) -> str:
                 da = mean_sd([r.get(f"corr_delta@{name}") for r in at])[0]
                 lines.append(f"| {name} | {e:.3f} | {a:.3f} | {a - e:+.3f} | {de:+.3f} | {da:+.3f} |")
             lines.append("")
-    lines += ["", findings(rows)]
+    if cells:
+        lines += ["", WHY]
+    lines += ["", findings(rows, cells)]
     return "\n".join(lines) + "\n"
 
 
-def findings(rows: list[dict]) -> str:
-    """Plain sentences: does each of the study's two findings hold here, and by how much."""
+DIAGNOSTICS = (("train_acc_constructed", "train acc on its constructed set"),
+               ("source_agreement", "source model agrees with the new labels"),
+               ("mean_p1_constructed", "mean p(class 1), constructed train"),
+               ("mean_p1_real_test", "mean p(class 1), real test"),
+               ("prob_shift_tv", "shift of mean probabilities (TV)"),
+               ("bacc_vs_new_label", "bacc vs D_det label (y+1) mod C"))
+
+
+def diagnostics_table(rows: list[dict], cells: dict) -> list[str]:
+    constructed = [r for r in rows if r.get("kind") == "constructed" and "train_acc_constructed" in r]
+    if not constructed:
+        return []
+    lines = ["## Diagnostics of the models trained on constructed sets (mean over seeds)", "",
+             "| dataset | model | " + " | ".join(title for _, title in DIAGNOSTICS) + " |",
+             "|---|---|" + "---|" * len(DIAGNOSTICS)]
+    for d in dict.fromkeys(r["dataset"] for r in constructed):
+        for model in _ordered_models([r for r in constructed if r["dataset"] == d]):
+            sel = [r for r in constructed if r["dataset"] == d and r["model"] == model]
+            values = []
+            for key, _ in DIAGNOSTICS:
+                if key == "bacc_vs_new_label" and key in cells.get((d, model), {}):
+                    values.append(measures.describe(cells[(d, model)][key], 0.0))
+                    continue
+                got = [r.get(key) for r in sel if isinstance(r.get(key), (int, float))]
+                values.append(f"{mean_sd(got)[0]:.3f}" if got else "-")
+            lines.append(f"| {d} | {model} | " + " | ".join(values) + " |")
+    return lines + [""]
+
+
+VERDICT_MEASURES = (("auroc", "AUROC"), ("bacc_recal", "bacc with a threshold fitted on real val"),
+                    ("bacc_adabn", "bacc after AdaBN"), ("bacc", "bacc at the default threshold"))
+
+
+def findings(rows: list[dict], cells: Optional[dict] = None) -> str:
+    """Plain sentences: does each of the study's two findings hold here, read from intervals against chance."""
+    cells = cells or {}
     out = ["## Findings", ""]
     for d in dict.fromkeys(r["dataset"] for r in rows):
         chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
-        for model in ("d_rand", "d_det"):
-            values = [r["clean_bacc"] for r in rows if r["dataset"] == d and r["model"] == model]
-            if values:
+        num_classes = round(1 / chance)
+        for model in _ordered_models([r for r in rows if r["dataset"] == d]):
+            kind = _construction(rows, model)
+            if kind not in ("d_rand", "d_det"):
+                continue
+            c = cells.get((d, model))
+            if not c or "auroc" not in c:
+                values = [r["clean_bacc"] for r in rows if r["dataset"] == d and r["model"] == model]
                 mean = mean_sd(values)[0]
-                verdict = "holds" if mean > chance + 0.05 else "does not hold"
                 out.append(f"- {d}, {model}: test balanced accuracy {mean:.3f} vs chance {chance:.3f} "
-                           f"({mean - chance:+.3f}): finding 1 (nonrobust features generalise) {verdict}.")
+                           f"({mean - chance:+.3f}); no per-example measures, so no interval: finding 1 "
+                           f"{measures.UNDECIDED}.")
+                continue
+            head = c["auroc"]
+            main = measures.verdict(head["low"], head["high"], 0.5)
+            parts = []
+            for m, title in VERDICT_MEASURES[1:]:
+                if m in c:
+                    ch = measures.chance_of(m, num_classes)
+                    parts.append(f"{title} {measures.describe(c[m], ch)} ({measures.verdict(c[m]['low'], c[m]['high'], ch)})")
+            room = f"; effects up to AUROC {head['high']:.3f} not excluded" if main == measures.UNDECIDED else ""
+            out.append(f"- {d}, {model} ({head['seeds']} seed{'s' if head['seeds'] > 1 else ''}): test AUROC "
+                       f"{measures.describe(head, 0.5)} vs chance 0.500: **finding 1 (nonrobust features alone are "
+                       f"useful) {main}**{room}. Also: " + "; ".join(parts) + ".")
+            if kind == "d_det" and "bacc_vs_new_label" in c:
+                n = c["bacc_vs_new_label"]
+                out.append(f"  Against the D_det label (y + 1) mod C: bacc {measures.describe(n, chance)} "
+                           "(a model that learned the robust, visible features would score above chance here).")
         erm = [r for r in rows if r["dataset"] == d and r["model"] == "erm" and r.get("corr_bacc") is not None]
         at = [r for r in rows if r["dataset"] == d and r["model"] == "pgd_at" and r.get("corr_bacc") is not None]
         if erm and at:
@@ -217,35 +431,53 @@ def findings(rows: list[dict]) -> str:
             me, ma = mean_sd([r["corr_bacc"] for r in erm])[0], mean_sd([r["corr_bacc"] for r in at])[0]
             verdict = "holds" if ca <= ce and ma > me else ("partly holds" if ma > me else "does not hold")
             out.append(f"- {d}, ERM -> PGD-AT: clean {ce:.3f} -> {ca:.3f} ({ca - ce:+.3f}), MedMNIST-C {me:.3f} -> "
-                       f"{ma:.3f} ({ma - me:+.3f}): finding 2 (AT trades clean accuracy for corruption robustness) {verdict}.")
+                       f"{ma:.3f} ({ma - me:+.3f}): finding 2 (AT trades clean accuracy for corruption robustness) "
+                       f"{verdict} (point estimates; no interval over test examples for MedMNIST-C yet).")
     return "\n".join(out)
 
 
-def figures(rows: list[dict], out: Path) -> None:
-    """constructed.png (constructed-set accuracies vs chance), corruption.png (clean vs corrupted, ERM and PGD-AT),
-    robust_curve.png (PGD balanced accuracy against epsilon)."""
+FIGURE_MEASURES = (("bacc", "bacc (default threshold)"), ("bacc_recal", "bacc (threshold on real val)"),
+                   ("auroc", "AUROC"))
+
+
+def figures(rows: list[dict], out: Path, cells: Optional[dict] = None) -> None:
+    """constructed.png (every model's measures with intervals, chance dashed), corruption.png (clean vs corrupted,
+    ERM and PGD-AT), robust_curve.png (PGD balanced accuracy against epsilon)."""
     from sweeps.report import pyplot_agg, save_figure
 
     plt = pyplot_agg()
+    cells = cells or {}
 
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     models = _ordered_models(rows)
 
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 + 0.45 * len(datasets) * len(models)), 3.8))
-    width = 0.8 / max(1, len(models))
-    for i, model in enumerate(models):
-        means, sds = zip(*[mean_sd([r["clean_bacc"] for r in rows if r["model"] == model and r["dataset"] == d])
-                           for d in datasets])
-        ax.bar(np.arange(len(datasets)) + i * width, means, width, yerr=sds, label=model, capsize=2)
-    for j, d in enumerate(datasets):
+    fig, axes = plt.subplots(1, len(datasets), figsize=(max(5.0, 1.5 + 0.55 * len(models)) * len(datasets), 3.8),
+                             squeeze=False)
+    for ax, d in zip(axes[0], datasets):
         chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
-        ax.hlines(chance, j - width / 2, j + 0.8 - width / 2, colors="k", linestyles="--",
-                  label="chance" if j == 0 else None)
-    ax.set_xticks(np.arange(len(datasets)) + 0.4 - width / 2, datasets)
-    ax.set_ylabel("test balanced accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("Trained on real vs constructed sets")
+        names = [m for m in models if any(r["model"] == m and r["dataset"] == d for r in rows)]
+        shown = [(m, t) for m, t in FIGURE_MEASURES if any(m in cells.get((d, n), {}) for n in names)] or \
+            [("clean_bacc", "balanced accuracy")]
+        width = 0.8 / len(shown)
+        for i, (measure, title) in enumerate(shown):
+            means, lows, highs = [], [], []
+            for n in names:
+                c = cells.get((d, n), {}).get(measure)
+                if c is None:
+                    mean = mean_sd([r.get(measure, r["clean_bacc"]) for r in rows if r["model"] == n and r["dataset"] == d])[0]
+                    means.append(mean), lows.append(mean), highs.append(mean)
+                else:
+                    means.append(c["mean"]), lows.append(c["low"]), highs.append(c["high"])
+            means, lows, highs = map(np.array, (means, lows, highs))
+            ax.bar(np.arange(len(names)) + i * width, means, width, label=title,
+                   yerr=np.vstack([means - lows, highs - means]), capsize=2)
+        ax.axhline(chance, color="k", ls="--", lw=1, label="chance")
+        ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, rotation=30, ha="right", fontsize=7)
+        ax.set_ylim(0, 1)
+        ax.set_title(d)
+        ax.set_ylabel("real test split")
+        ax.legend(fontsize=6)
+    fig.suptitle("Trained on real vs constructed sets (bars: interval over test examples / seeds)", fontsize=9)
     save_figure(fig, out / "constructed.png")
 
     corr = [r for r in rows if r.get("corr_bacc") is not None and r["model"] in ("erm", "pgd_at")]
@@ -288,10 +520,24 @@ def figures(rows: list[dict], out: Path) -> None:
 
 
 # ---- the pipeline -------------------------------------------------------------------------------------------
+def measure_step(step_dir: Path, summary: dict, study: Study, construction: str = "real",
+                 sidecar: Optional[Path] = None) -> dict:
+    """Every study measure of one trained model (predictions cached beside its checkpoint): the per-example
+    bootstrap draws, the diagnostics of a constructed model and the notes (a measure that does not apply)."""
+    info = None
+    if sidecar is not None and sidecar.is_file():
+        info = json.loads(sidecar.read_text())
+    predictions = measures.model_predictions(step_dir, summary["best_checkpoint"], construction,
+                                             study.recalibration["split"], info)
+    stats = study.statistics
+    return {"measures": measures.draws(predictions, stats["bootstrap"], stats["seed"]), "level": stats["level"],
+            "diagnostics": predictions.get("diagnostics"), "notes": predictions["notes"]}
+
+
 def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     """Run (or reuse) every step of the study and write the results; returns the results rows."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = []
+    rows, draws = [], {}
     for dataset in study.datasets:
         flag = dataset_info(dataset["flag"]).flag
         for seed in study.seeds:
@@ -300,18 +546,23 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
             for name, spec in study.models.items():
                 log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if done(base / name) else ""))
                 trained[name] = train_step(base / name, spec, study.train, dataset, seed, corruptions=spec.get("corruptions", False))
-                rows.append(result_row(dataset, name, "real", seed, trained[name]))
-            for kind, spec in study.constructions.items():
-                npz = base / "constructed" / f"{kind}.npz"
-                log(f"[{flag} seed {seed}] construct {kind} from {spec['source']}" + (" (reused)" if npz.is_file() else ""))
-                construct_step(npz, kind, trained[spec["source"]], study, dataset, seed)
-                training = study.constructed_training
+                measured = measure_step(base / name, trained[name], study)
+                draws.setdefault((flag, name), []).append(measured["measures"])
+                rows.append(result_row(dataset, name, "real", seed, trained[name], measured))
+            for name, spec in study.constructions.items():
+                npz = base / "constructed" / f"{spec.get('reuse') or name}.npz"
+                log(f"[{flag} seed {seed}] construct {name} from {spec['source']}" + (" (reused)" if npz.is_file() else ""))
+                construct_step(npz, spec.get("reuse") or name, trained[spec["source"]], study, dataset, seed)
                 extra = {"data.train_npz": str(npz), "data.verify_md5": False}
-                log(f"[{flag} seed {seed}] train on {kind}" + (" (reused)" if done(base / f"train_{kind}") else ""))
-                summary = train_step(base / f"train_{kind}", training, study.train, dataset, seed, extra=extra)
-                rows.append(result_row(dataset, kind, "constructed", seed, summary))
-            write_results(rows, out)  # partial results after every dataset and seed
-    write_results(rows, out)
+                log(f"[{flag} seed {seed}] train on {name}" + (" (reused)" if done(base / f"train_{name}") else ""))
+                summary = train_step(base / f"train_{name}", constructed_training(study, name), study.train, dataset,
+                                     seed, extra=extra)
+                kind = construction_kind(name, spec)
+                measured = measure_step(base / f"train_{name}", summary, study, kind, npz.with_suffix(".json"))
+                draws.setdefault((flag, name), []).append(measured["measures"])
+                rows.append(result_row(dataset, name, "constructed", seed, summary, measured, kind))
+            write_results(rows, out, draws, study)  # partial results after every dataset and seed
+    write_results(rows, out, draws, study)
     return rows
 
 

@@ -21,6 +21,12 @@ def test_shipped_study_configs_load():
     for name in ("quick", "paper", "causes"):
         study = load_study(REPO / "configs" / "study" / f"{name}.yaml")
         assert {"erm", "pgd_at"} <= set(study.models)
+    scale = load_study(REPO / "configs" / "study" / "scale.yaml")
+    quick = load_study(REPO / "configs" / "study" / "quick.yaml")
+    # scale.yaml shares its erm and d_rand / d_det steps with the quick study (same --out trains them once)
+    assert scale.train == quick.train and scale.models["erm"] == quick.models["erm"]
+    assert all(scale.constructions[k] == quick.constructions[k] for k in ("d_rand", "d_det"))
+    assert scale.constructed_training == quick.constructed_training
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -33,6 +39,12 @@ def test_shipped_study_configs_load():
     (["models.erm.config=configs/missing.yaml"], "not found"),
     (["datasets=[{flag: chestmnist}]"], "multi-label"),
     (["seeds"], "key=value"),
+    (["recalibration.split=calibration"], "pneumoniamnist has no such split (its splits: train, val, test)"),
+    (["recalibration.split=test"], "fit on the real validation split"),
+    (["statistics.interval=seeds_and_examples"], "needs at least 2 seeds, got 1"),
+    (["statistics.bootstrap=10"], "at least 100 draws"),
+    (["constructions.d_x={source: erm, reuse: d_rand}"], "unknown construction 'd_x'"),
+    (["constructions.d_x={kind: d_rand, source: erm, reuse: d_nope}"], "must name a set built earlier"),
 ])
 def test_bad_study_configs_end_in_one_clear_error(overrides, message):
     with pytest.raises(MedRobustError) as err:
@@ -83,8 +95,9 @@ def test_results_tables_findings_and_figures(tmp_path):
     assert "| d_rand | D_rand (nonrobust features only) | 0.640 |" in markdown
     assert "| brightness_up | 0.700 | 0.780 | +0.080 |" in markdown
     text = findings(rows)
-    assert "d_rand: test balanced accuracy 0.640 vs chance 0.500 (+0.140): finding 1 (nonrobust features generalise) holds" in text
-    assert "d_det: test balanced accuracy 0.520" in text and "does not hold" in text
+    # without per-example measures there is no interval, so no verdict either way
+    assert "d_rand: test balanced accuracy 0.640 vs chance 0.500 (+0.140); no per-example measures" in text
+    assert "finding 1 undecided at this sample size" in text and "holds." not in text.split("ERM -> PGD-AT")[0]
     assert "MedMNIST-C 0.750 -> 0.785 (+0.035): finding 2" in text and "holds" in text
     for figure in ("constructed.png", "corruption.png", "robust_curve.png"):
         assert (tmp_path / figure).stat().st_size > 1000

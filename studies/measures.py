@@ -1,0 +1,310 @@
+"""What a study says about one trained model, and how sure it can be: threshold-free and recalibrated measures on
+the real test split, diagnostics of a model trained on a constructed set, bootstrap intervals over test examples
+(and over seeds), and a verdict against chance read from those intervals.
+
+Measures (every one through the project's metrics, lightning_modules.metrics, never re-derived here):
+
+- `bacc`: balanced accuracy at the default decision rule (argmax; binary: p1 > 0.5);
+- `auroc`: AUROC (macro one-vs-rest for multi-class), threshold-free;
+- `bacc_recal`: balanced accuracy after a bias on the log-probabilities, fitted on the real validation split only
+  (binary: a threshold; multi-class: one bias per class, by coordinate ascent on validation balanced accuracy),
+  then applied unchanged to test;
+- `bacc_adabn`, `auroc_adabn`: the same model after its BatchNorm running statistics are re-estimated on the
+  unlabeled real validation images (AdaBN, Li et al. 2016: no labels, no threshold); not defined for models
+  without BatchNorm (the row says so);
+- `bacc_vs_new_label` (D_det only): balanced accuracy against the D_det label (y + 1) mod C of each test image:
+  a model that learned the robust (visible) features scores above chance here, and below chance on `bacc`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from core.files import atomic_write
+from datamodules.info import MULTILABEL
+
+#: measure -> (metric, prediction variant, what it is)
+MEASURES = {
+    "bacc": ("bacc", "default", "balanced accuracy at the default threshold"),
+    "auroc": ("auroc", "default", "AUROC (threshold-free)"),
+    "bacc_recal": ("bacc", "recal", "balanced accuracy, bias fitted on the real validation split"),
+    "bacc_adabn": ("bacc", "adabn", "balanced accuracy after AdaBN on unlabeled real validation images"),
+    "auroc_adabn": ("auroc", "adabn", "AUROC after AdaBN on unlabeled real validation images"),
+    "bacc_vs_new_label": ("bacc", "new_label", "balanced accuracy against the D_det label (y + 1) mod C"),
+}
+HOLDS, NOT_HOLDS, UNDECIDED = "holds", "does not hold", "undecided at this sample size"
+CACHE_VERSION = 1
+
+
+# ---- one metric definition, reused across many resamples ------------------------------------------------------
+class Scorer:
+    """`score(probabilities, targets)` for one metric of a task: the project's metric object (make_metrics), built
+    once and reset after every call, so thousands of bootstrap resamples do not rebuild it each time."""
+
+    def __init__(self, task: str, num_classes: int, metric: str):
+        from lightning_modules.metrics import make_metrics
+
+        self.metric = make_metrics(task, num_classes)[metric]
+
+    def __call__(self, probabilities: torch.Tensor, targets: torch.Tensor) -> float:
+        self.metric.update(probabilities, targets)
+        value = float(self.metric.compute())
+        self.metric.reset()
+        return value
+
+
+def _targets(targets: torch.Tensor, task: str) -> torch.Tensor:
+    """Targets as the metrics take them (as evaluation.runs.score shapes them)."""
+    targets = torch.as_tensor(targets)
+    if task == MULTILABEL:
+        return targets.long()
+    return targets.reshape(len(targets), -1)[:, 0].long()
+
+
+# ---- recalibration: a bias on the log-probabilities fitted on validation --------------------------------------
+def apply_bias(probabilities: torch.Tensor, bias: np.ndarray) -> torch.Tensor:
+    """softmax(log p + bias): the argmax moves, the ranking within a class does not."""
+    logp = torch.log(probabilities.double().clamp_min(1e-300)) + torch.as_tensor(bias, dtype=torch.float64)
+    return torch.softmax(logp, dim=1).float()
+
+
+def fit_bias(probabilities: torch.Tensor, targets: torch.Tensor, task: str, rounds: Optional[int] = None,
+             candidates: int = 256) -> np.ndarray:
+    """A bias per class on the log-probabilities that maximises balanced accuracy on these (validation) examples:
+    binary heads get a threshold (the bias of class 1, class 0 at 0), multi-class heads one bias per class by
+    coordinate ascent (each class in turn, the other biases held). Candidates are the points where an example's
+    argmax changes (at most `candidates` quantiles of them per step)."""
+    from lightning_modules.metrics import task_balanced_accuracy
+
+    if task == MULTILABEL:
+        raise ConfigError("recalibration is defined for single-label heads (one bias per class); this task is "
+                          "multi-label")
+    logp = torch.log(probabilities.double().clamp_min(1e-300)).numpy()
+    labels = _targets(targets, task).numpy()[:, None]
+    k = logp.shape[1]
+    bias = np.zeros(k)
+    classes = [k - 1] if k == 2 else list(range(k))
+    best = task_balanced_accuracy("multiclass", labels, logp + bias)
+    for _ in range(rounds or (1 if k == 2 else 3)):
+        improved = False
+        for c in classes:
+            others = np.delete(logp + bias, c, axis=1).max(axis=1)
+            ties = np.unique(others - logp[:, c])  # bias at which each example's argmax switches to / from c
+            if len(ties) > candidates:
+                ties = np.unique(np.quantile(ties, np.linspace(0, 1, candidates)))
+            points = np.concatenate([[ties[0] - 1.0], (ties[:-1] + ties[1:]) / 2, [ties[-1] + 1.0]])
+            for value in points:
+                trial = bias.copy()
+                trial[c] = value
+                score = task_balanced_accuracy("multiclass", labels, logp + trial)
+                # ties in score keep the bias closest to zero (the model's own rule where recalibration does not help)
+                if score > best + 1e-12 or (abs(score - best) <= 1e-12 and abs(value) < abs(bias[c])):
+                    improved |= score > best + 1e-12
+                    best, bias = score, trial
+        if not improved:
+            break
+    return bias
+
+
+# ---- AdaBN: BatchNorm statistics from unlabeled images ----------------------------------------------------------
+def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+def adabn(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> Optional[nn.Module]:
+    """A copy of `model` whose BatchNorm running statistics are re-estimated on `images` (uint8 or [0, 1]; labels
+    never used): each layer's statistics are the average over batches of the batch statistics, every other
+    weight unchanged. None when the model has no BatchNorm layer."""
+    from datamodules.tensors import to_unit_range
+    from evaluation.scoring import model_device
+
+    adapted = copy.deepcopy(model)
+    layers = batchnorm_layers(adapted)
+    if not layers:
+        return None
+    adapted.eval()
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None  # cumulative average over the batches
+        layer.train()
+    device = model_device(adapted)
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            adapted(to_unit_range(images[start:start + batch_size].to(device)))
+    return adapted.eval()
+
+
+# ---- one model's predictions and diagnostics -------------------------------------------------------------------
+def model_predictions(run_dir, checkpoint, kind: str = "real", recalibration_split: str = "val",
+                      sidecar: Optional[dict] = None, batch_size: int = 512) -> dict[str, Any]:
+    """Per-example test probabilities of a finished run's checkpoint under every prediction variant (default,
+    recalibrated on `recalibration_split`, AdaBN on its unlabeled images), the fitted bias, and for a model
+    trained on a constructed set its diagnostics. Cached beside the checkpoint."""
+    from datamodules.medmnist import MedMNISTDataModule
+    from evaluation.checkpoints import load_module
+    from evaluation.runs import run_config
+    from evaluation.scoring import predict
+
+    ckpt = Path(checkpoint or "")
+    if not ckpt.is_file():
+        raise ConfigError(f"run {run_dir} has no best checkpoint ({ckpt})")
+    data = dict(run_config(run_dir)["data"])
+    settings = {"version": CACHE_VERSION, "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": data,
+                "kind": kind, "recalibration_split": recalibration_split}
+    cache = ckpt.with_name(f"{ckpt.stem}.study-measures.pt")
+    if cache.exists():
+        cached = torch.load(cache, weights_only=False)
+        if cached.get("settings") == settings:
+            return cached
+    dm = MedMNISTDataModule(**data)
+    task, k = dm.task, dm.num_classes
+    model = load_module(ckpt)
+    run = dict(task=task, num_classes=k, batch_size=batch_size)
+    val, test = dm.split(recalibration_split), dm.split("test")
+    p_val = predict(model, val.images, **run)
+    p_test = predict(model, test.images, **run)
+    out: dict[str, Any] = {"settings": settings, "task": task, "num_classes": k, "targets": _targets(test.targets, task),
+                           "variants": {"default": p_test}, "notes": {}}
+    if task != MULTILABEL:
+        bias = fit_bias(p_val, val.targets, task)
+        out["bias"] = bias.tolist()
+        out["variants"]["recal"] = apply_bias(p_test, bias)
+    else:
+        out["notes"]["bacc_recal"] = "n/a: multi-label"
+    adapted = adabn(model, val.images, batch_size)
+    if adapted is None:
+        out["notes"]["bacc_adabn"] = out["notes"]["auroc_adabn"] = "n/a: no BatchNorm"
+    else:
+        out["variants"]["adabn"] = predict(adapted, test.images, **run)
+    if kind == "d_det" and task != MULTILABEL:
+        out["variants"]["new_label"] = p_test
+        out["new_targets"] = (out["targets"] + 1) % k
+    if kind != "real":
+        out["diagnostics"] = constructed_diagnostics(model, dm, p_test, sidecar, run)
+    with atomic_write(cache, "wb") as handle:
+        torch.save(out, handle)
+    return out
+
+
+def constructed_diagnostics(model, dm, p_test: torch.Tensor, sidecar: Optional[dict], run: dict) -> dict:
+    """Training accuracy on the constructed set (against its new labels), the source model's agreement with the new
+    labels (the construction sidecar's assigned share), and the mean predicted probability on constructed vs real
+    test images: of the last class for two classes, the total-variation distance of the mean probability vectors
+    otherwise."""
+    from evaluation.runs import score
+    from evaluation.scoring import predict
+
+    train = dm.split("train")
+    p_train = predict(model, train.images, **run)
+    acc = score(p_train, train.targets, run["task"], run["num_classes"], ("acc",))["acc"]
+    mean_train, mean_test = p_train.double().mean(0), p_test.double().mean(0)
+    out = {"train_acc_constructed": acc,
+           "source_agreement": (sidecar or {}).get("assigned_share"),
+           "prob_shift_tv": float((mean_train - mean_test).abs().sum() / 2)}
+    if run["num_classes"] == 2:
+        out["mean_p1_constructed"], out["mean_p1_real_test"] = float(mean_train[1]), float(mean_test[1])
+    return out
+
+
+# ---- bootstrap over test examples (and seeds) ------------------------------------------------------------------
+def measure_names(predictions: dict) -> list[str]:
+    return [m for m, (_, variant, _) in MEASURES.items() if variant in predictions["variants"]]
+
+
+def example_draws(n_examples: int, n: int, seed: int) -> list[torch.Tensor]:
+    """The resampled test indices of every draw: the same for every model of a dataset (same test split), so
+    models and seeds are compared on the same resamples."""
+    rng = np.random.default_rng([seed, n_examples])
+    return [torch.from_numpy(rng.integers(0, n_examples, n_examples)) for _ in range(n)]
+
+
+def draws(predictions: dict, n: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """{measure: {'value': on every example, 'draws': array of n resampled values}} for one model."""
+    task, k = predictions["task"], predictions["num_classes"]
+    targets = predictions["targets"]
+    samples = example_draws(len(targets), n, seed)
+    scorers = {metric: Scorer(task, k, metric) for metric in ("bacc", "auroc")}
+    scorers["auroc"].metric.validate_args = False  # the point estimate below checks the inputs once
+    out = {}
+    for name in measure_names(predictions):
+        metric, variant, _ = MEASURES[name]
+        probs = predictions["variants"][variant]
+        y = predictions["new_targets"] if variant == "new_label" else targets
+        score = scorers[metric]
+        value = Scorer(task, k, metric)(probs, y)
+        if metric == "bacc" and task != MULTILABEL:
+            values = samplewise_bacc(probs, y, torch.stack(samples))
+        else:
+            values = np.array([score(probs[i], y[i]) for i in samples])
+        out[name] = {"value": value, "draws": values}
+    return out
+
+
+def samplewise_bacc(probabilities: torch.Tensor, targets: torch.Tensor, indices: torch.Tensor) -> np.ndarray:
+    """Balanced accuracy of every resample (rows of `indices`) at once: the project's BalancedAccuracy with
+    per-sample statistics (torchmetrics' samplewise reduction), the same definition as one call per resample."""
+    from lightning_modules.metrics import BalancedAccuracy
+
+    metric = BalancedAccuracy(probabilities.shape[1], multidim_average="samplewise")
+    out = []
+    for chunk in indices.split(250):
+        metric.update(probabilities[chunk].permute(0, 2, 1), targets[chunk])
+        out.append(metric.compute().double().numpy())
+        metric.reset()
+    return np.concatenate(out)
+
+
+def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    tail = (1 - level) / 2 * 100
+    low, high = np.nanpercentile(values, [tail, 100 - tail])
+    return float(low), float(high)
+
+
+def cell(per_seed: Sequence[dict], level: float = 0.95, over_seeds: bool = True, seed: int = 0) -> dict:
+    """Statistics of one measure over the seeds of a cell: mean and sd of the per-seed values, and an interval
+    from the joint bootstrap (each draw resamples the test examples, the same ones for every seed, and, with
+    `over_seeds`, the seeds too; the draw's value is the mean over the drawn seeds)."""
+    values = np.array([m["value"] for m in per_seed], dtype=float)
+    matrix = np.stack([m["draws"] for m in per_seed])  # seeds x draws
+    s, n = matrix.shape
+    if over_seeds and s > 1:
+        rng = np.random.default_rng([seed, s, n])
+        picks = rng.integers(0, s, (n, s))
+        combined = matrix[picks, np.arange(n)[:, None]].mean(axis=1)
+    else:
+        combined = matrix.mean(axis=0)
+    low, high = interval(combined, level)
+    return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if s > 1 else 0.0, "low": low,
+            "high": high, "seeds": s}
+
+
+def chance_of(measure: str, num_classes: int, task: str = "") -> float:
+    """Chance level of a measure: 0.5 for AUROC, 1 / C for balanced accuracy (0.5 per label, multi-label)."""
+    if MEASURES[measure][0] == "auroc" or task == MULTILABEL:
+        return 0.5
+    return 1.0 / num_classes
+
+
+def verdict(low: float, high: float, chance: float) -> str:
+    """From the interval alone: above chance (lower bound above it) holds; at or below chance (upper bound not
+    above it) does not hold; an interval that contains chance with room above it is undecided at this sample size."""
+    if math.isnan(low) or math.isnan(high):
+        return UNDECIDED
+    if low > chance:
+        return HOLDS
+    if high <= chance:
+        return NOT_HOLDS
+    return UNDECIDED
+
+
+def describe(stats: dict, chance: float) -> str:
+    """`0.853 ± 0.012 [0.821, 0.884]` (mean ± sd over seeds, interval), as one table cell."""
+    spread = f" ± {stats['sd']:.3f}" if stats["seeds"] > 1 else ""
+    return f"{stats['mean']:.3f}{spread} [{stats['low']:.3f}, {stats['high']:.3f}]"

@@ -1,0 +1,94 @@
+"""studies.measures: recalibration on validation, AdaBN, bootstrap draws through the project's metrics, intervals
+over seeds and the verdict against chance."""
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from evaluation.runs import score
+from lightning_modules.metrics import task_balanced_accuracy
+from studies import measures
+
+
+def _shifted_binary(n=400, shift=4.0, seed=0):
+    """Scores that rank the classes well but sit far on the class-1 side: default-threshold bacc near chance."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 2
+    logit = (y.float() * 2 - 1) + torch.randn(n, generator=g) * 0.8 + shift
+    return torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], 1), y
+
+
+def test_bias_fitted_on_validation_recovers_a_shifted_threshold():
+    p_val, y_val = _shifted_binary(seed=0)
+    p_test, y_test = _shifted_binary(seed=1)
+    assert task_balanced_accuracy("binary", y_test[:, None].numpy(), p_test.numpy()) < 0.6  # everything is class 1
+    bias = measures.fit_bias(p_val, y_val, "binary")
+    assert bias[0] == 0 and bias[1] == pytest.approx(-4.0, abs=0.6)
+    recal = measures.apply_bias(p_test, bias)
+    assert task_balanced_accuracy("binary", y_test[:, None].numpy(), recal.numpy()) > 0.8
+    # the ranking (so AUROC) does not move
+    assert score(recal, y_test, "binary", 2, ("auroc",)) == pytest.approx(score(p_test, y_test, "binary", 2, ("auroc",)), abs=1e-6)
+
+
+def test_multiclass_gets_one_bias_per_class():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(600) % 3
+    logits = torch.nn.functional.one_hot(y, 3).float() * 2 + torch.randn(600, 3, generator=g)
+    logits[:, 2] += 3.0  # class 2 swallows the others at the default rule
+    probs = torch.softmax(logits, 1)
+    before = task_balanced_accuracy("multiclass", y[:, None].numpy(), probs.numpy())
+    bias = measures.fit_bias(probs, y, "multiclass")
+    after = task_balanced_accuracy("multiclass", y[:, None].numpy(), measures.apply_bias(probs, bias).numpy())
+    assert before < 0.6 and after > 0.75 and bias[2] - bias[:2].mean() < -1.5
+
+
+class _BN(nn.Module):
+    def __init__(self, bn=True):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(1) if bn else nn.Identity()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x):
+        return self.fc(self.norm(x).flatten(1))
+
+
+def test_adabn_re_estimates_batchnorm_statistics_from_unlabeled_images_only():
+    torch.manual_seed(0)
+    model = _BN().eval()
+    images = torch.rand(64, 1, 2, 2) * 0.2 + 0.7
+    adapted = measures.adabn(model, images, batch_size=16)
+    assert adapted is not model and model.norm.running_mean.item() == 0.0  # the original is untouched
+    assert adapted.norm.running_mean.item() == pytest.approx(images.mean().item(), abs=1e-5)
+    assert not adapted.training and torch.equal(adapted.fc.weight, model.fc.weight)
+    assert measures.adabn(_BN(bn=False), images) is None
+
+
+def test_draws_match_one_metric_call_per_resample():
+    probs, y = _shifted_binary(n=120, shift=0.5)
+    predictions = {"task": "binary", "num_classes": 2, "targets": y, "variants": {"default": probs}}
+    got = measures.draws(predictions, n=100, seed=3)
+    assert set(got) == {"bacc", "auroc"}
+    samples = measures.example_draws(len(y), 100, 3)
+    for metric in ("bacc", "auroc"):
+        assert got[metric]["value"] == pytest.approx(score(probs, y, "binary", 2, (metric,))[metric])
+        want = [score(probs[i], y[i], "binary", 2, (metric,))[metric] for i in samples[:10]]
+        assert np.allclose(got[metric]["draws"][:10], want)
+
+
+def test_cell_mean_spread_and_interval_over_seeds():
+    per_seed = [{"value": v, "draws": np.full(200, v) + np.linspace(-0.02, 0.02, 200)} for v in (0.6, 0.7, 0.8)]
+    over = measures.cell(per_seed, over_seeds=True)
+    only = measures.cell(per_seed, over_seeds=False)
+    assert over["mean"] == pytest.approx(0.7) and over["sd"] == pytest.approx(0.1) and over["seeds"] == 3
+    assert only["high"] - only["low"] < 0.05 < over["high"] - over["low"]  # seed spread widens the interval
+
+
+@pytest.mark.parametrize("low, high, verdict", [
+    (0.52, 0.70, measures.HOLDS), (0.40, 0.50, measures.NOT_HOLDS), (0.45, 0.60, measures.UNDECIDED),
+    (float("nan"), 0.6, measures.UNDECIDED)])
+def test_verdict_is_read_from_the_interval(low, high, verdict):
+    assert measures.verdict(low, high, 0.5) == verdict
+
+
+def test_chance_levels():
+    assert measures.chance_of("auroc", 9) == 0.5 and measures.chance_of("bacc_recal", 4) == 0.25
