@@ -88,6 +88,7 @@ def test_timm_backbones_and_a_vit():
     """A timm ResNet: every method; a ViT: the gradient methods, and Grad-CAM refused (its only convolution is the
     patch embedding) unless a layer is named."""
     pytest.importorskip("timm")
+    torch.manual_seed(0)  # Grad-CAM's ReLU zeroes a whole map where a random head's class evidence is all negative
     resnet = build_model("timm/test_resnet", 1, 2)
     vit = build_model("timm/test_vit", 3, 3, model_kwargs={"img_size": 16, "patch_size": 4})
     for model, x in ((resnet, torch.rand(2, 1, 32, 32)), (vit, torch.rand(2, 3, 16, 16))):
