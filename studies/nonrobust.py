@@ -22,7 +22,7 @@ from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
 
 from . import measures
-from .runner import cell, check_datasets, check_training_spec, done, load_config, mean_sd, train_step, write_csv
+from .runner import cell, check_datasets, check_seeds, check_training_spec, done, load_config, mean_sd, train_step, write_csv
 
 STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
               "constructed_training", "statistics", "recalibration"}
@@ -87,9 +87,7 @@ def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
         info = dataset_info(entry["flag"])
         if constructions and info.task == MULTILABEL:
             raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
-    seeds = raw.get("seeds", [0])
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
-        raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
+    seeds = check_seeds(raw.get("seeds", [0]))
     constructed = raw.get("constructed_training") or {"config": "configs/erm.yaml"}
     check_training_spec("constructed_training", constructed)
     statistics = check_statistics(raw.get("statistics") or {}, seeds)
