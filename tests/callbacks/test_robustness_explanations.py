@@ -11,6 +11,7 @@ from callbacks.robustness import RobustnessCallback
 from core.errors import ConfigError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
+from counting import CountingERM
 
 QUIET = dict(logger=False, enable_progress_bar=False, enable_model_summary=False)
 EXPL = dict(epsilons=[], corruption_epoch=False, corruption_report=False, autoattack=False)
@@ -59,14 +60,6 @@ class _Dense(ERM):
         self.model = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 2))
 
 
-class _Counting(ERM):
-    steps = 0
-
-    def training_step(self, batch, batch_idx):
-        type(self).steps += 1
-        return super().training_step(batch, batch_idx)
-
-
 @pytest.mark.parametrize("settings, message", [
     ({"explanation_method": "lime"}, "unknown explanation method 'lime'"),
     ({"explanation_epsilons": ["-4/255"]}, "explanation_epsilons: epsilon must be"),
@@ -80,14 +73,14 @@ def test_bad_settings_fail_when_built(settings, message):
 
 
 @pytest.mark.parametrize("module, settings, message", [
-    (_Counting, {"explanation_k": 785}, "explanation_k 785 is larger than the image (28 x 28 = 784 pixels)"),
+    (CountingERM, {"explanation_k": 785}, "explanation_k 785 is larger than the image (28 x 28 = 784 pixels)"),
     (_Dense, {"explanation_method": "gradcam"}, "Conv2d"),
 ])
 def test_settings_that_cannot_apply_fail_before_training(synthetic_root, tmp_path, module, settings, message):
     root = synthetic_root("pneumoniamnist", n_train=16, n_val=8, n_test=8)
     dm = MedMNISTDataModule("pneumoniamnist", root=str(root), verify_md5=False, batch_size=8)
     callback = RobustnessCallback(**EXPL, explanation_report=True, **settings)
-    _Counting.steps = 0
+    CountingERM.steps = 0
     with pytest.raises(ConfigError) as info:
         L.Trainer(callbacks=[callback], max_epochs=1, default_root_dir=str(tmp_path), **QUIET).fit(module(), datamodule=dm)
-    assert message in str(info.value) and _Counting.steps == 0
+    assert message in str(info.value) and CountingERM.steps == 0

@@ -11,6 +11,7 @@ from callbacks.robustness import RobustnessCallback
 from core.errors import ConfigError
 from datamodules.medmnist import MedMNISTDataModule
 from lightning_modules.erm import ERM
+from counting import CountingERM
 
 
 def _trainer(tmp_path, callback, **kwargs) -> L.Trainer:
@@ -33,14 +34,6 @@ def test_corruptions_limit_the_test_table_too(synthetic_root, tmp_path):
         "brightness_up.npz", "clean_roundtrip.npz"]
 
 
-class _Counting(ERM):
-    steps = 0
-
-    def training_step(self, batch, batch_idx):
-        type(self).steps += 1
-        return super().training_step(batch, batch_idx)
-
-
 @pytest.mark.parametrize("settings, message", [
     ({"corruptions": ["motion_blur"]}, "pneumoniamnist has no MedMNIST-C corruption motion_blur"),
     ({"autoattack_attacks": ["apgd-dlr", "apgd-t"]}, "no AutoAttack attack of ['apgd-dlr', 'apgd-t'] can run"),
@@ -49,10 +42,10 @@ def test_settings_that_cannot_apply_to_the_dataset_fail_before_training(syntheti
     root = synthetic_root("pneumoniamnist", n_train=16, n_val=8, n_test=8)
     dm = MedMNISTDataModule("pneumoniamnist", root=str(root), verify_md5=False, batch_size=8)
     callback = RobustnessCallback(corruption_cache=str(tmp_path / "cache"), **settings)
-    _Counting.steps = 0
+    CountingERM.steps = 0
     with pytest.raises(ConfigError) as info:
-        _trainer(tmp_path, callback, max_epochs=1).fit(_Counting(), datamodule=dm)
-    assert message in str(info.value) and _Counting.steps == 0
+        _trainer(tmp_path, callback, max_epochs=1).fit(CountingERM(), datamodule=dm)
+    assert message in str(info.value) and CountingERM.steps == 0
 
 
 def test_the_erm_config_runs_unchanged_on_multilabel_chestmnist(synthetic_root, tmp_path, monkeypatch):
