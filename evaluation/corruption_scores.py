@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError, DataError
-from datamodules.info import BINARY, MULTILABEL, DatasetInfo
+from datamodules.info import DatasetInfo
 from evaluation.scoring import predict as predict_probabilities
 from lightning_modules.calibration import confidence_measures
 from lightning_modules.metrics import DEFAULT_THRESHOLD, task_balanced_accuracy

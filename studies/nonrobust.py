@@ -299,7 +299,6 @@ def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Opti
                   f"{stats['bootstrap']} draws]. Chance: AUROC 0.5, balanced accuracy 1 / classes.", ""]
     for d in datasets:
         chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
-        tested = next((r for r in rows if r["dataset"] == d), {})
         lines += [f"## {d} (chance balanced accuracy {chance:.3f}, AUROC 0.500)", ""]
         if not any(key[0] == d for key in cells):
             lines += ["| model | trained on | test balanced accuracy |", "|---|---|---|"]

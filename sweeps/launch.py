@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Sequence
 
 from . import study as studies
 from . import training
 from .results import trial_rows
-from .spec import REPO, SweepSpec
+from .spec import SweepSpec
 from .worker import describe
 
 
