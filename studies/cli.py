@@ -63,5 +63,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print((Path(args.out) / "results.md").read_text())
-    print(f"{len(rows)} models in {time.time() - started:.0f} s; results in {args.out}/results.csv, results.md, *.png")
+    figures = sorted(p.name for p in Path(args.out).glob("*.png"))
+    print(f"done in {time.time() - started:.0f} s: {len(rows)} result rows; results in {args.out}/results.csv, "
+          "results.md" + "".join(f", {name}" for name in figures))
     return 0

@@ -256,7 +256,7 @@ def samplewise_bacc(probabilities: torch.Tensor, targets: torch.Tensor, indices:
     out = []
     for chunk in indices.split(250):
         metric.update(probabilities[chunk].permute(0, 2, 1), targets[chunk])
-        out.append(metric.compute().double().numpy())
+        out.append(np.atleast_1d(metric.compute().double().numpy()))
         metric.reset()
     return np.concatenate(out)
 

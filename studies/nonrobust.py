@@ -21,7 +21,7 @@ from core.errors import ConfigError
 from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
 
-from . import measures
+from . import corruption_drop, measures
 from .runner import cell, check_datasets, check_seeds, check_training_spec, done, load_config, mean_sd, train_step, write_csv
 
 STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
@@ -213,6 +213,8 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, m
         row.update(measured.get("diagnostics") or {})
     for label, entry in sorted((report.get("pgd") or {}).items(), key=lambda item: item[1]["epsilon"]):
         row[f"adv_bacc@{label}"] = entry["bacc"]
+    for label, entry in sorted((report.get("autoattack") or {}).items(), key=lambda item: item[1]["epsilon"]):
+        row[f"aa_bacc@{label}"] = entry["bacc"]
     table = report.get("corruptions")
     if table:
         row["corr_bacc"] = table["mean_bacc"]
@@ -225,13 +227,34 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, m
     return row
 
 
-def write_results(rows: list[dict], out: Path, draws: Optional[dict] = None, study: Optional[Study] = None) -> None:
+def write_results(rows: list[dict], out: Path, draws: Optional[dict] = None, study: Optional[Study] = None,
+                  corruption_draws: Optional[dict] = None) -> None:
     """results.csv (one row per model, dataset and seed), results.md and the figures. `draws` maps (dataset,
-    model) to the per-seed bootstrap draws of every measure (studies.measures.draws)."""
+    model) to the per-seed bootstrap draws of every measure (studies.measures.draws); `corruption_draws` likewise
+    to finding 2's per-family drops (studies.corruption_drop.drop_draws)."""
     cells = cell_statistics(draws or {}, study)
+    drops = corruption_cells(corruption_draws or {}, study)
     write_csv(rows, out / "results.csv")
-    write_text_atomic(out / "results.md", results_markdown(rows, cells, study))
+    write_text_atomic(out / "results.md", results_markdown(rows, cells, study, drops))
     figures(rows, out, cells)
+
+
+def corruption_cells(corruption_draws: dict, study: Optional[Study] = None) -> dict:
+    """{(dataset, model): {measure: cell}} of finding 2's measures, and {(dataset, 'pgd_at - erm'): ...} from the
+    paired per-seed differences when both models were measured on the same seeds."""
+    level = study.statistics["level"] if study else STATISTICS["level"]
+    over_seeds = study.over_seeds if study else True
+    seed = study.statistics["seed"] if study else 0
+    per_model = dict(corruption_draws)
+    for dataset in {key[0] for key in corruption_draws}:
+        erm, at = corruption_draws.get((dataset, "erm")), corruption_draws.get((dataset, "pgd_at"))
+        if erm and at and len(erm) == len(at):
+            per_model[(dataset, DIFFERENCE)] = [corruption_drop.difference(a, e) for a, e in zip(at, erm)]
+    return {key: {m: measures.cell([d[m] for d in per_seed], level, over_seeds, seed) for m in per_seed[0]}
+            for key, per_seed in per_model.items()}
+
+
+DIFFERENCE = "pgd_at - erm"
 
 
 def cell_statistics(draws: dict, study: Optional[Study] = None) -> dict:
@@ -285,7 +308,8 @@ def _trained_on(rows, model) -> str:
     return label if kind == model or kind == "real" else f"{label}: {model}"
 
 
-def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Optional[Study] = None) -> str:
+def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Optional[Study] = None,
+                     drops: Optional[dict] = None) -> str:
     """The study's tables: every measure per model and dataset with its interval and chance beside it, the
     constructed models' diagnostics, clean vs MedMNIST-C, and a verdict per finding with the measure it uses."""
     cells = cells or {}
@@ -318,6 +342,7 @@ def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Opti
             lines.append(f"| {model} | {_trained_on(rows, model)} | {n} | " + " | ".join(values) + " |")
         lines.append("")
     lines += diagnostics_table(rows, cells)
+    lines += robust_table(rows)
     corr_rows = [r for r in rows if r.get("corr_bacc") is not None]
     if corr_rows:
         lines += ["", "## Clean vs MedMNIST-C (mean over corruptions and severities)", "",
@@ -348,10 +373,59 @@ def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Opti
                 da = mean_sd([r.get(f"corr_delta@{name}") for r in at])[0]
                 lines.append(f"| {name} | {e:.3f} | {a:.3f} | {a - e:+.3f} | {de:+.3f} | {da:+.3f} |")
             lines.append("")
+    lines += drop_table(drops or {})
     if cells:
         lines += ["", WHY]
-    lines += ["", findings(rows, cells)]
+    lines += ["", findings(rows, cells, drops)]
     return "\n".join(lines) + "\n"
+
+
+def drop_table(drops: dict) -> list[str]:
+    """Finding 2's table: corrupted minus round-tripped clean balanced accuracy per corruption family, ERM and
+    PGD-AT, and PGD-AT minus ERM (paired over test examples), each with its interval."""
+    if not drops:
+        return []
+    lines = ["", "## Finding 2: corrupted minus round-tripped clean balanced accuracy, per corruption family", "",
+             "Mean over the family's corruptions and severities, minus the clean test images resampled as the "
+             "corrupted ones (the round-trip reference; the clean image under native224). PGD-AT - ERM is paired: "
+             "the same resampled test examples for both models. Above 0: PGD-AT loses less.", ""]
+    for dataset in dict.fromkeys(key[0] for key in drops):
+        models = [m for m in ("erm", "pgd_at", DIFFERENCE) if (dataset, m) in drops]
+        names = [m for m in drops[(dataset, models[0])] if m.startswith("corr_drop@")]
+        names = sorted(names, key=lambda m: (m == f"corr_drop@{corruption_drop.ALL}", m))
+        lines += [f"**{dataset}**", "", "| family | " + " | ".join(models) + " |", "|---|" + "---|" * len(models)]
+        for extra in ("clean_bacc", "reference_bacc"):
+            lines.append(f"| {extra.replace('_bacc', ' bacc')} | " + " | ".join(
+                measures.describe(drops[(dataset, m)][extra], 0.0) if extra in drops[(dataset, m)] else "-"
+                for m in models) + " |")
+        for name in names:
+            lines.append(f"| {name.split('@', 1)[1]} | " + " | ".join(
+                measures.describe(drops[(dataset, m)][name], 0.0) if name in drops[(dataset, m)] else "-"
+                for m in models) + " |")
+        lines.append("")
+    return lines
+
+
+def robust_table(rows: list[dict]) -> list[str]:
+    """Test balanced accuracy under attack of the models trained on the real split: PGD (the callback's test
+    attack) and, where the study asks for it, AutoAttack (paper.yaml: standard AutoAttack on the whole test split),
+    mean ± sd over seeds."""
+    real = [r for r in rows if r.get("kind") == "real"]
+    columns = sorted({k for r in real for k in r if k.startswith(("adv_bacc@", "aa_bacc@"))},
+                     key=lambda k: (k.startswith("aa_"), parse_epsilon(k.split("@", 1)[1])))
+    if not columns:
+        return []
+    lines = ["## Robust balanced accuracy on the real test split (mean ± sd over seeds)", "",
+             "| dataset | model | clean | " + " | ".join(("AutoAttack " if k.startswith("aa_") else "PGD ") +
+                                                         k.split("@", 1)[1].replace("_", "/") for k in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
+    for d in dict.fromkeys(r["dataset"] for r in real):
+        for model in _ordered_models([r for r in real if r["dataset"] == d]):
+            sel = [r for r in real if r["dataset"] == d and r["model"] == model]
+            values = [cell([r.get(k) for r in sel if r.get(k) is not None]) if any(r.get(k) is not None for r in sel)
+                      else "-" for k in columns]
+            lines.append(f"| {d} | {model} | {cell([r['clean_bacc'] for r in sel])} | " + " | ".join(values) + " |")
+    return lines + [""]
 
 
 DIAGNOSTICS = (("train_acc_constructed", "train acc on its constructed set"),
@@ -387,9 +461,10 @@ VERDICT_MEASURES = (("auroc", "AUROC"), ("bacc_recal", "bacc with a threshold fi
                     ("bacc_adabn", "bacc after AdaBN"), ("bacc", "bacc at the default threshold"))
 
 
-def findings(rows: list[dict], cells: Optional[dict] = None) -> str:
-    """Plain sentences: does each of the study's two findings hold here, read from intervals against chance."""
-    cells = cells or {}
+def findings(rows: list[dict], cells: Optional[dict] = None, drops: Optional[dict] = None) -> str:
+    """Plain sentences: does each of the study's two findings hold here, read from intervals against chance (and,
+    for finding 2, against no difference between PGD-AT and ERM)."""
+    cells, drops = cells or {}, drops or {}
     out = ["## Findings", ""]
     for d in dict.fromkeys(r["dataset"] for r in rows):
         chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
@@ -423,7 +498,24 @@ def findings(rows: list[dict], cells: Optional[dict] = None) -> str:
                            "(a model that learned the robust, visible features would score above chance here).")
         erm = [r for r in rows if r["dataset"] == d and r["model"] == "erm" and r.get("corr_bacc") is not None]
         at = [r for r in rows if r["dataset"] == d and r["model"] == "pgd_at" and r.get("corr_bacc") is not None]
-        if erm and at:
+        paired = drops.get((d, DIFFERENCE))
+        if paired:
+            everything = f"corr_drop@{corruption_drop.ALL}"
+            gain, clean = paired[everything], paired["clean_bacc"]
+            absolute = paired[f"corr_bacc@{corruption_drop.ALL}"]
+            robust = measures.verdict(gain["low"], gain["high"], 0.0)
+            cost = measures.verdict(-clean["high"], -clean["low"], 0.0)
+            families = [m.split("@", 1)[1] for m in paired if m.startswith("corr_drop@") and m != everything]
+            wins = [f for f in families if paired[f"corr_drop@{f}"]["low"] > 0]
+            losses = [f for f in families if paired[f"corr_drop@{f}"]["high"] < 0]
+            out.append(f"- {d}, PGD-AT - ERM ({gain['seeds']} seed{'s' if gain['seeds'] > 1 else ''}, paired over "
+                       f"test examples): clean bacc {measures.describe(clean, 0.0)} (a clean cost: {cost}); "
+                       f"corrupted minus round-tripped clean {measures.describe(gain, 0.0)} over all corruptions "
+                       f"(**PGD-AT loses less under corruption: {robust}**); corrupted bacc "
+                       f"{measures.describe(absolute, 0.0)}. Families where PGD-AT loses less: "
+                       f"{', '.join(wins) or 'none'}; more: {', '.join(losses) or 'none'}. Finding 2 (AT trades clean "
+                       f"accuracy for corruption robustness) is read from these two verdicts.")
+        elif erm and at:
             ce, ca = mean_sd([r["clean_bacc"] for r in erm])[0], mean_sd([r["clean_bacc"] for r in at])[0]
             me, ma = mean_sd([r["corr_bacc"] for r in erm])[0], mean_sd([r["corr_bacc"] for r in at])[0]
             verdict = "holds" if ca <= ce and ma > me else ("partly holds" if ma > me else "does not hold")
@@ -531,10 +623,27 @@ def measure_step(step_dir: Path, summary: dict, study: Study, construction: str 
             "diagnostics": predictions.get("diagnostics"), "notes": predictions["notes"]}
 
 
+def drop_step(step_dir: Path, summary: dict, study: Study) -> dict:
+    """Finding 2's per-family drops of one model trained with `corruptions: true` (predictions cached beside its
+    checkpoint; the corrupted test set is the one its report used)."""
+    predictions = corruption_drop.corruption_predictions(step_dir, summary["best_checkpoint"])
+    return corruption_drop.drop_draws(predictions, study.statistics["bootstrap"], study.statistics["seed"])
+
+
+def drop_columns(drops: dict, level: float) -> dict:
+    """results.csv columns of one model's drops: `corr_drop@F`, `corr_drop@F_low`, `corr_drop@F_high`."""
+    out = {}
+    for name, entry in drops.items():
+        if name.startswith("corr_drop@"):
+            out[name] = entry["value"]
+            out[f"{name}_low"], out[f"{name}_high"] = measures.interval(entry["draws"], level)
+    return out
+
+
 def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     """Run (or reuse) every step of the study and write the results; returns the results rows."""
     out.mkdir(parents=True, exist_ok=True)
-    rows, draws = [], {}
+    rows, draws, corruption_draws = [], {}, {}
     for dataset in study.datasets:
         flag = dataset_info(dataset["flag"]).flag
         for seed in study.seeds:
@@ -546,6 +655,10 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                 measured = measure_step(base / name, trained[name], study)
                 draws.setdefault((flag, name), []).append(measured["measures"])
                 rows.append(result_row(dataset, name, "real", seed, trained[name], measured))
+                if spec.get("corruptions") and dataset_info(flag).task != MULTILABEL:
+                    drops = drop_step(base / name, trained[name], study)
+                    corruption_draws.setdefault((flag, name), []).append(drops)
+                    rows[-1].update(drop_columns(drops, study.statistics["level"]))
             for name, spec in study.constructions.items():
                 npz = base / "constructed" / f"{spec.get('reuse') or name}.npz"
                 log(f"[{flag} seed {seed}] construct {name} from {spec['source']}" + (" (reused)" if npz.is_file() else ""))
@@ -558,8 +671,8 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                 measured = measure_step(base / f"train_{name}", summary, study, kind, npz.with_suffix(".json"))
                 draws.setdefault((flag, name), []).append(measured["measures"])
                 rows.append(result_row(dataset, name, "constructed", seed, summary, measured, kind))
-            write_results(rows, out, draws, study)  # partial results after every dataset and seed
-    write_results(rows, out, draws, study)
+            write_results(rows, out, draws, study, corruption_draws)  # partial results after every dataset and seed
+    write_results(rows, out, draws, study, corruption_draws)
     return rows
 
 

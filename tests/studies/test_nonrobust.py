@@ -130,3 +130,22 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
     changed = load_study(REPO / "configs" / "study" / "quick.yaml", [*overrides, "train.trainer.max_epochs=2"])
     with pytest.raises(MedRobustError, match="trained with other settings"):
         reproduce(changed, tmp_path / "out", log=log.append)
+
+
+def test_autoattack_numbers_reach_the_results_table(tmp_path):
+    """paper.yaml's headline robust numbers (standard AutoAttack) are tabulated beside PGD, per model and seed."""
+    import json
+
+    from studies.nonrobust import results_markdown
+
+    rows = []
+    for seed, aa in ((0, 0.40), (1, 0.44)):
+        path = tmp_path / f"r{seed}.json"
+        path.write_text(json.dumps({"clean": {"bacc": 0.8, "acc": 0.8},
+                                    "pgd": {"8_255": {"bacc": 0.5, "epsilon": 8 / 255}},
+                                    "autoattack": {"8_255": {"bacc": aa, "epsilon": 8 / 255}}}))
+        rows.append(result_row({"flag": "pneumoniamnist"}, "pgd_at", "real", seed, {"report": str(path)}))
+    assert rows[0]["aa_bacc@8_255"] == 0.40
+    markdown = results_markdown(rows)
+    assert "| clean | PGD 8/255 | AutoAttack 8/255 |" in markdown
+    assert "| pneumoniamnist | pgd_at | 0.800 ± 0.000 | 0.500 ± 0.000 | 0.420 ± 0.028 |" in markdown
