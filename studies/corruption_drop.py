@@ -11,7 +11,6 @@ interval too.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 from core.errors import ConfigError
 from core.files import atomic_write
 
-from .measures import example_draws, samplewise_bacc
+from .measures import best_checkpoint, example_draws, read_cache, samplewise_bacc
 
 #: medmnistc's corruption modules -> the MedMNIST-C paper's family names
 FAMILY_OF_MODULE = {"noise": "noise", "compression": "digital", "filter": "blur", "enhance": "colour",
@@ -52,9 +51,7 @@ def corruption_predictions(run_dir, checkpoint, batch_size: int = 512) -> dict[s
     from evaluation.runs import run_config
     from evaluation.scoring import predict
 
-    ckpt = Path(checkpoint or "")
-    if not ckpt.is_file():
-        raise ConfigError(f"run {run_dir} has no best checkpoint ({ckpt})")
+    ckpt = best_checkpoint(run_dir, checkpoint)
     config = run_config(run_dir)
     data = dict(config["data"])
     callback = next((c.get("init_args") or {} for c in (config.get("trainer") or {}).get("callbacks") or []
@@ -64,10 +61,9 @@ def corruption_predictions(run_dir, checkpoint, batch_size: int = 512) -> dict[s
     settings = {"version": CACHE_VERSION, "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": data,
                 **chosen}
     cache = ckpt.with_name(f"{ckpt.stem}.study-corruptions.pt")
-    if cache.exists():
-        cached = torch.load(cache, weights_only=False)
-        if cached.get("settings") == settings:
-            return cached
+    cached = read_cache(cache, settings)
+    if cached is not None:
+        return cached
     dm = MedMNISTDataModule(**data)
     corrupted = load_corrupted(dm.flag, dm.size, dm.root, chosen["cache"], seed=chosen["seed"],
                                as_rgb=dm.hparams.as_rgb, corruptions=chosen["corruptions"],

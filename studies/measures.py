@@ -142,6 +142,22 @@ def adabn(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> Opti
 
 
 # ---- one model's predictions and diagnostics -------------------------------------------------------------------
+def best_checkpoint(run_dir, checkpoint) -> Path:
+    ckpt = Path(checkpoint or "")
+    if not ckpt.is_file():
+        raise ConfigError(f"run {run_dir} has no best checkpoint ({ckpt})")
+    return ckpt
+
+
+def read_cache(cache: Path, settings: dict) -> Optional[dict]:
+    """A study's cached predictions beside a checkpoint, when they were made with these settings (else None)."""
+    if cache.exists():
+        cached = torch.load(cache, weights_only=False)
+        if cached.get("settings") == settings:
+            return cached
+    return None
+
+
 def model_predictions(run_dir, checkpoint, kind: str = "real", recalibration_split: str = "val",
                       sidecar: Optional[dict] = None, batch_size: int = 512) -> dict[str, Any]:
     """Per-example test probabilities of a finished run's checkpoint under every prediction variant (default,
@@ -152,17 +168,14 @@ def model_predictions(run_dir, checkpoint, kind: str = "real", recalibration_spl
     from evaluation.runs import run_config
     from evaluation.scoring import predict
 
-    ckpt = Path(checkpoint or "")
-    if not ckpt.is_file():
-        raise ConfigError(f"run {run_dir} has no best checkpoint ({ckpt})")
+    ckpt = best_checkpoint(run_dir, checkpoint)
     data = dict(run_config(run_dir)["data"])
     settings = {"version": CACHE_VERSION, "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": data,
                 "kind": kind, "recalibration_split": recalibration_split}
     cache = ckpt.with_name(f"{ckpt.stem}.study-measures.pt")
-    if cache.exists():
-        cached = torch.load(cache, weights_only=False)
-        if cached.get("settings") == settings:
-            return cached
+    cached = read_cache(cache, settings)
+    if cached is not None:
+        return cached
     dm = MedMNISTDataModule(**data)
     task, k = dm.task, dm.num_classes
     model = load_module(ckpt)
