@@ -53,9 +53,14 @@ def test_point_estimates_are_the_project_balanced_accuracy_and_intervals_cover_t
 
 
 def test_differences_are_paired_draw_by_draw():
-    a = corruption_drop.drop_draws(_predictions(0, {"gaussian_noise": 0.8}), n=200, seed=0)
-    same = corruption_drop.difference(a, a)
-    assert all(np.all(e["draws"] == 0) and e["value"] == 0 for e in same.values())
+    """Two models on the same test images: their draws resample the same examples, so where their predictions agree
+    (here: everything but the noise family) every paired difference is exactly 0, and elsewhere it is not."""
+    first = _predictions(0, {"gaussian_noise": 0.8, "pixelate": 0.6})
+    second = dict(first, corrupted={**first["corrupted"], "gaussian_noise": first["corrupted"]["gaussian_noise"].flip(1)})
+    a, b = (corruption_drop.drop_draws(p, n=200, seed=0) for p in (first, second))
+    paired = corruption_drop.difference(b, a)
+    assert all(np.all(paired[m]["draws"] == 0) for m in ("corr_drop@digital", "clean_bacc", "reference_bacc"))
+    assert np.all(paired["corr_drop@noise"]["draws"] != 0)
 
 
 def test_multilabel_is_refused_in_one_line():
