@@ -40,7 +40,7 @@ def test_shipped_study_configs_load():
     (["seeds"], "key=value"),
     (["recalibration.split=calibration"], "pneumoniamnist has no such split (its splits: train, val, test)"),
     (["recalibration.split=test"], "fit on the real validation split"),
-    (["statistics.interval=seeds_and_examples"], "needs at least 2 seeds, got 1"),
+    (["seeds=[0]", "statistics.interval=seeds_and_examples"], "needs at least 2 seeds, got 1"),
     (["statistics.bootstrap=10"], "at least 100 draws"),
     (["constructions.d_x={source: erm, reuse: d_rand}"], "unknown construction 'd_x'"),
     (["constructions.d_x={kind: d_rand, source: erm, reuse: d_nope}"], "must name a set built earlier"),
@@ -115,7 +115,7 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
         "models.pgd_at.overrides={model.init_args.steps: 1}",
         "constructions={d_rand: {source: erm, steps: 2}}", "construction_defaults.limit=32",
         "train.trainer.max_epochs=1", "train.trainer.callbacks.init_args.test_steps=1",
-        "train.trainer.callbacks.init_args.epsilons=[2/255]"]
+        "train.trainer.callbacks.init_args.epsilons=[2/255]", "seeds=[0]"]
     study = load_study(REPO / "configs" / "study" / "quick.yaml", overrides)
     log = []
     rows = reproduce(study, tmp_path / "out", log=log.append)
