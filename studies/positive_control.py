@@ -222,20 +222,28 @@ def run(settings: Settings, arms=ARMS, build=None, log=None) -> dict:
             per_seed.append(run_arm(settings, arm == "pattern", seed, build))
         summary = {kind: {probe: over_seeds([r[kind][probe]["value"] for r in per_seed], settings.level)
                           for probe in PROBES} for kind in KINDS}
-        out[arm] = {"seeds": per_seed, "summary": summary, "level": settings.level}
+        out[arm] = {"seeds": per_seed, "summary": summary, "level": settings.level, "n_train": settings.n_train}
     return out
 
 
 def failures(arms: dict) -> list[str]:
     """What the control requires of the arms given, as failures (empty: it passes).
 
-    With the pattern, the D_rand model's test AUROC and its AUROC on pattern-only probes are above chance over seeds
+    D_rand's labels agree with the originals at chance on every seed (a binomial test: its labels are drawn
+    independently of the images' classes). With the pattern, the D_rand model's test AUROC and its AUROC on
+    pattern-only probes are above chance over seeds
     (finding 1 is seen where it is true, and what was learned is the pattern). Without the pattern, the D_rand
     model's test AUROC is lower, seed by seed (the arms share every image but the pattern): a t interval on the
     paired differences above 0. The control is not required to sit at chance: at this budget the perturbation
     carries a little of the bar itself (robust-feature leakage), and its AUROC is reported as what that leakage
     is worth."""
     out = []
+    for arm, result in arms.items():
+        for r in result.get("seeds", []):
+            agree = r["d_rand"]["construction"]["labels_agree_with_original"]
+            if abs(agree - 0.5) > 3.3 * math.sqrt(0.25 / result["n_train"]):  # two-sided binomial, p < 0.001
+                out.append(f"{arm} arm, seed {r['seed']}: D_rand's labels equal the original labels on {agree:.1%} of "
+                           "its images; D_rand draws them independently of the originals (chance: 50%)")
     if "pattern" in arms:
         d_rand = arms["pattern"]["summary"]["d_rand"]
         if d_rand["test"]["verdict"] != measures.HOLDS:

@@ -88,13 +88,13 @@ def test_the_positive_control_fails_when_the_perturbation_is_dropped(shipped):
 
 @pytest.mark.slow
 def test_the_positive_control_fails_when_labels_are_left_as_the_originals(shipped):
-    """Original labels on perturbed images: the control learns the visible bar and scores as well as the pattern arm,
-    so the pattern's gain is gone."""
+    """Original labels on perturbed images: the AUROCs can still pass (the bar predicts only 3 of 4 test labels, so a
+    model of the bar stays below the pattern arm), so the labels' agreement with the originals is what fails."""
     from studies.positive_control import failures, run
 
     settings, pattern = shipped
     arms = {**pattern, **run(settings, arms=("control",), build=_broken("labels left as the originals"))}
-    assert any("does not come from the nonrobust pattern" in f for f in failures(arms)), failures(arms)
+    assert any("equal the original labels" in f for f in failures(arms)), failures(arms)
 
 
 @pytest.mark.slow
@@ -113,29 +113,34 @@ def test_reproduce_writes_results_and_says_whether_it_passed(tmp_path, monkeypat
     assert (tmp_path / "results.csv").read_text().count("\n") == 1 + 2 * settings.seeds * 3
 
 
-def _arms(pattern_test, pattern_probe, control_test):
-    """Arm results as positive_control.run returns them, from per-seed AUROCs."""
+def _arms(pattern_test, pattern_probe, control_test, agree=0.5):
+    """Arm results as positive_control.run returns them, from per-seed AUROCs and the share of D_rand labels equal to
+    the originals."""
     from studies.positive_control import over_seeds
 
     def arm(test, probe):
+        seeds = [{"seed": i, "d_rand": {"construction": {"labels_agree_with_original": agree}}} for i in range(len(test))]
         return {"summary": {"d_rand": {"test": over_seeds(test, 0.95), "pattern_only": over_seeds(probe, 0.95),
-                                       "bar_only": over_seeds([0.5] * len(test), 0.95)}}, "level": 0.95}
+                                       "bar_only": over_seeds([0.5] * len(test), 0.95)}}, "level": 0.95,
+                "seeds": seeds, "n_train": 512}
 
     return {"pattern": arm(pattern_test, pattern_probe), "control": arm(control_test, [0.5] * len(control_test))}
 
 
-@pytest.mark.parametrize("pattern_test, pattern_probe, control_test, expected", [
+MEASURED = ([0.722, 1.000, 0.989, 0.942, 0.945], [0.741, 1.0, 1.0, 0.998, 0.750], [0.422, 0.529, 0.717, 0.698, 0.581])
+
+
+@pytest.mark.parametrize("pattern_test, pattern_probe, control_test, agree, expected", [
     # measured at the shipped settings (runs/study/positive_control, README): passes
-    ([0.722, 1.000, 0.989, 0.942, 0.945], [0.741, 1.0, 1.0, 0.998, 0.750], [0.422, 0.529, 0.717, 0.698, 0.581], []),
+    (*MEASURED, 0.49, []),
     # perturbation dropped: nothing learned
-    ([0.52, 0.47, 0.55, 0.49, 0.51], [0.50, 0.48, 0.53, 0.52, 0.49], [0.50, 0.52, 0.47, 0.55, 0.49],
+    ([0.52, 0.47, 0.55, 0.49, 0.51], [0.50, 0.48, 0.53, 0.52, 0.49], [0.50, 0.52, 0.47, 0.55, 0.49], 0.5,
      ["test AUROC", "pattern-only probes", "does not come from the nonrobust pattern"]),
-    # labels left as the originals: the control learns the visible bar as well as the pattern arm does
-    ([0.93, 0.95, 0.92, 0.96, 0.94], [0.90, 0.95, 0.93, 0.97, 0.92], [0.95, 0.96, 0.93, 0.97, 0.95],
-     ["does not come from the nonrobust pattern"]),
+    # labels left as the originals: the AUROCs alone can still pass (measured with -m slow), the labels cannot
+    (*MEASURED, 1.0, ["equal the original labels on 100.0%"] * 10),
 ])
-def test_the_verdicts_read_seeds_and_the_paired_gain(pattern_test, pattern_probe, control_test, expected):
+def test_the_verdicts_read_seeds_and_the_paired_gain(pattern_test, pattern_probe, control_test, agree, expected):
     from studies.positive_control import failures
 
-    got = failures(_arms(pattern_test, pattern_probe, control_test))
+    got = failures(_arms(pattern_test, pattern_probe, control_test, agree))
     assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
