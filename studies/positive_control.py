@@ -128,13 +128,12 @@ def _images(settings: Settings, n: int, seed: int, pattern: bool, **kw):
 
 def train_small_cnn(images: torch.Tensor, labels: torch.Tensor, settings: Settings, seed: int):
     """A standard (ERM) small CNN of lightning_modules.models at `settings.width`, trained with Adam on the images."""
-    from datamodules.tensors import to_unit_range
     from lightning_modules.models import SmallCNN
 
     torch.manual_seed(seed)
     model = SmallCNN(1, 2, width=settings.width)
     optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    x, y = to_unit_range(images.clone()).float(), labels
+    x, y = to_float(images), labels
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for _ in range(settings.epochs):
@@ -149,8 +148,8 @@ def train_small_cnn(images: torch.Tensor, labels: torch.Tensor, settings: Settin
 
 
 def run_arm(settings: Settings, pattern: bool, seed: int, build=None) -> dict:
-    """One arm at one seed: a source model; D_rand and D_det built from it; a fresh model trained on each; and each
-    model's AUROC against the real labels (with a bootstrap interval over examples) on the real test split and on
+    """One arm at one seed: a source model; each set of KINDS (D_rand) built from it; a fresh model trained on each;
+    and each model's AUROC against the real labels (with a bootstrap interval over examples) on the real test split and on
     pattern-only and bar-only probes. `build` replaces constructions.build (the tests break the construction)."""
     from constructions import Settings as ConstructionSettings, build as construct
     from evaluation.runs import score
