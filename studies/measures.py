@@ -40,7 +40,7 @@ MEASURES = {
     "bacc_vs_new_label": ("bacc", "new_label", "balanced accuracy against the D_det label (y + 1) mod C"),
 }
 HOLDS, NOT_HOLDS, UNDECIDED = "holds", "does not hold", "undecided at this sample size"
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: AdaBN weights batches by size
 
 
 # ---- one metric definition, reused across many resamples ------------------------------------------------------
@@ -120,8 +120,8 @@ def batchnorm_layers(model: nn.Module) -> list[nn.Module]:
 
 def adabn(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> Optional[nn.Module]:
     """A copy of `model` whose BatchNorm running statistics are re-estimated on `images` (uint8 or [0, 1]; labels
-    never used): each layer's statistics are the average over batches of the batch statistics, every other
-    weight unchanged. None when the model has no BatchNorm layer."""
+    never used): each layer's statistics are the mean of the batch statistics weighted by batch size (a short last
+    batch counts for its images only), every other weight unchanged. None when the model has no BatchNorm layer."""
     from datamodules.tensors import to_unit_range
     from evaluation.scoring import model_device
 
@@ -132,12 +132,16 @@ def adabn(model: nn.Module, images: torch.Tensor, batch_size: int = 512) -> Opti
     adapted.eval()
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None  # cumulative average over the batches
         layer.train()
     device = model_device(adapted)
+    seen = 0
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
-            adapted(to_unit_range(images[start:start + batch_size].to(device)))
+            batch = images[start:start + batch_size]
+            seen += len(batch)
+            for layer in layers:  # running = running + (batch - running) * n_batch / n_seen: a size-weighted mean
+                layer.momentum = len(batch) / seen
+            adapted(to_unit_range(batch.to(device)))
     return adapted.eval()
 
 

@@ -63,6 +63,16 @@ def test_adabn_re_estimates_batchnorm_statistics_from_unlabeled_images_only():
     assert measures.adabn(_BN(bn=False), images) is None
 
 
+def test_adabn_weights_a_short_last_batch_by_its_size():
+    """524 validation images in batches of 512 leave a last batch of 12: it must count for 12 images, not for half."""
+    torch.manual_seed(0)
+    images = torch.cat([torch.rand(60, 1, 2, 2) * 0.2, torch.rand(4, 1, 2, 2) * 0.2 + 0.8])
+    adapted = measures.adabn(_BN().eval(), images, batch_size=60)
+    whole = measures.adabn(_BN().eval(), images, batch_size=64)
+    assert adapted.norm.running_mean.item() == pytest.approx(images.mean().item(), abs=1e-5)
+    assert adapted.norm.running_mean.item() == pytest.approx(whole.norm.running_mean.item(), abs=1e-5)
+
+
 def test_draws_match_one_metric_call_per_resample():
     probs, y = _shifted_binary(n=120, shift=0.5)
     predictions = {"task": "binary", "num_classes": 2, "targets": y, "variants": {"default": probs}}
