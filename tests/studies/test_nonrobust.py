@@ -1,5 +1,6 @@
 """The study reproduction: config checks, and the tables and figures it writes from results rows."""
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -123,6 +124,9 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
     assert all(0 <= r["clean_bacc"] <= 1 and "adv_bacc@2_255" in r for r in rows)
     base = tmp_path / "out" / "breastmnist_28" / "seed_0"
     assert (base / "constructed" / "d_rand.npz").is_file() and (base / "train_d_rand" / "result.json").is_file()
+    # the model trained on D_rand is scored at its last epoch, not at the best real-validation bacc
+    epochs = study.constructed_training["overrides"]["trainer.max_epochs"]
+    assert json.loads((base / "train_d_rand" / "result.json").read_text())["best_epoch"] == epochs - 1 > 0
     assert {"results.csv", "results.md", "constructed.png"} <= {p.name for p in (tmp_path / "out").iterdir()}
     log.clear()
     again = reproduce(study, tmp_path / "out", log=log.append)
