@@ -161,7 +161,8 @@ CONSTRUCTION_META = ("source", "kind", "training", "reuse")
 
 #: A model trained on a constructed set is scored at its last epoch, as Ilyas et al. do. Its real-validation balanced
 #: accuracy at the default threshold, the checkpoint monitor of other runs, sits at chance on every epoch (the
-#: BatchNorm shift, README), so "best" picked an arbitrary epoch: epoch 0, before any fit, on 8 of the quick study's 12.
+#: BatchNorm shift, README), so "best" picked an arbitrary epoch: epoch 0, before any fit, on 9 of the quick
+#: study's 12 such models.
 LAST_EPOCH = {"checkpoint.monitor": None}
 
 
