@@ -40,7 +40,7 @@ MEASURES = {
     "bacc_vs_new_label": ("bacc", "new_label", "balanced accuracy against the D_det label (y + 1) mod C"),
 }
 HOLDS, NOT_HOLDS, UNDECIDED = "holds", "does not hold", "undecided at this sample size"
-CACHE_VERSION = 2  # 2: AdaBN weights batches by size
+CACHE_VERSION = 3  # 2: AdaBN weights batches by size; 3: a binary threshold is the exact optimum
 
 
 # ---- one metric definition, reused across many resamples ------------------------------------------------------
@@ -80,7 +80,8 @@ def fit_bias(probabilities: torch.Tensor, targets: torch.Tensor, task: str, roun
     """A bias per class on the log-probabilities that maximises balanced accuracy on these (validation) examples:
     binary heads get a threshold (the bias of class 1, class 0 at 0), multi-class heads one bias per class by
     coordinate ascent (each class in turn, the other biases held). Candidates are the points where an example's
-    argmax changes (at most `candidates` quantiles of them per step)."""
+    argmax changes: all of them for a binary head (the exact optimum), at most `candidates` quantiles of them per
+    step for a multi-class one."""
     from lightning_modules.metrics import task_balanced_accuracy
 
     if task == MULTILABEL:
@@ -97,7 +98,7 @@ def fit_bias(probabilities: torch.Tensor, targets: torch.Tensor, task: str, roun
         for c in classes:
             others = np.delete(logp + bias, c, axis=1).max(axis=1)
             ties = np.unique(others - logp[:, c])  # bias at which each example's argmax switches to / from c
-            if len(ties) > candidates:
+            if k > 2 and len(ties) > candidates:
                 ties = np.unique(np.quantile(ties, np.linspace(0, 1, candidates)))
             points = np.concatenate([[ties[0] - 1.0], (ties[:-1] + ties[1:]) / 2, [ties[-1] + 1.0]])
             for value in points:

@@ -30,6 +30,22 @@ def test_bias_fitted_on_validation_recovers_a_shifted_threshold():
     assert score(recal, y_test, "binary", 2, ("auroc",)) == pytest.approx(score(p_test, y_test, "binary", 2, ("auroc",)), abs=1e-6)
 
 
+def test_binary_threshold_is_the_exact_optimum_on_validation():
+    """More distinct scores than the multi-class search's 256 candidates and a weak signal (a jagged validation bacc):
+    a binary head still gets the best threshold over every point where a prediction changes (brute force)."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.arange(1200) % 2
+    logit = (y.float() * 2 - 1) * 0.3 + torch.randn(1200, generator=g)
+    p_val = torch.stack([torch.sigmoid(-logit), torch.sigmoid(logit)], 1)
+    bias = measures.fit_bias(p_val, y, "binary")
+    got = task_balanced_accuracy("binary", y[:, None].numpy(), measures.apply_bias(p_val, bias).numpy())
+    margin, labels = (torch.log(p_val[:, 1]) - torch.log(p_val[:, 0])).double().numpy(), y.numpy()
+    cuts = np.unique(margin)
+    best = max(np.mean([((margin > t) == labels)[labels == c].mean() for c in (0, 1)])
+               for t in np.concatenate([[cuts[0] - 1], (cuts[1:] + cuts[:-1]) / 2]))
+    assert got == pytest.approx(best, abs=1e-6)
+
+
 def test_multiclass_gets_one_bias_per_class():
     g = torch.Generator().manual_seed(0)
     y = torch.arange(600) % 3
