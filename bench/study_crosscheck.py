@@ -161,7 +161,9 @@ def selected(row: dict, names: Optional[list[str]]) -> bool:
 
 # ---- data straight from the npz ------------------------------------------------------------------------------
 def npz_path(root: Path, flag: str, size: int) -> Path:
-    return root / (f"{flag}.npz" if size == 28 else f"{flag}_{size}.npz")
+    from datamodules.info import npz_name
+
+    return root / npz_name(flag, size)
 
 
 def load_splits(path: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
