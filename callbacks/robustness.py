@@ -23,8 +23,9 @@ from lightning_modules.metrics import metric_key
 from lightning_modules.calibration import CONFIDENCE_METRICS, DEFAULT_BINS, ConfidenceMetrics
 from evaluation.corruption_scores import format_table
 from evaluation.corruption import CorruptionEvaluation
-from core.files import write_json_atomic
-from evaluation.reports import merge_report, package_versions, timestamp
+from evaluation.layout import RunLayout, report_beside
+from evaluation.record import ATTACK_KINDS, ResultRecord, merge_record, with_provenance, write_record
+from evaluation.reports import package_versions, timestamp
 
 
 def _shard(indices: torch.Tensor, trainer: L.Trainer) -> torch.Tensor:
@@ -255,7 +256,7 @@ class RobustnessCallback(Callback):
             if self.explanation_report:
                 report["explanations"] = self._explanation_report(pl_module, split)
         report["seconds"] = round(time.time() - started, 1)
-        for kind, section in (("adv", "pgd"), ("aa", "autoattack")):
+        for section, kind in ATTACK_KINDS.items():
             for scores in report[section].values():
                 for metric in ("bacc", "acc"):
                     pl_module.log(metric_key("test", kind, metric, scores["epsilon"]), scores[metric], rank_zero_only=True)
@@ -263,8 +264,10 @@ class RobustnessCallback(Callback):
         self.report = report
         if trainer.is_global_zero:
             path = self._report_path(trainer)
-            self.report = merge_report(path, report)
-            self.report_path = write_json_atomic(path, self.report)
+            record = with_provenance(ResultRecord.from_dict(report), data_verified=bool(dm.hparams.get("verify_md5")))
+            record = merge_record(path, record)
+            self.report_path = write_record(path, record)
+            self.report = record.to_dict()
             rank_zero_info(f"robustness report: {self.report_path}")
 
     # ---- explanation robustness (explanations package; off unless explanation_epoch / explanation_report) --------
@@ -440,7 +443,7 @@ class RobustnessCallback(Callback):
         report["confidence"] = {"bins": self.confidence_bins, "measures": list(CONFIDENCE_METRICS),
                                 "definitions": "lightning_modules.calibration (top-label ECE by torchmetrics)"}
         logged = self._confidence_logged("test", "clean", report["clean"])
-        for kind, section in (("adv", "pgd"), ("aa", "autoattack")):
+        for section, kind in ATTACK_KINDS.items():
             for scores in report[section].values():
                 logged.update(self._confidence_logged("test", kind, scores, scores["epsilon"]))
         pooled = (report.get("corruptions") or {}).get("confidence") or {}
@@ -459,6 +462,5 @@ class RobustnessCallback(Callback):
     @staticmethod
     def _report_path(trainer: L.Trainer) -> Path:
         if trainer.ckpt_path:
-            ckpt = Path(trainer.ckpt_path)
-            return ckpt.with_name(f"{ckpt.stem}.robustness.json")
-        return Path(trainer.default_root_dir) / "robustness.json"
+            return report_beside(trainer.ckpt_path)
+        return RunLayout(trainer.default_root_dir).default_report

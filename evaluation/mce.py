@@ -20,12 +20,12 @@ from typing import Optional, Sequence
 
 from core.cli import Parser
 from core.errors import ConfigError, MedRobustError
-from core.files import write_json_atomic
+from evaluation.record import ResultRecord, read_record, write_record
 
 
-def load_report(path, what: str = "report") -> tuple[Path, dict]:
-    """(file, report): a robustness report with a MedMNIST-C table (`corruptions`); a run folder gives its best
-    checkpoint's report."""
+def load_record(path, what: str = "report") -> tuple[Path, ResultRecord]:
+    """(file, record): a result record (evaluation.record) with a MedMNIST-C table; a run folder gives its best
+    checkpoint's record."""
     path = Path(path).expanduser()
     if path.is_dir():
         from evaluation.runs import read_run
@@ -38,14 +38,19 @@ def load_report(path, what: str = "report") -> tuple[Path, dict]:
     if not path.is_file():
         raise ConfigError(f"{what} {path} not found: give a robustness report (*.robustness.json) or a run folder")
     try:
-        report = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise ConfigError(f"{what} {path} is not a JSON robustness report: {err}") from None
-    table = report.get("corruptions") if isinstance(report, dict) else None
-    if not isinstance(table, dict) or not isinstance(table.get("bacc"), dict) or not table["bacc"]:
+        record = read_record(path)
+    except ConfigError as err:
+        raise ConfigError(f"{what}: {err}") from None
+    if not isinstance((record.corruptions or {}).get("bacc"), dict) or not record.corruptions["bacc"]:
         raise ConfigError(f"{what} {path} has no MedMNIST-C table (`corruptions`): test it with "
                           "RobustnessCallback corruption_report: true")
-    return path, report
+    return path, record
+
+
+def load_report(path, what: str = "report") -> tuple[Path, dict]:
+    """(file, report as JSON): `load_record`'s record in the report's form, for readers of its sections."""
+    path, record = load_record(path, what)
+    return path, record.to_dict()
 
 
 def mean_corruption_error(table: dict, baseline: dict, corruptions: Optional[Sequence[str]] = None) -> dict:
@@ -80,11 +85,11 @@ def mean_corruption_error(table: dict, baseline: dict, corruptions: Optional[Seq
 
 def mce_between(report_path, baseline_path) -> dict:
     """The mCE of the report at `report_path` against the one at `baseline_path` (or a run folder), with both named."""
-    _, report = load_report(report_path, "report")
-    baseline_file, baseline = load_report(baseline_path, "baseline")
-    result = mean_corruption_error(report["corruptions"], baseline["corruptions"])
-    return {**result, "baseline": str(baseline_file), "baseline_checkpoint": baseline.get("checkpoint"),
-            "baseline_model": (baseline.get("model") or {}).get("class")}
+    _, record = load_record(report_path, "report")
+    baseline_file, baseline = load_record(baseline_path, "baseline")
+    result = mean_corruption_error(record.corruption_table(), baseline.corruption_table())
+    return {**result, "baseline": str(baseline_file), "baseline_checkpoint": baseline.provenance.checkpoint,
+            "baseline_model": baseline.provenance.model.get("class")}
 
 
 def format_mce(result: dict, table: dict, digits: int = 3) -> str:
@@ -117,14 +122,14 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         result = mce_between(args.report, args.baseline)
-        path, report = load_report(args.report)
+        path, record = load_record(args.report)
         if args.write:
-            report["corruptions"]["mce"] = result
-            write_json_atomic(path, report)
+            record.mce = result
+            write_record(path, record)
     except MedRobustError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(result, indent=2) if args.json else format_mce(result, report["corruptions"]))
+    print(json.dumps(result, indent=2) if args.json else format_mce(result, record.corruption_table()))
     return 0
 
 

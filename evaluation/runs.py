@@ -15,8 +15,9 @@ import torch
 import yaml
 
 from core.errors import ConfigError
-from core.files import atomic_write
 from datamodules.info import MULTILABEL
+from evaluation.layout import RunLayout, report_beside
+from evaluation.record import ResultRecord, read_record
 from lightning_modules.metrics import MetricKey, make_metrics
 
 MONITOR, MODE = "val/clean_bacc", "max"  # train.py's checkpoint defaults
@@ -34,12 +35,16 @@ class RunResult:
     best_epoch: Optional[int]
     history: list[dict[str, float]] = field(default_factory=list)
 
+    def record(self) -> Optional[ResultRecord]:
+        """The result record of the best checkpoint (evaluation.record), None when the run was not tested."""
+        return None if self.report is None else read_record(self.report)
+
 
 def logged_epochs(run_dir) -> list[dict[str, float]]:
     """Every epoch's metrics from a run's CSV logs, all versions in order (a resumed run logs to a new
     version; where two versions log the same epoch, the later one wins)."""
     rows: dict[int, dict[str, float]] = {}
-    for path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv"), key=_version):
+    for path in RunLayout(run_dir).metrics_logs():
         with open(path, newline="") as handle:
             for row in csv.DictReader(handle):
                 if row.get("epoch") in (None, ""):
@@ -50,17 +55,12 @@ def logged_epochs(run_dir) -> list[dict[str, float]]:
     return [rows[epoch] for epoch in sorted(rows)]
 
 
-def _version(path: Path) -> int:
-    number = path.parent.name.rsplit("_", 1)[-1]
-    return int(number) if number.isdigit() else -1
-
-
 def run_config(run_dir) -> dict:
     """The training config LightningCLI saved for the run (the newest version's config.yaml)."""
-    configs = sorted(Path(run_dir).glob("csv/version_*/config.yaml"), key=_version)
-    if not configs:
+    config = RunLayout(run_dir).config_file()
+    if config is None:
         raise ConfigError(f"{run_dir} has no saved config.yaml (csv/version_*/config.yaml)")
-    return yaml.safe_load(configs[-1].read_text())
+    return yaml.safe_load(config.read_text())
 
 
 def checkpoint_epoch(path) -> Optional[int]:
@@ -97,7 +97,7 @@ def checkpoint_choice(run_dir) -> tuple[Optional[Path], str, str]:
     except ConfigError:
         pass
     best = None
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunLayout(run_dir).last_checkpoint
     if last.exists():
         states = torch.load(last, map_location="cpu", weights_only=False, mmap=True).get("callbacks", {})
         for key, state in states.items():
@@ -108,7 +108,7 @@ def checkpoint_choice(run_dir) -> tuple[Optional[Path], str, str]:
 
 def report_path(checkpoint: Optional[Path]) -> Optional[Path]:
     """The robustness report written beside a checkpoint, when it exists."""
-    report = checkpoint.with_name(f"{checkpoint.stem}.robustness.json") if checkpoint else None
+    report = report_beside(checkpoint) if checkpoint else None
     return report if report and report.exists() else None
 
 
@@ -130,21 +130,31 @@ def read_run(run_dir) -> RunResult:
 
 
 # ---- per-example test predictions and bootstrap intervals -----------------------------------------------------
+#: what the RobustnessCallback's test report uses when a saved config leaves a setting out (its defaults, read here
+#: for runs whose config names them not; callbacks.robustness sits a floor above and cannot be asked)
+REPORT_DEFAULTS = {"epsilons": ["4/255"], "norm": "linf", "test_steps": 50, "test_restarts": 2, "seed": 0,
+                   "batch_size": 256, "corruption_cache": "~/.medmnist-c", "corruptions": None}
+
+
 def robustness_settings(config: dict) -> dict:
-    """The RobustnessCallback's init args in a saved training config ({} when the run had none)."""
-    return next((c.get("init_args", {}) for c in config.get("trainer", {}).get("callbacks") or []
-                 if str(c.get("class_path", "")).endswith("RobustnessCallback")), {})
+    """The RobustnessCallback's init args in a saved training config over `REPORT_DEFAULTS` (the defaults alone
+    when the run had no callback)."""
+    given = next((c.get("init_args") or {} for c in (config.get("trainer") or {}).get("callbacks") or []
+                  if str(c.get("class_path", "")).endswith("RobustnessCallback")), {})
+    return {**REPORT_DEFAULTS, **given}
 
 
 def test_predictions(run_dir, checkpoint) -> dict[str, Any]:
     """Per-example test probabilities of `checkpoint`: clean and under the report's PGD at each evaluation
-    epsilon (same steps, restarts, norm and seed as the robustness report). Cached beside the checkpoint.
+    epsilon (same steps, restarts, norm and seed as the robustness report). Cached beside the checkpoint
+    (evaluation.cache).
 
     Returns {'settings', 'task', 'num_classes', 'targets', 'scores': [(MetricKey kind, epsilon, probabilities)]}.
     """
     from attacks.gradient import PGD
     from attacks.threat_model import parse_epsilon
     from datamodules.medmnist import MedMNISTDataModule
+    from evaluation.cache import PredictionCache
     from evaluation.checkpoints import load_module
     from evaluation.scoring import predict
 
@@ -154,30 +164,27 @@ def test_predictions(run_dir, checkpoint) -> dict[str, Any]:
     config = run_config(run_dir)
     robustness = robustness_settings(config)
     settings = {
-        "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": config["data"],
-        "epsilons": robustness.get("epsilons", ["4/255"]), "norm": robustness.get("norm", "linf"),
-        "steps": robustness.get("test_steps", 50), "restarts": robustness.get("test_restarts", 2),
-        "seed": robustness.get("seed", 0), "batch_size": robustness.get("batch_size", 256),
+        "data": config["data"], "epsilons": robustness["epsilons"], "norm": robustness["norm"],
+        "steps": robustness["test_steps"], "restarts": robustness["test_restarts"], "seed": robustness["seed"],
+        "batch_size": robustness["batch_size"],
     }
-    cache = ckpt.with_name(f"{ckpt.stem}.test-predictions.pt")
-    if cache.exists():
-        cached = torch.load(cache, weights_only=False)
-        if cached.get("settings") == settings:
-            return cached
-    model = load_module(ckpt)
-    dm = MedMNISTDataModule(**config["data"])
-    split = dm.split("test")
-    run = dict(task=dm.task, num_classes=dm.num_classes, batch_size=settings["batch_size"])
-    out = {"settings": settings, "task": dm.task, "num_classes": dm.num_classes, "targets": split.targets.clone(),
-           "scores": [("clean", None, predict(model, split.images, targets=split.targets, **run))]}
-    for eps in settings["epsilons"]:
-        eps = parse_epsilon(eps, settings["norm"])
-        attack = PGD(model, eps, steps=settings["steps"], restarts=settings["restarts"], norm=settings["norm"],
-                     seed=settings["seed"])
-        out["scores"].append(("adv", eps, predict(model, split.images, attack=attack, targets=split.targets, **run)))
-    with atomic_write(cache, "wb") as handle:
-        torch.save(out, handle)
-    return out
+
+    def compute() -> dict[str, Any]:
+        model = load_module(ckpt)
+        dm = MedMNISTDataModule(**config["data"])
+        split = dm.split("test")
+        run = dict(task=dm.task, num_classes=dm.num_classes, batch_size=settings["batch_size"])
+        out = {"task": dm.task, "num_classes": dm.num_classes, "targets": split.targets.clone(),
+               "scores": [("clean", None, predict(model, split.images, targets=split.targets, **run))]}
+        for eps in settings["epsilons"]:
+            eps = parse_epsilon(eps, settings["norm"])
+            attack = PGD(model, eps, steps=settings["steps"], restarts=settings["restarts"], norm=settings["norm"],
+                         seed=settings["seed"])
+            out["scores"].append(("adv", eps, predict(model, split.images, attack=attack, targets=split.targets,
+                                                      **run)))
+        return out
+
+    return PredictionCache(ckpt, "test-predictions", settings).get(compute)
 
 
 def score(probabilities: torch.Tensor, targets: torch.Tensor, task: str, num_classes: int,

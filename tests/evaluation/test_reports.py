@@ -1,7 +1,20 @@
 import json
 
 from core.files import write_json_atomic
-from evaluation.reports import merge_report
+from evaluation.record import ResultRecord, merge_record
+
+
+def merge_report(path, report: dict) -> dict:
+    """A new report merged into the record at `path` (evaluation.record's merge), as JSON."""
+    return merge_record(path, ResultRecord.from_dict(report)).to_dict()
+
+
+def _table(mean_bacc):
+    """A MedMNIST-C table (CorruptionScores.to_dict()) with one corruption."""
+    return {"flag": "breastmnist", "protocol": "native224", "size": 28, "severities": [3], "clean_bacc": 0.9,
+            "roundtrip_bacc": None, "rbe_reference": "clean", "bacc": {"pixelate": [mean_bacc]},
+            "corruption_bacc": {"pixelate": mean_bacc}, "be": {"pixelate": 1.0}, "rbe": {"pixelate": 1.0},
+            "mean_bacc": mean_bacc, "mean_be": 1.0, "mean_rbe": 1.0, "confidence": None}
 
 
 def _report(ckpt, pgd=None, corruptions=None, autoattack=None):
@@ -17,7 +30,7 @@ def _report(ckpt, pgd=None, corruptions=None, autoattack=None):
 def test_a_later_corruption_only_run_keeps_the_attacks(tmp_path):
     path = tmp_path / "best.robustness.json"
     write_json_atomic(path, _report("best.ckpt", pgd={"4_255": {"epsilon": 4 / 255, "bacc": 0.3}}))
-    merged = merge_report(path, _report("best.ckpt", corruptions={"mean_bacc": 0.7}))
+    merged = merge_report(path, _report("best.ckpt", corruptions=_table(0.7)))
     assert merged["pgd"]["4_255"]["bacc"] == 0.3 and merged["corruptions"]["mean_bacc"] == 0.7
     assert merged["threat_model"]["epsilon_labels"] == ["4_255"]
 
