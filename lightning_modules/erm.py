@@ -10,6 +10,7 @@ from torch import nn
 from core.errors import ConfigError
 from .metrics import make_metrics, metric_key, probabilities, task_loss
 from .backbones import is_timm, parameter_counts
+from .losses import LossTerm, build_loss_terms
 from .models import build_model
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -23,7 +24,8 @@ class ERM(L.LightningModule):
     """A classifier on [0, 1] images trained on clean inputs.
 
     Subclasses change only `training_loss` (what the model is trained on); metrics, logging keys
-    (`train/loss`, `train/clean_bacc`, `val/clean_bacc`, `test/clean_auroc`, ...) and the optimizer are shared.
+    (`train/loss`, `train/clean_bacc`, `val/clean_bacc`, `test/clean_auroc`, ...), the optimizer and the
+    `loss_terms` any method adds to its loss (lightning_modules.losses) are shared.
     """
 
     train_inputs = "clean"  # what the training metrics are measured on: clean or adv(ersarial) inputs
@@ -52,6 +54,7 @@ class ERM(L.LightningModule):
         lora_dropout: float = 0.0,
         lora_targets: Optional[list[str]] = None,
         model_kwargs: Optional[dict[str, Any]] = None,
+        loss_terms: Optional[list[LossTerm]] = None,
     ):
         """
         Args:
@@ -76,6 +79,8 @@ class ERM(L.LightningModule):
             lora_targets: attention (the Linear layers of attention blocks), conv (ungrouped Conv2d layers) or
                 layer names as PEFT matches them; default: attention when the backbone has it, else conv.
             model_kwargs: more keywords for timm.create_model (img_size, patch_size, drop_path_rate, ...).
+            loss_terms: regularisers added to the method's loss, each logged as train/NAME
+                ([{class_path: lightning_modules.losses.ExplanationPenalty, init_args: {weight: 1.0}}]).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -84,6 +89,7 @@ class ERM(L.LightningModule):
         if not all(0 < m <= 1 for m in lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of max_epochs in (0, 1], got {list(lr_milestones)}")
         self.task = task
+        self.loss_terms = build_loss_terms(loss_terms)
         timm_options = dict(pretrained=pretrained, finetune=finetune, model_kwargs=model_kwargs)
         if is_timm(arch):
             timm_options.update(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -123,9 +129,21 @@ class ERM(L.LightningModule):
         logits = self(x)
         return self.loss(logits, y), logits
 
+    def training_objective(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the method's loss plus every weighted loss term, logits to score) for one training batch."""
+        loss, logits = self.training_loss(x, y)
+        for term in self.loss_terms:
+            value = term.value(self, x, y, logits)
+            if value is None:
+                continue
+            if self._trainer is not None:
+                self.log(f"train/{term.name}", value.detach(), on_step=False, on_epoch=True, batch_size=len(x))
+            loss = loss + term.weight * value
+        return loss, logits
+
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss, logits = self.training_loss(x, y)
+        loss, logits = self.training_objective(x, y)
         self.train_metrics.update(probabilities(logits.detach(), self.task), self._metric_target(y))
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self.log_dict(self.train_metrics, on_step=False, on_epoch=True)
