@@ -143,3 +143,57 @@ def test_bad_input_is_a_config_error():
         ConfidenceMetrics("multilabel").update(torch.full((2, 3), 0.5), torch.zeros(2, 2))
     with pytest.raises(ConfigError, match="n_bins"):
         confidence_measures(torch.full((2, 2), 0.5), torch.tensor([0, 1]), "binary", n_bins=0)
+
+
+@pytest.mark.parametrize("task", ["binary", "multiclass", "multilabel"])
+def test_ece_follows_its_n_bins_setting(task):
+    """Each bin count groups these confidences differently, so an ECE that ignored `n_bins` (and used torchmetrics'
+    default of 15, say) would miss the hand binning for every other count."""
+    if task == "multilabel":
+        rng = np.random.default_rng(13)
+        probs = torch.from_numpy(rng.random((80, 3))).float()
+        targets = (torch.from_numpy(rng.random((80, 3))).float() < probs).float()  # near calibrated: gaps of both signs
+        p = probs.double().numpy()
+        confidence = np.maximum(p, 1 - p).ravel()
+        correct = ((p > 0.5) == (targets.numpy() > 0.5)).ravel()
+    else:
+        probs, targets = random_probabilities(300, 2 if task == "binary" else 5, 12)
+        p = probs.double().numpy()
+        confidence, correct = p.max(1), p.argmax(1) == targets.numpy()
+    by_bins = {}
+    for n_bins in (1, 3, 7, 15, 40):
+        want = hand_ece(confidence, correct, n_bins, one_own_bin=True)
+        by_bins[n_bins] = confidence_measures(probs, targets, task, n_bins=n_bins)["ece"]
+        assert by_bins[n_bins] == pytest.approx(want, abs=1e-6), n_bins
+        meter = ConfidenceMetrics(task, n_bins=n_bins)
+        meter.update(probs, targets)
+        assert meter.compute()["ece"] == pytest.approx(want, abs=1e-6), n_bins
+    # torchmetrics' default (15) gives another number than every other count here: the check above can tell
+    assert all(abs(value - by_bins[15]) > 1e-4 for n_bins, value in by_bins.items() if n_bins != 15)
+
+
+def test_ddp_sync_concatenates_the_ranks_states():
+    """What torchmetrics does at compute() under DDP, without processes: every state tensor is all-gathered (here a
+    stand-in `dist_sync_fn` hands rank 0 what rank 1 sends) and reduced by its `dist_reduce_fx`. The per-example
+    states must be concatenated (40 + 50 uneven examples in two updates each give the 90-example numbers); summed
+    across ranks, they would not."""
+    probs, targets = random_probabilities(90, 4, 8)
+    whole = confidence_measures(probs, targets, "multiclass")
+    sent = []
+
+    def send(tensor, group=None):  # rank 1's side of the gather: what it contributes, in order
+        sent.append(tensor)
+        return [tensor]
+
+    rank1 = ConfidenceMetrics("multiclass", dist_sync_fn=send, distributed_available_fn=lambda: True)
+    rank1.update(probs[40:70], targets[40:70])
+    rank1.update(probs[70:], targets[70:])
+    rank1.compute()
+    received = iter(sent)
+    rank0 = ConfidenceMetrics("multiclass", dist_sync_fn=lambda tensor, group=None: [tensor, next(received)],
+                              distributed_available_fn=lambda: True)
+    rank0.update(probs[:25], targets[:25])
+    rank0.update(probs[25:40], targets[25:40])
+    synced = rank0.compute()
+    assert synced["n"] == 90 and synced == pytest.approx(whole)
+    assert len(rank0.probabilities) == 2  # unsynced after compute: rank 0 keeps accumulating its own shard
