@@ -201,3 +201,27 @@ def test_a_vit_is_twice_differentiable_during_the_attack():
     result = TopKAttack(vit, "8/255", steps=2, k=8).run(x)
     assert result.relus_replaced == 0 and "0 nn.ReLU" in result.describe()  # GELU is smooth already
     assert (result.x_adv != x).any()
+
+
+@pytest.mark.parametrize("attack", ["topk", "targeted"])
+def test_a_label_keeping_iterate_wins_over_a_lower_objective_that_changed_the_label(trained, attack):
+    """With a fixed step the iterates do not depend on the number of steps, so the first iterate of a long attack is
+    the whole of a one-step attack. Where that iterate kept the prediction, the long attack must return an iterate
+    that keeps it too (and no worse an objective), even where a later iterate changed the label on a lower
+    objective; `kept` must describe the images returned."""
+    model, x, c = trained
+    g = torch.Generator().manual_seed(2)
+    target = torch.rand((len(x), SIZE, SIZE), generator=g)
+
+    def run(steps):
+        if attack == "topk":
+            return TopKAttack(model, 0.5, alpha=0.06, steps=steps).run(x, c)
+        return TargetedManipulation(model, 0.5, alpha=0.06, steps=steps, gamma=0.0).run(x, target, c)
+
+    first, longer = run(1), run(8)
+    with torch.no_grad():
+        returned_keeps = model(longer.x_adv).argmax(1) == c
+    assert torch.equal(longer.kept, returned_keeps)
+    assert bool(first.kept.any())
+    assert bool(longer.kept[first.kept].all()), "an iterate that changed the label was returned over one that kept it"
+    assert bool((longer.objective[first.kept] <= first.objective[first.kept] + 1e-6).all())
