@@ -36,7 +36,7 @@ Definitions (those of studies/measures.py's docstring, implemented afresh):
 - `bacc_vs_new_label` (D_det rows): balanced accuracy of the argmax against the D_det label (y + 1) mod C.
 
 Each measure is compared with the row's point estimate in results.csv (the `_low` / `_high` interval columns are
-kept in the JSON). Exit 0: every |independent - study| is within the tolerance; 1: one or more is not (the rows
+kept in the JSON; the summary rows over seeds, seed `all`, are not models and are skipped). Exit 0: every |independent - study| is within the tolerance; 1: one or more is not (the rows
 are named); 2: bad input (no out folder, no results.csv, no row with a checkpoint, a missing npz).
 """
 from __future__ import annotations
@@ -100,6 +100,9 @@ def parse_args(argv=None):
     return args
 
 
+SUMMARY_SEED = "all"  # a results.csv row over every seed of a cell (studies.measures.summary_rows)
+
+
 # ---- the study's rows and their checkpoints ----------------------------------------------------------------
 def read_results(path: Path) -> list[dict]:
     try:
@@ -112,7 +115,7 @@ def read_results(path: Path) -> list[dict]:
     missing = [c for c in REQUIRED_COLUMNS if c not in rows[0]]
     if missing:
         raise BenchError(f"{path} is not a study's results.csv: it lacks the column(s) {', '.join(missing)}")
-    return rows
+    return [r for r in rows if r["seed"] != SUMMARY_SEED]
 
 
 def row_label(row: dict) -> str:

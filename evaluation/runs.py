@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 import yaml
 
@@ -205,18 +204,19 @@ def score(probabilities: torch.Tensor, targets: torch.Tensor, task: str, num_cla
 def bootstrap(predictions: dict, n: int = 1000, seed: int = 0, stage: str = "test",
               metrics: Sequence[str] = ("bacc", "acc")) -> dict[str, dict[str, float]]:
     """{'test/clean_bacc': {'value', 'low', 'high'}, 'test/adv_bacc@4_255': ...}: the point estimate on every
-    example (the logged metric) and the 2.5 / 97.5 percentiles over `n` resamples of the examples."""
+    example (the logged metric) and the 95% percentile interval over `n` resamples of the examples (the same
+    resamples for every score and metric; evaluation.statistics owns the bootstrap)."""
+    from evaluation.statistics import percentile_interval, resample_indices
+
     targets = predictions["targets"]
     num_classes = predictions.get("num_classes") or predictions["scores"][0][2].shape[1]
-    rng = np.random.default_rng(seed)
-    samples = [torch.from_numpy(rng.integers(0, len(targets), len(targets))) for _ in range(n)]
+    samples = [torch.from_numpy(i) for i in resample_indices(len(targets), n, seed)]
     out = {}
     for kind, epsilon, probs in predictions["scores"]:
         point = score(probs, targets, predictions["task"], num_classes, metrics)
         draws = [score(probs[i], targets[i], predictions["task"], num_classes, metrics) for i in samples]
         for metric in metrics:
-            values = np.array([d[metric] for d in draws], dtype=float)
-            low, high = np.nanpercentile(values, [2.5, 97.5])
+            low, high = percentile_interval([d[metric] for d in draws], 0.95)
             key = str(MetricKey(stage, kind, metric, epsilon))
-            out[key] = {"value": point[metric], "low": float(low), "high": float(high)}
+            out[key] = {"value": point[metric], "low": low, "high": high}
     return out

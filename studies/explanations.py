@@ -6,7 +6,7 @@ betas) and the explanation-regularised model (lightning_modules.explanation_regu
 RobustnessCallback, whose report holds classification robustness (PGD; AutoAttack where the config asks) and
 explanation robustness at the same radius (the saliency map under the top-k explanation attack on the softplus
 network, and under random noise of the same radius; max-sensitivity). Then write `results.csv`, `results.md`
-(the correlation between the two robustness measures across models with a bootstrap interval; whether the
+(the correlation between the two robustness measures across models with a Fisher z interval; whether the
 regularised model moved one without the other, with paired bootstrap intervals over test examples) and figures
 (`expl_scatter.png`: explanation against classification robustness; `expl_maps.png`: clean and attacked maps of a
 few test images). Every training step is kept under --out and reused on a rerun.
@@ -174,39 +174,43 @@ def result_row(dataset: dict, model: str, spec: dict, seed: int, summary: dict, 
     return row
 
 
-def correlation(x: list[float], y: list[float], n: int = 1000, seed: int = 0) -> dict:
-    """Pearson r and Spearman rho of paired values with 95% bootstrap intervals over the pairs (models)."""
+def correlation(x: list[float], y: list[float], n: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
+    """Pearson r and Spearman rho of paired values, one pair per model (average a model's seeds first: its seeds
+    are not independent models), with Fisher z intervals and Spearman's permutation p-value over `n` permutations
+    (every one for up to 7 models); evaluation.statistics owns both. A bootstrap over 6 models was far too narrow."""
     from scipy.stats import pearsonr, spearmanr
+
+    from evaluation.statistics import correlation_interval, spearman_permutation_p
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
-    out: dict[str, Any] = {"n": int(len(x))}
+    out: dict[str, Any] = {"n": int(len(x)), "level": level}
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {**out, "pearson": math.nan, "spearman": math.nan, "pearson_ci": [math.nan] * 2,
-                "spearman_ci": [math.nan] * 2}
+                "spearman_ci": [math.nan] * 2, "spearman_p": math.nan}
     out["pearson"], out["spearman"] = float(pearsonr(x, y)[0]), float(spearmanr(x, y)[0])
-    rng = np.random.default_rng(seed)
-    draws = {"pearson": [], "spearman": []}
-    for _ in range(n):
-        i = rng.integers(0, len(x), len(x))
-        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
-            continue  # a resample of one repeated model has no correlation
-        draws["pearson"].append(pearsonr(x[i], y[i])[0])
-        draws["spearman"].append(spearmanr(x[i], y[i])[0])
-    for name, values in draws.items():
-        values = np.asarray(values, dtype=float)
-        values = values[np.isfinite(values)]
-        out[f"{name}_ci"] = [float(v) for v in np.percentile(values, [2.5, 97.5])] if len(values) else [math.nan] * 2
-    out["draws"] = len(draws["pearson"])
+    out["pearson_ci"] = list(correlation_interval(out["pearson"], len(x), level))
+    out["spearman_ci"] = list(correlation_interval(out["spearman"], len(x), level, spearman=True))
+    out["spearman_p"] = spearman_permutation_p(x, y, n, seed)
     return out
 
 
+def model_means(rows: list[dict], columns: tuple[str, ...]) -> list[dict]:
+    """One entry per model: the mean over its seeds of each column (the unit of a correlation across models)."""
+    return [{"model": model, **{c: mean_sd([r[c] for r in rows if r["model"] == model])[0] for c in columns}}
+            for model in dict.fromkeys(r["model"] for r in rows)]
+
+
 def paired_difference(rows_a: dict, rows_b: dict, epsilon: float, n: int = 1000, seed: int = 0) -> dict:
-    """Model a minus model b on the same test examples, with 95% paired bootstrap intervals: explanation top-k under
-    attack (the reports' per-example values) and PGD balanced accuracy (per-example predictions of the reports'
-    PGD, evaluation.runs.test_predictions)."""
+    """Model a minus model b on the same test examples, with 95% paired bootstrap intervals
+    (evaluation.statistics.paired_bootstrap, one random stream for both measures): explanation top-k under attack
+    (the reports' per-example values) and PGD balanced accuracy (per-example predictions of the reports' PGD,
+    evaluation.runs.test_predictions)."""
+    import torch
+
     from evaluation.runs import score, test_predictions
+    from evaluation.statistics import bootstrap, paired_bootstrap
 
     rng = np.random.default_rng(seed)
     out = {}
@@ -216,10 +220,9 @@ def paired_difference(rows_a: dict, rows_b: dict, epsilon: float, n: int = 1000,
         report = json.loads(Path(row["report"]).read_text())
         per.append(np.asarray(report["explanations"][label]["per_example"][EXPLANATION_AXIS], dtype=float))
     if len(per[0]) == len(per[1]):
-        diff = per[0] - per[1]
-        boots = [diff[rng.integers(0, len(diff), len(diff))].mean() for _ in range(n)]
-        out["expl"] = {"value": float(diff.mean()), "ci": [float(v) for v in np.percentile(boots, [2.5, 97.5])],
-                       "n": len(diff)}
+        diff = per[0] - per[1]  # paired per example: the mean of the differences
+        got = bootstrap(lambda i: diff[i].mean(), len(diff), n, rng)
+        out["expl"] = {"value": got["value"], "ci": [got["low"], got["high"]], "n": len(diff)}
     predictions = [test_predictions(Path(row["report"]).parents[1], row["best_checkpoint"]) for row in (rows_a, rows_b)]
     probs = []
     for p in predictions:
@@ -228,17 +231,15 @@ def paired_difference(rows_a: dict, rows_b: dict, epsilon: float, n: int = 1000,
             return out
         probs.append(adv[0][2])
     targets, task, classes = predictions[0]["targets"], predictions[0]["task"], predictions[0]["num_classes"]
-    point = score(probs[0], targets, task, classes, ("bacc",))["bacc"] - score(probs[1], targets, task, classes,
-                                                                                ("bacc",))["bacc"]
-    import torch
 
-    boots = []
-    for _ in range(n):
-        i = torch.from_numpy(rng.integers(0, len(targets), len(targets)))
-        boots.append(score(probs[0][i], targets[i], task, classes, ("bacc",))["bacc"]
-                     - score(probs[1][i], targets[i], task, classes, ("bacc",))["bacc"])
-    out["adv"] = {"value": float(point), "ci": [float(v) for v in np.nanpercentile(boots, [2.5, 97.5])],
-                  "n": int(len(targets))}
+    def bacc(model: int):
+        def on(index: np.ndarray) -> float:
+            i = torch.from_numpy(index)
+            return score(probs[model][i], targets[i], task, classes, ("bacc",))["bacc"]
+        return on
+
+    got = paired_bootstrap(bacc(0), bacc(1), len(targets), n, rng)
+    out["adv"] = {"value": got["value"], "ci": [got["low"], got["high"]], "n": int(len(targets))}
     return out
 
 
@@ -284,9 +285,10 @@ def results_markdown(rows: list[dict], analysis: dict, study: Study) -> str:
         c = analysis[dataset]["correlation"]
         lines += ["### Correlation across models", "",
                   f"Classification robustness (robust bacc) against explanation robustness (top-k under attack) over "
-                  f"{c['n']} trained models: Pearson r = {c['pearson']:+.2f} (95% bootstrap interval over models "
-                  f"[{c['pearson_ci'][0]:+.2f}, {c['pearson_ci'][1]:+.2f}]), Spearman rho = {c['spearman']:+.2f} "
-                  f"[{c['spearman_ci'][0]:+.2f}, {c['spearman_ci'][1]:+.2f}].", "",
+                  f"{c['n']} models, each the mean over its seeds (a model's seeds are not independent models): "
+                  f"Pearson r = {c['pearson']:+.2f} (95% Fisher z interval [{c['pearson_ci'][0]:+.2f}, "
+                  f"{c['pearson_ci'][1]:+.2f}]), Spearman rho = {c['spearman']:+.2f} [{c['spearman_ci'][0]:+.2f}, "
+                  f"{c['spearman_ci'][1]:+.2f}], permutation p = {c['spearman_p']:.3f}.", "",
                   analysis[dataset]["correlation_verdict"], ""]
         sanity = analysis[dataset]["sanity"]
         lines += ["### Attack vs random noise of the same radius", "", sanity, ""]
@@ -308,7 +310,8 @@ def analyse(rows: list[dict], study: Study) -> dict:
     out = {}
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         sel = [r for r in rows if r["dataset"] == dataset]
-        c = correlation([r["robust_bacc"] for r in sel], [r["expl_topk"] for r in sel], study.bootstrap)
+        means = model_means(sel, ("robust_bacc", "expl_topk"))
+        c = correlation([m["robust_bacc"] for m in means], [m["expl_topk"] for m in means])
         attack = mean_sd([r["expl_topk"] for r in sel])[0]
         noise = mean_sd([r["expl_topk_random"] for r in sel])[0]
         below = sum(1 for r in sel if r["expl_topk"] is not None and r["expl_topk_random"] is not None
@@ -341,6 +344,8 @@ def analyse(rows: list[dict], study: Study) -> dict:
 def verdict_text(c: dict) -> str:
     if c["n"] < 3 or math.isnan(c["pearson"]):
         return f"Not enough models with both measures ({c['n']}) for a correlation."
+    if math.isnan(c["pearson_ci"][0]):
+        return f"With {c['n']} models the correlation has no interval (Fisher z needs 4 or more): no verdict."
     if c["pearson_ci"][0] > 0:
         strength = "strongly" if c["pearson_ci"][0] > 0.5 else "positively"
         return (f"The two robustness measures are {strength} correlated across these {c['n']} models "

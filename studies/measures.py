@@ -1,6 +1,6 @@
 """What a study says about one trained model, and how sure it can be: threshold-free and recalibrated measures on
-the real test split, diagnostics of a model trained on a constructed set, bootstrap intervals over test examples
-(and over seeds), and a verdict against chance read from those intervals.
+the real test split, diagnostics of a model trained on a constructed set, intervals over test examples (the
+bootstrap) and over seeds (a t interval), and a verdict against chance read from those intervals (evaluation.statistics).
 
 Measures (every one through the project's metrics, lightning_modules.metrics, never re-derived here):
 
@@ -239,8 +239,9 @@ def measure_names(predictions: dict) -> list[str]:
 def example_draws(n_examples: int, n: int, seed: int) -> list[torch.Tensor]:
     """The resampled test indices of every draw: the same for every model of a dataset (same test split), so
     models and seeds are compared on the same resamples."""
-    rng = np.random.default_rng([seed, n_examples])
-    return [torch.from_numpy(rng.integers(0, n_examples, n_examples)) for _ in range(n)]
+    from evaluation.statistics import resample_indices
+
+    return [torch.from_numpy(i) for i in resample_indices(n_examples, n, [seed, n_examples])]
 
 
 def draws(predictions: dict, n: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -279,28 +280,53 @@ def samplewise_bacc(probabilities: torch.Tensor, targets: torch.Tensor, indices:
     return np.concatenate(out)
 
 
-def interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
-    tail = (1 - level) / 2 * 100
-    low, high = np.nanpercentile(values, [tail, 100 - tail])
-    return float(low), float(high)
+def cell(per_seed: Sequence[dict], level: float = 0.95, over_seeds: bool = True) -> dict:
+    """Statistics of one measure over the seeds of a cell: mean and sd of the per-seed values and, with
+    `over_seeds` and 2 seeds or more, the t interval over those values (evaluation.statistics.seed_interval: the
+    seed is the unit of replication); else the bootstrap interval over test examples of the mean over seeds (every
+    seed's draws resample the same test examples)."""
+    from evaluation.statistics import percentile_interval, seed_interval
 
-
-def cell(per_seed: Sequence[dict], level: float = 0.95, over_seeds: bool = True, seed: int = 0) -> dict:
-    """Statistics of one measure over the seeds of a cell: mean and sd of the per-seed values, and an interval
-    from the joint bootstrap (each draw resamples the test examples, the same ones for every seed, and, with
-    `over_seeds`, the seeds too; the draw's value is the mean over the drawn seeds)."""
     values = np.array([m["value"] for m in per_seed], dtype=float)
-    matrix = np.stack([m["draws"] for m in per_seed])  # seeds x draws
-    s, n = matrix.shape
+    s = len(values)
     if over_seeds and s > 1:
-        rng = np.random.default_rng([seed, s, n])
-        picks = rng.integers(0, s, (n, s))
-        combined = matrix[picks, np.arange(n)[:, None]].mean(axis=1)
-    else:
-        combined = matrix.mean(axis=0)
-    low, high = interval(combined, level)
+        return seed_interval(values, level)
+    combined = np.stack([m["draws"] for m in per_seed]).mean(axis=0)  # seeds x draws -> draws
+    low, high = percentile_interval(combined, level)
     return {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if s > 1 else 0.0, "low": low,
             "high": high, "seeds": s}
+
+
+SUMMARY_SEED = "all"  #: the `seed` of a results.csv row that summarises a cell over its seeds
+
+
+def summary_rows(rows: list[dict], level: float = 0.95,
+                 keys: Sequence[str] = ("dataset", "size", "model", "kind", "construction")) -> list[dict]:
+    """One row per cell (rows sharing `keys`) with seed = `all`: every measure that has interval columns
+    (`m`, `m_low`, `m_high`) as the mean and the t interval over the cell's seeds (seed_interval); every other
+    numeric column as its mean over seeds; a note (text) when every seed has the same; `n_seeds`."""
+    from evaluation.statistics import seed_interval
+
+    out = []
+    for cell_key in dict.fromkeys(tuple(r.get(k) for k in keys) for r in rows):
+        sel = [r for r in rows if tuple(r.get(k) for k in keys) == cell_key]
+        row: dict[str, Any] = {k: v for k, v in zip(keys, cell_key) if v is not None}
+        row["seed"] = SUMMARY_SEED
+        for column in dict.fromkeys(c for r in sel for c in r):
+            if column in row or column == "seed" or column.endswith(("_low", "_high")):
+                continue
+            values = [r.get(column) for r in sel]
+            numbers = [v for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
+            if any(f"{column}_low" in r for r in sel):
+                stats = seed_interval(numbers, level)
+                row[column], row[f"{column}_low"], row[f"{column}_high"] = stats["mean"], stats["low"], stats["high"]
+            elif numbers:
+                row[column] = float(np.mean(numbers))
+            elif all(isinstance(v, str) for v in values) and len(set(values)) == 1:
+                row[column] = values[0]
+        row["n_seeds"] = len(sel)
+        out.append(row)
+    return out
 
 
 def chance_of(measure: str, num_classes: int, task: str = "") -> float:

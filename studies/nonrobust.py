@@ -20,6 +20,7 @@ from core.errors import ConfigError
 
 from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
+from evaluation.statistics import percentile_interval
 
 from . import corruption_drop, measures
 from .runner import cell, check_datasets, check_seeds, check_training_spec, done, load_config, mean_sd, train_step, write_csv
@@ -27,7 +28,7 @@ from .runner import cell, check_datasets, check_seeds, check_training_spec, done
 STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
               "constructed_training", "statistics", "recalibration"}
 STATISTICS = {"bootstrap": 1000, "level": 0.95, "interval": "auto", "seed": 0}
-INTERVALS = ("auto", "examples", "seeds_and_examples")
+INTERVALS = ("auto", "examples", "seeds", "seeds_and_examples")  # seeds_and_examples: the former name of seeds
 CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
 
 
@@ -50,8 +51,9 @@ class Study:
 
     @property
     def over_seeds(self) -> bool:
-        """Whether intervals resample seeds as well as test examples (`auto`: when there are 2 seeds or more)."""
-        return self.statistics["interval"] == "seeds_and_examples" or (
+        """Whether intervals are over seeds, a t interval over the per-seed estimates (`auto`: when there are 2
+        seeds or more), rather than over test examples."""
+        return self.statistics["interval"] in ("seeds", "seeds_and_examples") or (
             self.statistics["interval"] == "auto" and len(self.seeds) > 1)
 
 
@@ -98,7 +100,7 @@ def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
 
 
 def check_statistics(given: dict, seeds: list[int]) -> dict:
-    """statistics: {bootstrap: draws, level: interval level, interval: auto | examples | seeds_and_examples, seed}."""
+    """statistics: {bootstrap: draws, level: interval level, interval: auto | examples | seeds, seed}."""
     if not isinstance(given, dict) or set(given) - set(STATISTICS):
         raise ConfigError(f"statistics takes {', '.join(STATISTICS)}, got {given!r}")
     out = {**STATISTICS, **given}
@@ -109,8 +111,8 @@ def check_statistics(given: dict, seeds: list[int]) -> dict:
         raise ConfigError(f"statistics.level must lie in [0.5, 1), got {level!r}")
     if out["interval"] not in INTERVALS:
         raise ConfigError(f"statistics.interval must be one of {', '.join(INTERVALS)}, got {out['interval']!r}")
-    if out["interval"] == "seeds_and_examples" and len(seeds) < 2:
-        raise ConfigError(f"statistics.interval seeds_and_examples resamples seeds: it needs at least 2 seeds, got "
+    if out["interval"] in ("seeds", "seeds_and_examples") and len(seeds) < 2:
+        raise ConfigError(f"statistics.interval {out['interval']} is over seeds: it needs at least 2 seeds, got "
                           f"{len(seeds)} ({seeds}); add seeds or use interval: examples")
     return out
 
@@ -214,7 +216,7 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, m
     if measured:
         level = measured.get("level", 0.95)
         for name, entry in measured["measures"].items():
-            low, high = measures.interval(entry["draws"], level)
+            low, high = percentile_interval(entry["draws"], level)
             row[name], row[f"{name}_low"], row[f"{name}_high"] = entry["value"], low, high
         for name, note in (measured.get("notes") or {}).items():
             row[name] = note
@@ -237,12 +239,14 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, m
 
 def write_results(rows: list[dict], out: Path, draws: Optional[dict] = None, study: Optional[Study] = None,
                   corruption_draws: Optional[dict] = None) -> None:
-    """results.csv (one row per model, dataset and seed), results.md and the figures. `draws` maps (dataset,
+    """results.csv (one row per model, dataset and seed, then one per model and dataset with seed `all`: the mean
+    and the t interval over seeds, studies.measures.summary_rows), results.md and the figures. `draws` maps (dataset,
     model) to the per-seed bootstrap draws of every measure (studies.measures.draws); `corruption_draws` likewise
     to finding 2's per-family drops (studies.corruption_drop.drop_draws)."""
     cells = cell_statistics(draws or {}, study)
     drops = corruption_cells(corruption_draws or {}, study)
-    write_csv(rows, out / "results.csv")
+    level = study.statistics["level"] if study else STATISTICS["level"]
+    write_csv(rows + measures.summary_rows(rows, level), out / "results.csv")
     write_text_atomic(out / "results.md", results_markdown(rows, cells, study, drops))
     figures(rows, out, cells)
 
@@ -252,13 +256,12 @@ def corruption_cells(corruption_draws: dict, study: Optional[Study] = None) -> d
     paired per-seed differences when both models were measured on the same seeds."""
     level = study.statistics["level"] if study else STATISTICS["level"]
     over_seeds = study.over_seeds if study else True
-    seed = study.statistics["seed"] if study else 0
     per_model = dict(corruption_draws)
     for dataset in {key[0] for key in corruption_draws}:
         erm, at = corruption_draws.get((dataset, "erm")), corruption_draws.get((dataset, "pgd_at"))
         if erm and at and len(erm) == len(at):
             per_model[(dataset, DIFFERENCE)] = [corruption_drop.difference(a, e) for a, e in zip(at, erm)]
-    return {key: {m: measures.cell([d[m] for d in per_seed], level, over_seeds, seed) for m in per_seed[0]}
+    return {key: {m: measures.cell([d[m] for d in per_seed], level, over_seeds) for m in per_seed[0]}
             for key, per_seed in per_model.items()}
 
 
@@ -269,11 +272,10 @@ def cell_statistics(draws: dict, study: Optional[Study] = None) -> dict:
     """{(dataset, model): {measure: mean, sd, interval, seeds}} from every seed's bootstrap draws."""
     level = study.statistics["level"] if study else STATISTICS["level"]
     over_seeds = study.over_seeds if study else True
-    seed = study.statistics["seed"] if study else 0
     out = {}
     for key, per_seed in draws.items():
         names = [m for m in measures.MEASURES if all(m in d for d in per_seed)]
-        out[key] = {m: measures.cell([d[m] for d in per_seed], level, over_seeds, seed) for m in names}
+        out[key] = {m: measures.cell([d[m] for d in per_seed], level, over_seeds) for m in names}
     return out
 
 
@@ -324,11 +326,14 @@ def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Opti
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
     seeds = sorted({r["seed"] for r in rows})
     stats = study.statistics if study else STATISTICS
-    over = "test examples and seeds" if (study.over_seeds if study else len(seeds) > 1) else "test examples"
+    if study.over_seeds if study else len(seeds) > 1:
+        how = "Student t over the per-seed estimates, the seed being the unit of replication"
+    else:
+        how = f"bootstrap over test examples, {stats['bootstrap']} draws"
     lines = [f"# Study reproduction: measures on the real test split (seeds {seeds})", ""]
     if cells:
-        lines += [f"Each cell: mean ± sd over seeds [{stats['level']:.0%} interval: bootstrap over {over}, "
-                  f"{stats['bootstrap']} draws]. Chance: AUROC 0.5, balanced accuracy 1 / classes.", ""]
+        lines += [f"Each cell: mean ± sd over seeds [{stats['level']:.0%} interval: {how}]. Chance: AUROC 0.5, "
+                  "balanced accuracy 1 / classes.", ""]
     for d in datasets:
         chance = next(r["chance_bacc"] for r in rows if r["dataset"] == d)
         lines += [f"## {d} (chance balanced accuracy {chance:.3f}, AUROC 0.500)", ""]
@@ -644,7 +649,7 @@ def drop_columns(drops: dict, level: float) -> dict:
     for name, entry in drops.items():
         if name.startswith("corr_drop@"):
             out[name] = entry["value"]
-            out[f"{name}_low"], out[f"{name}_high"] = measures.interval(entry["draws"], level)
+            out[f"{name}_low"], out[f"{name}_high"] = percentile_interval(entry["draws"], level)
     return out
 
 

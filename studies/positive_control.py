@@ -32,6 +32,7 @@ import torch
 
 from core.errors import ConfigError
 from core.files import write_json_atomic, write_text_atomic
+from evaluation.statistics import percentile_interval, seed_interval
 
 from . import measures
 from .runner import load_config
@@ -169,7 +170,7 @@ def run_arm(settings: Settings, pattern: bool, seed: int, build=None) -> dict:
         predictions = {"task": "multiclass", "num_classes": 2, "targets": y,
                        "variants": {"default": predict(net, x, **run)}}
         entry = measures.draws(predictions, settings.bootstrap, s)["auroc"]
-        low, high = measures.interval(entry["draws"], settings.level)
+        low, high = percentile_interval(entry["draws"], settings.level)
         return {"value": entry["value"], "low": low, "high": high}
 
     out = {"seed": seed, "source": {"test": auroc(source, test_x, test_y),
@@ -226,15 +227,10 @@ def to_float(images: torch.Tensor) -> torch.Tensor:
 # ---- over seeds -------------------------------------------------------------------------------------------------
 def over_seeds(values: list[float], level: float, chance: float = 0.5) -> dict:
     """Mean, sd and a t interval over seeds (the seed redraws data, source, construction and model), and the verdict
-    against `chance` (AUROC 0.5; 0 for a difference)."""
-    from scipy import stats
-
-    x = np.asarray(values, dtype=float)
-    mean, sd = float(x.mean()), float(x.std(ddof=1))
-    half = float(stats.t.ppf((1 + level) / 2, len(x) - 1)) * sd / math.sqrt(len(x))
-    low, high = mean - half, mean + half
-    return {"mean": mean, "sd": sd, "low": low, "high": high, "seeds": len(x), "values": x.tolist(),
-            "verdict": measures.verdict(low, high, chance)}
+    against `chance` (AUROC 0.5; 0 for a difference); evaluation.statistics.seed_interval owns the interval."""
+    stats = seed_interval(values, level)
+    return {**stats, "values": np.asarray(values, dtype=float).tolist(),
+            "verdict": measures.verdict(stats["low"], stats["high"], chance)}
 
 
 def run(settings: Settings, arms=ARMS, build=None, log=None) -> dict:

@@ -73,6 +73,20 @@ def test_correlation_and_its_bootstrap_interval():
     assert np.isnan(correlation([1, 2], [3, 4])["pearson"])  # two models: no correlation
 
 
+def test_correlation_counts_models_not_seeds_and_has_a_fisher_z_interval():
+    from evaluation.statistics import correlation_interval
+    from studies.explanations import model_means
+
+    rows = [{"model": m, "seed": s, "robust_bacc": x + 0.01 * s, "expl_topk": y - 0.01 * s}
+            for m, x, y in (("a", 0.1, 0.2), ("b", 0.3, 0.5), ("c", 0.5, 0.4), ("d", 0.6, 0.8), ("e", 0.8, 0.7),
+                            ("f", 0.9, 0.95)) for s in range(3)]
+    means = model_means(rows, ("robust_bacc", "expl_topk"))
+    assert [m["model"] for m in means] == list("abcdef") and means[1]["robust_bacc"] == pytest.approx(0.31)
+    c = correlation([m["robust_bacc"] for m in means], [m["expl_topk"] for m in means])
+    assert c["n"] == 6 and c["pearson_ci"] == pytest.approx(list(correlation_interval(c["pearson"], 6)))
+    assert c["pearson_ci"][0] < 0.6 and 0 < c["spearman_p"] < 0.1  # six models: a wide interval, an exact test
+
+
 @pytest.mark.slow  # three train.py runs: ~45 CPU s
 def test_tiny_study_end_to_end_on_synthetic_data(synthetic_root, tmp_path):
     root = synthetic_root("pneumoniamnist", n_train=48, n_val=16, n_test=24)
@@ -102,6 +116,6 @@ def test_tiny_study_end_to_end_on_synthetic_data(synthetic_root, tmp_path):
         assert 0 <= float(row["expl_topk"]) <= 1 and 0 <= float(row["expl_topk_random"]) <= 1
         assert float(row["adv_bacc"]) <= float(row["clean_bacc"]) + 1e-9 and row["expl_examples"] == "6"
     text = (out / "results.md").read_text()
-    assert "Pearson r =" in text and "bootstrap interval over models" in text
+    assert "Pearson r =" in text and "Fisher z interval" in text and "each the mean over its seeds" in text
     assert "| expl_reg - erm (seed 0) |" in text and "softplus" in text.lower()
     assert (out / "expl_scatter.png").stat().st_size > 0 and (out / "expl_maps.png").stat().st_size > 0

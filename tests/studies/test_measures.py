@@ -107,6 +107,21 @@ def test_cell_mean_spread_and_interval_over_seeds():
     only = measures.cell(per_seed, over_seeds=False)
     assert over["mean"] == pytest.approx(0.7) and over["sd"] == pytest.approx(0.1) and over["seeds"] == 3
     assert only["high"] - only["low"] < 0.05 < over["high"] - over["low"]  # seed spread widens the interval
+    # over seeds: the t interval over the per-seed values (2 dof: 0.7 ± 4.303 * 0.1 / sqrt(3))
+    assert (over["low"], over["high"]) == pytest.approx((0.7 - 0.24842, 0.7 + 0.24842), abs=1e-4)
+
+
+def test_summary_rows_hold_the_mean_and_the_t_interval_over_seeds():
+    rows = [{"dataset": "d", "size": 28, "model": "erm", "kind": "real", "construction": "real", "seed": s,
+             "clean_bacc": v, "auroc": v, "auroc_low": v - 0.01, "auroc_high": v + 0.01, "bacc_adabn": "n/a"}
+            for s, v in enumerate((0.6, 0.7, 0.8))]
+    rows.append({**rows[0], "model": "d_rand", "seed": 0})
+    erm, one = measures.summary_rows(rows)
+    assert erm["seed"] == measures.SUMMARY_SEED == "all" and erm["n_seeds"] == 3 and erm["bacc_adabn"] == "n/a"
+    assert erm["clean_bacc"] == pytest.approx(0.7) and "clean_bacc_low" not in erm
+    assert (erm["auroc"], erm["auroc_low"], erm["auroc_high"]) == pytest.approx((0.7, 0.7 - 0.24842, 0.7 + 0.24842),
+                                                                                abs=1e-4)
+    assert one["model"] == "d_rand" and one["auroc"] == 0.6 and np.isnan(one["auroc_low"])  # one seed: no interval
 
 
 @pytest.mark.parametrize("low, high, verdict", [

@@ -90,7 +90,11 @@ def test_results_tables_findings_and_figures(tmp_path):
     assert rows[1]["corr_delta@brightness_up"] == pytest.approx(0.78 - 0.79)
     write_results(rows, tmp_path)
     with open(tmp_path / "results.csv") as handle:
-        assert [r["model"] for r in csv.DictReader(handle)] == ["erm", "pgd_at", "d_rand", "d_det"]
+        written = list(csv.DictReader(handle))
+    assert [r["model"] for r in written if r["seed"] != "all"] == ["erm", "pgd_at", "d_rand", "d_det"]
+    # one summary row per cell over its seeds: here one seed, so a mean and no interval
+    summary = [r for r in written if r["seed"] == "all"]
+    assert [r["model"] for r in summary] == ["erm", "pgd_at", "d_rand", "d_det"] and summary[2]["clean_bacc"] == "0.64"
     markdown = (tmp_path / "results.md").read_text()
     assert "| d_rand | D_rand (nonrobust features only) | 0.640 |" in markdown
     assert "| brightness_up | 0.700 | 0.780 | +0.080 |" in markdown
