@@ -36,8 +36,9 @@ Definitions (those of studies/measures.py's docstring, implemented afresh):
 - `bacc_vs_new_label` (D_det rows): balanced accuracy of the argmax against the D_det label (y + 1) mod C.
 
 Each measure is compared with the row's point estimate in results.csv (the `_low` / `_high` interval columns are
-kept in the JSON; the summary rows over seeds, seed `all`, are not models and are skipped). Exit 0: every |independent - study| is within the tolerance; 1: one or more is not (the rows
-are named); 2: bad input (no out folder, no results.csv, no row with a checkpoint, a missing npz).
+kept in the JSON; the summary rows over seeds, seed `all`, are not models and are skipped). Exit 0: every
+|independent - study| is within the tolerance; 1: one or more is not (the rows are named); 2: bad input (no out
+folder, no results.csv, no row with a checkpoint, a missing npz).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """What a study says about one trained model, and how sure it can be: threshold-free and recalibrated measures on
 the real test split, diagnostics of a model trained on a constructed set, intervals over test examples (the
-bootstrap) and over seeds (a t interval), and a verdict against chance read from those intervals (evaluation.statistics).
+bootstrap) and over seeds (a t interval), and a verdict against chance read from those intervals (both from
+evaluation.statistics).
 
 Measures (every one through the project's metrics, lightning_modules.metrics, never re-derived here):
 
