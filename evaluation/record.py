@@ -67,7 +67,8 @@ class ScoredSet:
     @property
     def n_examples(self) -> Optional[int]:
         """How many test examples the set scored (its own count, else the confidence measures' count)."""
-        n = self.settings.get("n_examples", self.scores.get("n"))
+        info = self.settings.get("info") if isinstance(self.settings.get("info"), dict) else {}
+        n = self.settings.get("n_examples", info.get("n_examples", self.scores.get("n")))
         return None if n is None else int(n)
 
     def per_example(self, measure: str) -> list[float]:
