@@ -17,15 +17,14 @@ import numpy as np
 import torch
 
 from core.errors import ConfigError
-from core.files import atomic_write
 
-from .measures import best_checkpoint, example_draws, read_cache, samplewise_bacc
+from .measures import best_checkpoint, example_draws, samplewise_bacc
 
 #: medmnistc's corruption modules -> the MedMNIST-C paper's family names
 FAMILY_OF_MODULE = {"noise": "noise", "compression": "digital", "filter": "blur", "enhance": "colour",
                     "microscopy": "task-specific"}
 ALL = "all"
-CACHE_VERSION = 1
+CACHE_VERSION = 1  # what the cached predictions mean (evaluation.cache keys on it)
 
 
 def families(flag: str) -> dict[str, str]:
@@ -44,26 +43,26 @@ def families(flag: str) -> dict[str, str]:
 def corruption_predictions(run_dir, checkpoint, batch_size: int = 512) -> dict[str, Any]:
     """Per-example test probabilities of a run's checkpoint on the clean, round-tripped and every corrupted test image
     (severity-major, medmnistc's layout), with the corrupted set its RobustnessCallback used. Cached beside the
-    checkpoint."""
-    from datamodules.medmnist import MedMNISTDataModule
-    from datamodules.medmnist_c import load_corrupted
-    from evaluation.checkpoints import load_module
-    from evaluation.runs import run_config
-    from evaluation.scoring import predict
+    checkpoint (evaluation.cache)."""
+    from evaluation.cache import PredictionCache
+    from evaluation.runs import robustness_settings, run_config
 
     ckpt = best_checkpoint(run_dir, checkpoint)
     config = run_config(run_dir)
     data = dict(config["data"])
-    callback = next((c.get("init_args") or {} for c in (config.get("trainer") or {}).get("callbacks") or []
-                     if str(c.get("class_path", "")).endswith("RobustnessCallback")), {})
-    chosen = {"cache": callback.get("corruption_cache", "~/.medmnist-c"), "seed": callback.get("seed", 0),
-              "corruptions": callback.get("corruptions")}
-    settings = {"version": CACHE_VERSION, "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": data,
-                **chosen}
-    cache = ckpt.with_name(f"{ckpt.stem}.study-corruptions.pt")
-    cached = read_cache(cache, settings)
-    if cached is not None:
-        return cached
+    callback = robustness_settings(config)
+    chosen = {"cache": callback["corruption_cache"], "seed": callback["seed"], "corruptions": callback["corruptions"]}
+    return PredictionCache(ckpt, "study-corruptions", {"data": data, **chosen}, CACHE_VERSION).get(
+        lambda: _predict_corrupted(ckpt, data, chosen, batch_size))
+
+
+def _predict_corrupted(ckpt, data: dict, chosen: dict, batch_size: int) -> dict[str, Any]:
+    """`corruption_predictions` computed (not cached)."""
+    from datamodules.medmnist import MedMNISTDataModule
+    from datamodules.medmnist_c import load_corrupted
+    from evaluation.checkpoints import load_module
+    from evaluation.scoring import predict
+
     dm = MedMNISTDataModule(**data)
     corrupted = load_corrupted(dm.flag, dm.size, dm.root, chosen["cache"], seed=chosen["seed"],
                                as_rgb=dm.hparams.as_rgb, corruptions=chosen["corruptions"],
@@ -74,7 +73,7 @@ def corruption_predictions(run_dir, checkpoint, batch_size: int = 512) -> dict[s
         return predict(model, images, dm.task, dm.num_classes, batch_size=batch_size)
 
     roundtrip = corrupted.roundtrip_images()
-    out = {"settings": settings, "flag": dm.flag, "task": dm.task, "num_classes": dm.num_classes,
+    out = {"flag": dm.flag, "task": dm.task, "num_classes": dm.num_classes,
            "protocol": corrupted.protocol, "severities": list(corrupted.severities),
            "targets": torch.as_tensor(np.asarray(corrupted.raw_labels)).reshape(-1).long(),
            "clean": probabilities(corrupted.clean_images()),
@@ -82,8 +81,6 @@ def corruption_predictions(run_dir, checkpoint, batch_size: int = 512) -> dict[s
            "corrupted": {c: torch.cat([probabilities(corrupted.images_for(c, s)) for s in corrupted.severities])
                          for c in corrupted.corruptions}}
     out["roundtrip"] = out["clean"] if roundtrip is None else probabilities(roundtrip)
-    with atomic_write(cache, "wb") as handle:
-        torch.save(out, handle)
     return out
 
 

@@ -28,7 +28,6 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
-from core.files import atomic_write
 from datamodules.info import MULTILABEL
 
 #: measure -> (metric, prediction variant, what it is)
@@ -41,7 +40,8 @@ MEASURES = {
     "bacc_vs_new_label": ("bacc", "new_label", "balanced accuracy against the D_det label (y + 1) mod C"),
 }
 HOLDS, NOT_HOLDS, UNDECIDED = "holds", "does not hold", "undecided at this sample size"
-CACHE_VERSION = 3  # 2: AdaBN weights batches by size; 3: a binary threshold is the exact optimum
+CACHE_VERSION = 3  # what the cached predictions mean (evaluation.cache keys on it): 2: AdaBN weights batches by
+# size; 3: a binary threshold is the exact optimum
 
 
 # ---- one metric definition, reused across many resamples ------------------------------------------------------
@@ -155,33 +155,28 @@ def best_checkpoint(run_dir, checkpoint) -> Path:
     return ckpt
 
 
-def read_cache(cache: Path, settings: dict) -> Optional[dict]:
-    """A study's cached predictions beside a checkpoint, when they were made with these settings (else None)."""
-    if cache.exists():
-        cached = torch.load(cache, weights_only=False)
-        if cached.get("settings") == settings:
-            return cached
-    return None
-
-
 def model_predictions(run_dir, checkpoint, kind: str = "real", recalibration_split: str = "val",
                       sidecar: Optional[dict] = None, batch_size: int = 512) -> dict[str, Any]:
     """Per-example test probabilities of a finished run's checkpoint under every prediction variant (default,
     recalibrated on `recalibration_split`, AdaBN on its unlabeled images), the fitted bias, and for a model
-    trained on a constructed set its diagnostics. Cached beside the checkpoint."""
-    from datamodules.medmnist import MedMNISTDataModule
-    from evaluation.checkpoints import load_module
+    trained on a constructed set its diagnostics. Cached beside the checkpoint (evaluation.cache)."""
+    from evaluation.cache import PredictionCache
     from evaluation.runs import run_config
-    from evaluation.scoring import predict
 
     ckpt = best_checkpoint(run_dir, checkpoint)
     data = dict(run_config(run_dir)["data"])
-    settings = {"version": CACHE_VERSION, "checkpoint": str(ckpt), "mtime": ckpt.stat().st_mtime, "data": data,
-                "kind": kind, "recalibration_split": recalibration_split}
-    cache = ckpt.with_name(f"{ckpt.stem}.study-measures.pt")
-    cached = read_cache(cache, settings)
-    if cached is not None:
-        return cached
+    settings = {"data": data, "kind": kind, "recalibration_split": recalibration_split}
+    return PredictionCache(ckpt, "study-measures", settings, CACHE_VERSION).get(
+        lambda: _predict_variants(ckpt, data, kind, recalibration_split, sidecar, batch_size))
+
+
+def _predict_variants(ckpt: Path, data: dict, kind: str, recalibration_split: str, sidecar: Optional[dict],
+                      batch_size: int) -> dict[str, Any]:
+    """`model_predictions` computed (not cached)."""
+    from datamodules.medmnist import MedMNISTDataModule
+    from evaluation.checkpoints import load_module
+    from evaluation.scoring import predict
+
     dm = MedMNISTDataModule(**data)
     task, k = dm.task, dm.num_classes
     model = load_module(ckpt)
@@ -189,7 +184,7 @@ def model_predictions(run_dir, checkpoint, kind: str = "real", recalibration_spl
     val, test = dm.split(recalibration_split), dm.split("test")
     p_val = predict(model, val.images, **run)
     p_test = predict(model, test.images, **run)
-    out: dict[str, Any] = {"settings": settings, "task": task, "num_classes": k, "targets": _targets(test.targets, task),
+    out: dict[str, Any] = {"task": task, "num_classes": k, "targets": _targets(test.targets, task),
                            "variants": {"default": p_test}, "notes": {}}
     if task != MULTILABEL:
         bias = fit_bias(p_val, val.targets, task)
@@ -207,8 +202,6 @@ def model_predictions(run_dir, checkpoint, kind: str = "real", recalibration_spl
         out["new_targets"] = (out["targets"] + 1) % k
     if kind != "real":
         out["diagnostics"] = constructed_diagnostics(model, dm, p_test, sidecar, run)
-    with atomic_write(cache, "wb") as handle:
-        torch.save(out, handle)
     return out
 
 
