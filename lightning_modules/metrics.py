@@ -193,6 +193,11 @@ class MetricKey:
             return parse_epsilon(self.condition, norm="l2")
         return None
 
+    def unstaged(self) -> str:
+        """The key without its stage (`adv_bacc@4_255`), as study tables name their columns; `MetricKey.parse(text,
+        stage)` reads it back."""
+        return str(self).split("/", 1)[1]
+
     def with_stage(self, stage: str) -> "MetricKey":
         return MetricKey(stage, self.kind, self.metric, self.condition)
 
