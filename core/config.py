@@ -1,9 +1,11 @@
-"""The one `--set key=value` grammar of every command (sweeps, studies) and how their config paths resolve."""
+"""The one `--set key=value` grammar of every command (sweeps, studies), the one way it is applied to a config
+mapping, the one loader of config dataclasses (study configs), and how their config paths resolve."""
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Collection, Iterable, Optional, TypeVar
 
 import yaml
 
@@ -21,6 +23,62 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         return key.strip(), yaml.safe_load(value) if value.strip() else None
     except yaml.YAMLError as err:
         raise ConfigError(f"--set {key}: cannot read {value!r} as YAML ({first_line(err)})") from None
+
+
+def set_key(raw: dict, key: str, value: Any, flat: Collection[str] = (),
+            as_mapping: Optional[Callable[[str, Any], dict]] = None) -> None:
+    """Set a dotted `key` in a config mapping, creating mappings on the way; below a section named in `flat` the
+    rest of the key is one dotted key (train.py's `model.init_args.steps`). A scalar on the way is turned into a
+    mapping by `as_mapping(name, value)` (a sampler name into {type: name}), else refused in one line."""
+    node, parts = raw, key.split(".")
+    while len(parts) > 1:
+        part = parts.pop(0)
+        child = node.get(part)
+        if child is None:
+            child = {}
+        elif not isinstance(child, dict):
+            if as_mapping is None:
+                raise ConfigError(f"--set {key}: {part!r} is not a mapping; set it whole: --set {part}=VALUE")
+            child = as_mapping(part, child)
+        node[part] = dict(child)
+        node = node[part]
+        if part in flat:
+            parts = [".".join(parts)]
+    node[parts[0]] = value
+
+
+def apply_assignments(raw: dict, assignments: Iterable[str], flat: Collection[str] = (),
+                      as_mapping: Optional[Callable[[str, Any], dict]] = None) -> dict:
+    """`--set key=value` overrides (parse_assignment's grammar) applied to a config mapping by set_key."""
+    for text in assignments or ():
+        set_key(raw, *parse_assignment(text), flat=flat, as_mapping=as_mapping)
+    return raw
+
+
+def check_keys(raw: dict, known: Iterable[str], what: str) -> None:
+    """One ConfigError line for keys of `raw` outside `known`, naming the known ones."""
+    known = list(known)
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise ConfigError(f"unknown {what} key(s) {', '.join(map(str, unknown))}: the keys are {', '.join(sorted(known))}")
+
+
+Config = TypeVar("Config")
+
+
+def load_dataclass(cls: type[Config], path: str | Path, assignments: Iterable[str] = (), *, what: str,
+                   flat: Collection[str] = (), selector: str = "study") -> Config:
+    """A config dataclass from a YAML mapping plus `--set` overrides: the file's keys are the dataclass's fields
+    (`source`, the file, is filled in; `selector` names the loader and is dropped); unknown keys fail in one line
+    naming the known ones; the dataclass checks its values (__post_init__)."""
+    path = Path(path)
+    raw = apply_assignments(load_yaml_mapping(path, what), assignments, flat)
+    names = [f.name for f in fields(cls) if f.init and f.name != "source"]
+    check_keys(raw, [selector, *names], what)
+    given = {key: value for key, value in raw.items() if key != selector}
+    if "source" in {f.name for f in fields(cls)}:
+        given["source"] = path
+    return cls(**given)
 
 
 def resolve_path(text: str | Path) -> Path:

@@ -5,7 +5,6 @@ from typing import Any, Optional, Sequence, Union
 
 import lightning as L
 import torch
-from torch import nn
 
 from core.errors import ConfigError
 from .metrics import make_metrics, metric_key, probabilities, task_loss

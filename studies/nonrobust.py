@@ -15,11 +15,14 @@ from typing import Any, Optional
 
 import numpy as np
 
-from attacks.threat_model import parse_epsilon
+from attacks.threat_model import format_epsilon, parse_epsilon
 from core.errors import ConfigError
 
 from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
+from evaluation.layout import StepLayout
+from evaluation.record import read_record
+from lightning_modules.metrics import MetricKey
 from evaluation.statistics import percentile_interval
 
 from . import corruption_drop, measures
@@ -207,12 +210,14 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, m
     row: dict[str, Any] = {"dataset": info.flag, "size": dataset.get("size", 28), "model": model, "kind": kind,
                            "construction": construction or ("real" if kind == "real" else model), "seed": seed,
                            "chance_bacc": 1.0 / info.num_classes if info.task != MULTILABEL else 0.5}
-    report = {}
+    record = None
     if summary.get("report") and Path(summary["report"]).is_file():
-        report = json.loads(Path(summary["report"]).read_text())
-    metrics = summary.get("metrics") or {}
-    row["clean_bacc"] = report.get("clean", {}).get("bacc", metrics.get("test/clean_bacc"))
-    row["clean_acc"] = report.get("clean", {}).get("acc", metrics.get("test/clean_acc"))
+        record = read_record(summary["report"])
+    tested = record.metrics() if record is not None else {}
+    logged = summary.get("metrics") or {}
+    for metric in ("bacc", "acc"):
+        key = MetricKey("test", "clean", metric)
+        row[f"clean_{metric}"] = tested.get(key, logged.get(str(key)))
     if measured:
         level = measured.get("level", 0.95)
         for name, entry in measured["measures"].items():
@@ -221,20 +226,28 @@ def result_row(dataset: dict, model: str, kind: str, seed: int, summary: dict, m
         for name, note in (measured.get("notes") or {}).items():
             row[name] = note
         row.update(measured.get("diagnostics") or {})
-    for label, entry in sorted((report.get("pgd") or {}).items(), key=lambda item: item[1]["epsilon"]):
-        row[f"adv_bacc@{label}"] = entry["bacc"]
-    for label, entry in sorted((report.get("autoattack") or {}).items(), key=lambda item: item[1]["epsilon"]):
-        row[f"aa_bacc@{label}"] = entry["bacc"]
-    table = report.get("corruptions")
+    attacked = [key for key in tested if key.kind in ("adv", "aa") and key.metric == "bacc"]
+    for key in sorted(attacked, key=MetricKey.sort_key):
+        row[key.unstaged()] = tested[key]
+    table = record.corruptions if record is not None else None
     if table:
-        row["corr_bacc"] = table["mean_bacc"]
-        row["corr_be"], row["corr_rbe"] = table.get("mean_be"), table.get("mean_rbe")
+        row["corr_bacc"] = tested[MetricKey("test", "corr", "bacc")]
+        row["corr_be"] = tested.get(MetricKey("test", "corr", "be"))
+        row["corr_rbe"] = tested.get(MetricKey("test", "corr", "rbe"))
         reference = table.get("roundtrip_bacc") or table.get("clean_bacc")
         row["corr_clean_reference_bacc"] = reference
-        for name, value in table["corruption_bacc"].items():
-            row[f"corr_bacc@{name}"] = value
-            row[f"corr_delta@{name}"] = value - reference
+        for key in column_keys(tested, "corr", "bacc"):
+            row[key.unstaged()] = tested[key]
+            row[MetricKey("test", "corr", "delta", key.condition).unstaged()] = tested[key] - reference
     return row
+
+
+def column_keys(columns, kind: str, metric: str) -> list[MetricKey]:
+    """The metric keys among study columns (`corr_bacc@noise`, `adv_bacc@4_255`, ...: MetricKey without a stage)
+    of one kind and metric with a condition, in the order they come."""
+    keys = [MetricKey.try_parse(column, "test") for column in columns if isinstance(column, (str, MetricKey))]
+    found = [key for key in keys if key and key.kind == kind and key.metric == metric and key.condition is not None]
+    return list(dict.fromkeys(found))
 
 
 def write_results(rows: list[dict], out: Path, draws: Optional[dict] = None, study: Optional[Study] = None,
@@ -376,7 +389,7 @@ def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Opti
             at = [r for r in corr_rows if r["dataset"] == d and r["model"] == "pgd_at"]
             if not erm or not at:
                 continue
-            names = [k.split("@", 1)[1] for k in erm[0] if k.startswith("corr_bacc@")]
+            names = [key.condition for key in column_keys(erm[0], "corr", "bacc")]
             lines += [f"**{d}**", "", "| corruption | ERM | PGD-AT | PGD-AT - ERM | ERM: corrupted - round-tripped clean | PGD-AT: corrupted - round-tripped clean |",
                       "|---|---|---|---|---|---|"]
             for name in names:
@@ -412,7 +425,7 @@ def drop_table(drops: dict) -> list[str]:
                 measures.describe(drops[(dataset, m)][extra], 0.0) if extra in drops[(dataset, m)] else "-"
                 for m in models) + " |")
         for name in names:
-            lines.append(f"| {name.split('@', 1)[1]} | " + " | ".join(
+            lines.append(f"| {MetricKey.parse(name, 'test').condition} | " + " | ".join(
                 measures.describe(drops[(dataset, m)][name], 0.0) if name in drops[(dataset, m)] else "-"
                 for m in models) + " |")
         lines.append("")
@@ -424,13 +437,14 @@ def robust_table(rows: list[dict]) -> list[str]:
     attack) and, where the study asks for it, AutoAttack (paper.yaml: standard AutoAttack on the whole test split),
     mean ± sd over seeds."""
     real = [r for r in rows if r.get("kind") == "real"]
-    columns = sorted({k for r in real for k in r if k.startswith(("adv_bacc@", "aa_bacc@"))},
-                     key=lambda k: (k.startswith("aa_"), parse_epsilon(k.split("@", 1)[1])))
+    keys = sorted({key for r in real for kind in ("adv", "aa") for key in column_keys(r, kind, "bacc")},
+                  key=MetricKey.sort_key)
+    columns = [key.unstaged() for key in keys]
     if not columns:
         return []
     lines = ["## Robust balanced accuracy on the real test split (mean ± sd over seeds)", "",
-             "| dataset | model | clean | " + " | ".join(("AutoAttack " if k.startswith("aa_") else "PGD ") +
-                                                         k.split("@", 1)[1].replace("_", "/") for k in columns) + " |",
+             "| dataset | model | clean | " + " | ".join(("AutoAttack " if key.kind == "aa" else "PGD ") +
+                                                         format_epsilon(key.epsilon) for key in keys) + " |",
              "|---|---|---|" + "---|" * len(columns)]
     for d in dict.fromkeys(r["dataset"] for r in real):
         for model in _ordered_models([r for r in real if r["dataset"] == d]):
@@ -518,7 +532,7 @@ def findings(rows: list[dict], cells: Optional[dict] = None, drops: Optional[dic
             absolute = paired[f"corr_bacc@{corruption_drop.ALL}"]
             robust = measures.verdict(gain["low"], gain["high"], 0.0)
             cost = measures.verdict(-clean["high"], -clean["low"], 0.0)
-            families = [m.split("@", 1)[1] for m in paired if m.startswith("corr_drop@") and m != everything]
+            families = [key.condition for key in column_keys(paired, "corr", "drop") if key.unstaged() != everything]
             wins = [f for f in families if paired[f"corr_drop@{f}"]["low"] > 0]
             losses = [f for f in families if paired[f"corr_drop@{f}"]["high"] < 0]
             out.append(f"- {d}, PGD-AT - ERM ({gain['seeds']} seed{'s' if gain['seeds'] > 1 else ''}, paired over "
@@ -607,8 +621,7 @@ def figures(rows: list[dict], out: Path, cells: Optional[dict] = None) -> None:
                 continue
             if model == "robust_l2":
                 continue  # an L2 threat model: not on the L-inf axis
-            labels = sorted({k.split("@", 1)[1] for r in sel for k in r if k.startswith("adv_bacc@")},
-                            key=parse_epsilon)
+            labels = sorted({key.condition for r in sel for key in column_keys(r, "adv", "bacc")}, key=parse_epsilon)
             eps = [0.0] + [parse_epsilon(label) for label in labels]
             ys = [mean_sd([r["clean_bacc"] for r in sel])[0]] + [mean_sd([r.get(f"adv_bacc@{label}") for r in sel])[0]
                                                                    for label in labels]
@@ -660,7 +673,7 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     for dataset in study.datasets:
         flag = dataset_info(dataset["flag"]).flag
         for seed in study.seeds:
-            base = out / f"{flag}_{dataset.get('size', 28)}" / f"seed_{seed}"
+            base = StepLayout(out).seed_dir(flag, dataset.get("size", 28), seed)
             trained = {}
             for name, spec in study.models.items():
                 log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if done(base / name) else ""))
@@ -673,15 +686,15 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                     corruption_draws.setdefault((flag, name), []).append(drops)
                     rows[-1].update(drop_columns(drops, study.statistics["level"]))
             for name, spec in study.constructions.items():
-                npz = base / "constructed" / f"{spec.get('reuse') or name}.npz"
+                npz = StepLayout(out).constructed(flag, dataset.get("size", 28), seed, spec.get("reuse") or name)
                 log(f"[{flag} seed {seed}] construct {name} from {spec['source']}" + (" (reused)" if npz.is_file() else ""))
                 construct_step(npz, spec.get("reuse") or name, trained[spec["source"]], study, dataset, seed)
                 extra = {"data.train_npz": str(npz), "data.verify_md5": False}
-                log(f"[{flag} seed {seed}] train on {name}" + (" (reused)" if done(base / f"train_{name}") else ""))
-                summary = train_step(base / f"train_{name}", constructed_training(study, name), study.train, dataset,
-                                     seed, extra=extra)
+                step = base / StepLayout.trained_on(name)
+                log(f"[{flag} seed {seed}] train on {name}" + (" (reused)" if done(step) else ""))
+                summary = train_step(step, constructed_training(study, name), study.train, dataset, seed, extra=extra)
                 kind = construction_kind(name, spec)
-                measured = measure_step(base / f"train_{name}", summary, study, kind, npz.with_suffix(".json"))
+                measured = measure_step(step, summary, study, kind, npz.with_suffix(".json"))
                 draws.setdefault((flag, name), []).append(measured["measures"])
                 rows.append(result_row(dataset, name, "constructed", seed, summary, measured, kind))
             write_results(rows, out, draws, study, corruption_draws)  # partial results after every dataset and seed

@@ -1,5 +1,5 @@
-"""What every study reproduction shares: its YAML with `--set` overrides (core.config's grammar), training steps
-kept on disk and reused on a rerun, and the results table.
+"""What every study reproduction shares: its YAML with `--set` overrides loaded as its config dataclass
+(core.config), training steps kept on disk and reused on a rerun, and the results table.
 
 A study module (studies/nonrobust.py, ...) provides `load(path, overrides)` and `reproduce(study, out, log)`;
 `python -m studies reproduce CONFIG --out DIR` picks it by the config's `study:` key.
@@ -16,7 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from core.config import cli_value, load_yaml_mapping, parse_assignment, resolve_path
+from core.config import cli_value, load_dataclass, resolve_path
 from core.errors import ConfigError
 from core.files import write_json_atomic, write_text_atomic
 
@@ -24,22 +24,10 @@ DONE = "result.json"
 FLAT_SECTIONS = ("train", "overrides")  # their keys are dotted train.py keys, not nested mappings
 
 
-def load_config(path: str | Path, overrides: Optional[list[str]] = None) -> dict:
-    """A study YAML as a mapping with `key=value` overrides applied (dotted keys, YAML values; below `train` and
-    `overrides` the rest of the key is one dotted train.py key)."""
-    raw = load_yaml_mapping(path, "study config")
-    for item in overrides or []:
-        key, value = parse_assignment(item)
-        node, parts = raw, key.split(".")
-        while len(parts) > 1:
-            part = parts.pop(0)
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not a mapping")
-            if part in FLAT_SECTIONS:  # train.py keys: the rest is one dotted key
-                parts = [".".join(parts)]
-        node[parts[0]] = value
-    return raw
+def load_study(cls: type, path: str | Path, overrides: Optional[list[str]] = None):
+    """A study config dataclass `cls` from its YAML and `key=value` overrides (core.config.load_dataclass: dotted
+    keys, YAML values; below `train` and `overrides` the rest of the key is one dotted train.py key)."""
+    return load_dataclass(cls, path, overrides or (), what="study", flat=FLAT_SECTIONS)
 
 
 DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}

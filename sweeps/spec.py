@@ -12,22 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
 from attacks.threat_model import format_epsilon, parse_epsilon, parse_norm
-from core.config import REPO, parse_assignment, resolve_path
+from core.config import REPO, load_yaml_mapping, parse_assignment, resolve_path, set_key  # noqa: F401 (sweeps.training)
 from core.errors import ConfigError
 from core.files import file_digest
 from lightning_modules.metrics import parse_metric_key
+from lightning_modules.registry import METHODS, method as training_method
 
 
-# method -> (base training config, model class) of train.py
-METHODS = {
-    "erm": ("configs/erm.yaml", "lightning_modules.erm.ERM"),
-    "pgd_at": ("configs/pgd_at.yaml", "lightning_modules.adversarial.PGDAT"),
-    "trades": ("configs/trades.yaml", "lightning_modules.adversarial.TRADES"),
-    "fgsm_rs": ("configs/fgsm_rs.yaml", "lightning_modules.adversarial.FGSMRS"),
-}
 # sweep knob -> LightningCLI key it sets
 KNOBS = {"epsilon": "model.init_args.epsilon", "lr": "model.init_args.lr", "beta": "model.init_args.beta"}
 SAMPLERS = ("grid", "tpe", "nsga2", "random")
@@ -38,7 +30,7 @@ KEYS = {
     "study": "study name (letters, digits, - _ .)",
     "storage": "sqlite:///F.db (one process), journal:F.journal (processes on one machine), postgresql://... (machines)",
     "root": "folder of the trial runs: ROOT/STUDY/trial_N (default runs)",
-    "method": "pgd_at, trades, fgsm_rs or erm, or a list of them to search",
+    "method": "a training method of lightning_modules.registry (pgd_at, trades, fgsm_rs, erm, ...) or a list",
     "config": "base training config (default: configs/METHOD.yaml)",
     "overrides": "dotted LightningCLI keys of the base config (model.init_args.steps: 3)",
     "epsilon": "training epsilons: a list (grid) or {low, high[, step]} (range for a sampler)",
@@ -123,7 +115,7 @@ class SweepSpec:
         return self.root / self.study
 
     def base_config(self, method: str) -> Path:
-        return self.config or resolve_path(METHODS[method][0])
+        return self.config or resolve_path(METHODS[method].config)
 
     def grid_space(self) -> dict[str, list]:
         """GridSampler's search space: every searched dimension, and the seed."""
@@ -155,25 +147,15 @@ def _file_digest(path: Path) -> str:
 
 
 def apply_assignment(raw: dict, key: str, value: Any) -> None:
-    """Set a sweep key from the command line: `n_trials`, `sampler.seed`, `overrides.trainer.max_epochs`,
-    `search_space.model.init_args.steps`, or a training key directly (`trainer.max_epochs`)."""
-    head, _, rest = key.partition(".")
-    if head in ("overrides", "search_space") and rest:
-        raw.setdefault(head, {})
-        raw[head] = dict(raw[head] or {})
-        raw[head][rest] = value
-    elif head in CLI_ROOTS:
-        raw["overrides"] = dict(raw.get("overrides") or {})
-        raw["overrides"][key] = value
+    """Set a sweep key from the command line (core.config.set_key): `n_trials`, `sampler.seed`,
+    `overrides.trainer.max_epochs`, `search_space.model.init_args.steps`, or a training key directly
+    (`trainer.max_epochs`, an override)."""
+    head = key.partition(".")[0]
+    if head in CLI_ROOTS:
+        key = f"overrides.{key}"
     elif head not in KEYS:
         raise ConfigError(f"unknown sweep key {head!r} in --set {key}: known keys are {', '.join(KEYS)}")
-    elif rest:
-        node = raw.get(head)
-        if not isinstance(node, dict):
-            node = {} if node is None else _as_mapping(head, node)
-        raw[head] = {**node, rest: value}
-    else:
-        raw[head] = value
+    set_key(raw, key, value, flat=("overrides", "search_space"), as_mapping=_as_mapping)
 
 
 def _as_mapping(head: str, node) -> dict:
@@ -189,12 +171,7 @@ def load_spec(path: str | Path, assignments: list[str] = (), **flags) -> SweepSp
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep file {path} not found")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {_first_line(err)}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must be a mapping of sweep keys ({', '.join(KEYS)})")
+    raw = load_yaml_mapping(path, "sweep file")
     for text in assignments:
         apply_assignment(raw, *parse_assignment(text))
     for key, value in flags.items():
@@ -218,8 +195,7 @@ def validate(raw: dict, path: Path) -> SweepSpec:
     if not methods:
         raise ConfigError("method is an empty list: name at least one of " + ", ".join(METHODS))
     for method in methods:
-        if method not in METHODS:
-            raise ConfigError(f"unknown method {method!r}: choose from {', '.join(METHODS)}")
+        training_method(method)
     config = raw.get("config")
     if config is not None:
         if len(methods) > 1:
@@ -412,6 +388,3 @@ def _objectives(raw) -> list[Objective]:
         objectives.append(Objective(key, direction))
     return objectives
 
-
-def _first_line(err: BaseException) -> str:
-    return " ".join(str(err).split())

@@ -1,17 +1,15 @@
 """Loss terms: any training method adds the explanation penalty through its config, the penalty is taken in the
 model's current (training) mode, and a method's config, checkpoint and train.py run carry the term."""
+import json
 import sys
 from pathlib import Path
 
-import json
-import lightning as L
 import pytest
 import torch
 
 import train
 from attacks.explanation import input_gradient_map, map_distance, softplus_relus
 from core.errors import ConfigError
-from datamodules.medmnist import MedMNISTDataModule
 from evaluation.checkpoints import load_module
 from lightning_modules.adversarial import FGSMRS, PGDAT, TRADES
 from lightning_modules.erm import ERM
