@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
 import numpy as np
 
@@ -25,13 +25,12 @@ from attacks.threat_model import epsilon_label, format_epsilon, parse_epsilon
 from core.errors import ConfigError
 from core.files import write_text_atomic
 from datamodules.info import dataset_info
+from lightning_modules.registry import method_of_class
 
 from .runner import (
-    cell, check_datasets, check_seeds, check_training_spec, done, load_config, mean_sd, train_step, write_csv,
+    cell, check_datasets, check_seeds, check_training_spec, done, load_study, mean_sd, train_step, write_csv,
 )
 
-STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "epsilon", "norm", "explanation", "compare",
-              "examples", "bootstrap"}
 EXPLANATION_KEYS = {"method", "k", "steps", "samples", "val_samples", "val_steps", "every_epoch"}
 CALLBACK = "trainer.callbacks.init_args."
 #: the explanation-robustness measure on the study's y axis, and the one under random noise beside it
@@ -40,20 +39,66 @@ EXPLANATION_AXIS, NOISE_AXIS = "topk", "topk_random"
 
 @dataclass
 class Study:
-    """A parsed, validated explanation study config (see configs/study/explanations_quick.yaml)."""
+    """A parsed, validated explanation study config (see configs/study/explanations_quick.yaml): the YAML's keys are
+    its fields (less `source`, the file), checked when it is built (unknown explanation method, k larger than the
+    image, a negative radius: one ConfigError line)."""
 
-    name: str
-    seeds: list[int]
-    datasets: list[dict]
-    train: dict
-    models: dict[str, dict]
-    epsilon: float
-    norm: str
-    explanation: dict
-    compare: dict[str, str]
-    examples: int
-    bootstrap: int
-    source: Path
+    name: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    datasets: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)
+    epsilon: Union[float, str] = "4/255"
+    norm: str = "linf"
+    explanation: dict = field(default_factory=dict)
+    compare: dict[str, str] = field(default_factory=dict)
+    examples: int = 3
+    bootstrap: int = 1000
+    source: Path = Path("study.yaml")
+
+    def __post_init__(self) -> None:
+        from explanations import METHODS
+
+        models = self.models = self.models or {}
+        if len(models) < 3:
+            raise ConfigError("the study needs at least 3 models (a correlation across models): "
+                              "models: {erm: ..., pgd_at: ..., trades_6: ...}")
+        for name, spec in models.items():
+            check_training_spec(f"models.{name}", spec)
+        try:
+            self.epsilon = parse_epsilon(self.epsilon, self.norm)
+        except ConfigError as err:
+            raise ConfigError(f"epsilon: {err}") from None
+        if self.epsilon == 0:
+            raise ConfigError("epsilon must be > 0: both robustness measures are taken at this radius")
+        explanation = self.explanation = {"method": "saliency", "k": 0.1, "steps": 20, "samples": 200,
+                                          **(self.explanation or {})}
+        extra = sorted(set(explanation) - EXPLANATION_KEYS)
+        if extra:
+            raise ConfigError(f"unknown explanation key(s) {', '.join(extra)}: use {', '.join(sorted(EXPLANATION_KEYS))}")
+        if explanation["method"] not in METHODS:
+            raise ConfigError(f"unknown explanation method {explanation['method']!r}: choose from {', '.join(METHODS)}")
+        k = explanation["k"]
+        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1 or isinstance(k, float) and 0 < k < 1):
+            raise ConfigError(f"explanation.k is a number of pixels (an integer >= 1) or a share in (0, 1), got {k!r}")
+        _positive_int("explanation.steps", explanation["steps"])
+        _positive_int("explanation.samples", explanation["samples"], allow_none=True)
+        self.datasets = check_datasets(self.datasets or [])
+        for entry in self.datasets:
+            size = entry.get("size", 28)
+            if isinstance(k, int) and k > size * size:
+                raise ConfigError(f"explanation.k {k} is larger than the image ({size} x {size} = {size * size} pixels)")
+        self.seeds = check_seeds(self.seeds)
+        compare = self.compare or {}
+        if not isinstance(compare, dict):
+            raise ConfigError("compare maps a regularised model to the model it is compared with: {expl_reg: erm}")
+        for a, b in compare.items():
+            if a not in models or b not in models:
+                raise ConfigError(f"compare.{a}: {b} must both be models of the study ({', '.join(models)})")
+        self.compare, self.train = dict(compare), dict(self.train or {})
+        self.examples = _positive_int("examples", self.examples)
+        self.bootstrap = _positive_int("bootstrap", self.bootstrap)
+        self.name = str(self.name or Path(self.source).stem)
 
     def callback_overrides(self) -> dict:
         """The RobustnessCallback settings every model is tested with: one radius for both robustness measures."""
@@ -77,59 +122,14 @@ def _positive_int(name: str, value, allow_none: bool = False):
 
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
-    """Read an explanation study YAML, apply `--set key=value` overrides, and check every key before any training
-    (unknown explanation method, k larger than the image, a negative radius: one ConfigError line)."""
-    from explanations import METHODS
-
-    path = Path(path)
-    raw = load_config(path, overrides)
-    unknown = sorted(set(raw) - STUDY_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown study key(s) {', '.join(unknown)}: the keys are {', '.join(sorted(STUDY_KEYS))}")
-    models = raw.get("models") or {}
-    if len(models) < 3:
-        raise ConfigError("the study needs at least 3 models (a correlation across models): "
-                          "models: {erm: ..., pgd_at: ..., trades_6: ...}")
-    for name, spec in models.items():
-        check_training_spec(f"models.{name}", spec)
-    norm = raw.get("norm", "linf")
-    try:
-        epsilon = parse_epsilon(raw.get("epsilon", "4/255"), norm)
-    except ConfigError as err:
-        raise ConfigError(f"epsilon: {err}") from None
-    if epsilon == 0:
-        raise ConfigError("epsilon must be > 0: both robustness measures are taken at this radius")
-    explanation = {"method": "saliency", "k": 0.1, "steps": 20, "samples": 200, **(raw.get("explanation") or {})}
-    extra = sorted(set(explanation) - EXPLANATION_KEYS)
-    if extra:
-        raise ConfigError(f"unknown explanation key(s) {', '.join(extra)}: use {', '.join(sorted(EXPLANATION_KEYS))}")
-    if explanation["method"] not in METHODS:
-        raise ConfigError(f"unknown explanation method {explanation['method']!r}: choose from {', '.join(METHODS)}")
-    k = explanation["k"]
-    if isinstance(k, bool) or not (isinstance(k, int) and k >= 1 or isinstance(k, float) and 0 < k < 1):
-        raise ConfigError(f"explanation.k is a number of pixels (an integer >= 1) or a share in (0, 1), got {k!r}")
-    _positive_int("explanation.steps", explanation["steps"])
-    _positive_int("explanation.samples", explanation["samples"], allow_none=True)
-    datasets = check_datasets(raw.get("datasets") or [])
-    for entry in datasets:
-        size = entry.get("size", 28)
-        if isinstance(k, int) and k > size * size:
-            raise ConfigError(f"explanation.k {k} is larger than the image ({size} x {size} = {size * size} pixels)")
-    seeds = check_seeds(raw.get("seeds", [0]))
-    compare = raw.get("compare") or {}
-    if not isinstance(compare, dict):
-        raise ConfigError("compare maps a regularised model to the model it is compared with: {expl_reg: erm}")
-    for a, b in compare.items():
-        if a not in models or b not in models:
-            raise ConfigError(f"compare.{a}: {b} must both be models of the study ({', '.join(models)})")
-    return Study(str(raw.get("name") or path.stem), seeds, datasets, dict(raw.get("train") or {}), models, epsilon,
-                 norm, explanation, dict(compare), _positive_int("examples", raw.get("examples", 3)),
-                 _positive_int("bootstrap", raw.get("bootstrap", 1000)), path)
+    """Read an explanation study YAML, apply `--set key=value` overrides, and check every key before any training."""
+    return load_study(Study, path, overrides)
 
 
 # ---- results ------------------------------------------------------------------------------------------------
 def _model_kind(spec: dict) -> tuple[str, Optional[float]]:
-    """(training method, TRADES beta) of a model spec, from its config and overrides."""
+    """(training method as lightning_modules.registry names it, TRADES beta) of a model spec, from its config and
+    overrides; a method with the explanation penalty is expl_reg(METHOD)."""
     import yaml
 
     config = yaml.safe_load(Path(spec["config"]).read_text()) or {}
@@ -137,11 +137,11 @@ def _model_kind(spec: dict) -> tuple[str, Optional[float]]:
     args = {**(model.get("init_args") or {}),
             **{k.removeprefix("model.init_args."): v for k, v in (spec.get("overrides") or {}).items()
                if k.startswith("model.init_args.")}}
-    name = str((spec.get("overrides") or {}).get("model.class_path", model.get("class_path", ""))).rpartition(".")[2]
-    kind = {"ERM": "erm", "PGDAT": "pgd_at", "TRADES": "trades", "FGSMRS": "fgsm_rs",
-            "ExplanationRegularized": "expl_reg"}.get(name, name)
+    kind = method_of_class(str((spec.get("overrides") or {}).get("model.class_path", model.get("class_path", ""))))
     if kind == "expl_reg":
         kind = f"expl_reg({args.get('base', 'erm')})"
+    elif any("ExplanationPenalty" in str(term) for term in args.get("loss_terms") or ()):
+        kind = f"expl_reg({kind})"  # a method's config that adds the penalty as a loss term
     beta = args.get("beta", 6.0) if "trades" in kind else None
     return kind, beta
 

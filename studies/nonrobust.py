@@ -26,10 +26,10 @@ from lightning_modules.metrics import MetricKey
 from evaluation.statistics import percentile_interval
 
 from . import corruption_drop, measures
-from .runner import cell, check_datasets, check_seeds, check_training_spec, done, load_config, mean_sd, train_step, write_csv
+from .runner import (
+    cell, check_datasets, check_seeds, check_training_spec, done, load_study, mean_sd, train_step, write_csv,
+)
 
-STUDY_KEYS = {"study", "name", "seeds", "datasets", "train", "models", "constructions", "construction_defaults",
-              "constructed_training", "statistics", "recalibration"}
 STATISTICS = {"bootstrap": 1000, "level": 0.95, "interval": "auto", "seed": 0}
 INTERVALS = ("auto", "examples", "seeds", "seeds_and_examples")  # seeds_and_examples: the former name of seeds
 CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
@@ -38,19 +38,55 @@ CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
 # ---- configuration ------------------------------------------------------------------------------------------
 @dataclass
 class Study:
-    """A parsed, validated study config (see configs/study/quick.yaml)."""
+    """A parsed, validated study config (see configs/study/quick.yaml): the YAML's keys are its fields (less
+    `source`, the file), checked when it is built."""
 
-    name: str
-    seeds: list[int]
-    datasets: list[dict]
-    train: dict
-    models: dict[str, dict]
-    constructions: dict[str, dict]
-    construction_defaults: dict
-    constructed_training: dict
-    source: Path
+    name: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    datasets: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)
+    constructions: dict[str, dict] = field(default_factory=dict)
+    construction_defaults: dict = field(default_factory=dict)
+    constructed_training: dict = field(default_factory=lambda: {"config": "configs/erm.yaml"})
+    source: Path = Path("study.yaml")
     statistics: dict = field(default_factory=lambda: dict(STATISTICS))
     recalibration: dict = field(default_factory=lambda: {"split": "val"})
+
+    def __post_init__(self) -> None:
+        models = self.models = self.models or {}
+        if not models:
+            raise ConfigError("the study needs at least one model trained on the real split: models: {erm: {config: "
+                              "configs/erm.yaml}} (finding 2 compares erm with pgd_at)")
+        for name, spec in models.items():
+            check_training_spec(f"models.{name}", spec)
+        constructions = self.constructions = self.constructions or {}
+        for name, spec in constructions.items():
+            if not isinstance(spec, dict) or spec.get("source") not in models:
+                raise ConfigError(f"constructions.{name}.source must name one of the models ({', '.join(models)})")
+            kind = construction_kind(name, spec)
+            if kind not in CONSTRUCTION_KINDS:
+                raise ConfigError(f"unknown construction {kind!r}: choose from {', '.join(CONSTRUCTION_KINDS)} "
+                                  f"(a set named otherwise says which with kind: d_rand)")
+            if not isinstance(spec.get("training") or {}, dict):
+                raise ConfigError(f"constructions.{name}.training must be a mapping of train.py keys to values")
+            reuse = spec.get("reuse")
+            order = list(constructions)
+            if reuse is not None and (reuse not in constructions or order.index(reuse) >= order.index(name)
+                                      or constructions[reuse].get("reuse") is not None):
+                raise ConfigError(f"constructions.{name}.reuse must name a set built earlier in the list, got {reuse!r}")
+        self.datasets = check_datasets(self.datasets or [])
+        for entry in self.datasets:
+            info = dataset_info(entry["flag"])
+            if constructions and info.task == MULTILABEL:
+                raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
+        self.seeds = check_seeds(self.seeds)
+        self.constructed_training = self.constructed_training or {"config": "configs/erm.yaml"}
+        check_training_spec("constructed_training", self.constructed_training)
+        self.statistics = check_statistics(self.statistics or {}, self.seeds)
+        self.recalibration = check_recalibration(self.recalibration or {}, self.datasets)
+        self.name = str(self.name or Path(self.source).stem)
+        self.train, self.construction_defaults = dict(self.train or {}), dict(self.construction_defaults or {})
 
     @property
     def over_seeds(self) -> bool:
@@ -62,45 +98,7 @@ class Study:
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
     """Read a study YAML, apply `--set key=value` overrides (dotted keys, YAML values), and check it."""
-    path = Path(path)
-    raw = load_config(path, overrides)
-    unknown = sorted(set(raw) - STUDY_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown study key(s) {', '.join(unknown)}: the keys are {', '.join(sorted(STUDY_KEYS))}")
-    models = raw.get("models") or {}
-    if not models:
-        raise ConfigError("the study needs at least one model trained on the real split: models: {erm: {config: "
-                          "configs/erm.yaml}} (finding 2 compares erm with pgd_at)")
-    for name, spec in models.items():
-        check_training_spec(f"models.{name}", spec)
-    constructions = raw.get("constructions") or {}
-    for name, spec in constructions.items():
-        if not isinstance(spec, dict) or spec.get("source") not in models:
-            raise ConfigError(f"constructions.{name}.source must name one of the models ({', '.join(models)})")
-        kind = construction_kind(name, spec)
-        if kind not in CONSTRUCTION_KINDS:
-            raise ConfigError(f"unknown construction {kind!r}: choose from {', '.join(CONSTRUCTION_KINDS)} "
-                              f"(a set named otherwise says which with kind: d_rand)")
-        if not isinstance(spec.get("training") or {}, dict):
-            raise ConfigError(f"constructions.{name}.training must be a mapping of train.py keys to values")
-        reuse = spec.get("reuse")
-        if reuse is not None and (reuse not in constructions or list(constructions).index(reuse) >= list(constructions).index(name)
-                                  or constructions[reuse].get("reuse") is not None):
-            raise ConfigError(f"constructions.{name}.reuse must name a set built earlier in the list, got {reuse!r}")
-    datasets = check_datasets(raw.get("datasets") or [])
-    for entry in datasets:
-        info = dataset_info(entry["flag"])
-        if constructions and info.task == MULTILABEL:
-            raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per image")
-    seeds = check_seeds(raw.get("seeds", [0]))
-    constructed = raw.get("constructed_training") or {"config": "configs/erm.yaml"}
-    check_training_spec("constructed_training", constructed)
-    statistics = check_statistics(raw.get("statistics") or {}, seeds)
-    recalibration = check_recalibration(raw.get("recalibration") or {}, datasets)
-    return Study(str(raw.get("name") or path.stem), seeds, datasets, dict(raw.get("train") or {}), models,
-                 constructions, dict(raw.get("construction_defaults") or {}), constructed, path, statistics,
-                 recalibration)
-
+    return load_study(Study, path, overrides)
 
 def check_statistics(given: dict, seeds: list[int]) -> dict:
     """statistics: {bootstrap: draws, level: interval level, interval: auto | examples | seeds, seed}."""

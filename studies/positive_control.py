@@ -23,7 +23,7 @@ et al.): the control arm's mean says how much.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Optional
 
@@ -35,7 +35,7 @@ from core.files import write_json_atomic, write_text_atomic
 from evaluation.statistics import percentile_interval, seed_interval
 
 from . import measures
-from .runner import load_config
+from .runner import load_study
 
 ARMS = ("pattern", "control")  # with the faint pattern; without it
 PROBES = ("test", "pattern_only", "bar_only")
@@ -302,20 +302,22 @@ def _fmt(entry: dict) -> str:
 # ---- as a study: python -m studies reproduce configs/study/positive_control.yaml --------------------------------
 @dataclass
 class Study:
-    name: str
-    settings: Settings
-    source: Path
+    """A positive-control study config: its YAML keys are name and settings (Settings' fields)."""
+
+    name: str = ""
+    settings: Settings = field(default_factory=Settings)
+    source: Path = Path("positive_control.yaml")
+
+    def __post_init__(self) -> None:
+        if self.settings is None or isinstance(self.settings, dict):
+            self.settings = settings_from(self.settings or {})
+        elif not isinstance(self.settings, Settings):
+            raise ConfigError(f"settings must be a mapping, got {self.settings!r}")
+        self.name = str(self.name or Path(self.source).stem)
 
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
-    raw = load_config(Path(path), overrides)
-    unknown = sorted(set(raw) - {"study", "name", "settings"})
-    if unknown:
-        raise ConfigError(f"unknown positive-control key(s) {', '.join(unknown)}: use study, name, settings")
-    given = raw.get("settings") or {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"settings must be a mapping, got {given!r}")
-    return Study(str(raw.get("name") or Path(path).stem), settings_from(given), Path(path))
+    return load_study(Study, path, overrides)
 
 
 def reproduce(study: Study, out: Path, log=print) -> list[dict]:
