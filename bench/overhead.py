@@ -21,10 +21,10 @@ from bench.common import (
     DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, existing_dir, figure, format_table, interleaved_order,
     met_text, positive_int, run_main, set_threads, summary, timed, write_json,
 )
+from lightning_modules.registry import METHODS
 
 VARIANTS = ("lightning", "plain")
-MODELS = {"erm": "lightning_modules.erm.ERM", "pgd_at": "lightning_modules.adversarial.PGDAT"}
-NAMES = {"erm": "ERM", "pgd_at": "PGD-AT"}
+KINDS = ("erm", "pgd_at")  # the methods the hand-written loop (plain_epoch) also trains
 
 
 def _epoch_timer():
@@ -52,7 +52,7 @@ def lightning_epoch(kind: str, settings: dict, workdir: Path) -> tuple[float, in
     import train
 
     timer = _epoch_timer()
-    args = ["fit", "--model", MODELS[kind], "--model.init_args.arch", settings["arch"],
+    args = ["fit", "--model", METHODS[kind].class_path, "--model.init_args.arch", settings["arch"],
             "--data.flag", settings["flag"], "--data.root", settings["root"],
             "--data.verify_md5", str(settings["verify_md5"]).lower(), "--data.batch_size", str(settings["batch_size"]),
             "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
@@ -136,7 +136,7 @@ def measure(kinds, settings: dict, repeats: int, warmup: int, workdir: Path, log
                         rate[variant].append(n / seconds["cpu"])
                         wall[variant].append(n / seconds["wall"])
                     tag = f"repeat {r - warmup + 1}/{repeats}" if timed_run else f"warm-up {r + 1}/{warmup}"
-                    log(f"[overhead {NAMES[kind]} {tag}] {variant:<9} {n} images in {seconds['cpu']:.2f} CPU s "
+                    log(f"[overhead {METHODS[kind].title} {tag}] {variant:<9} {n} images in {seconds['cpu']:.2f} CPU s "
                         f"({seconds['wall']:.2f} s wall) = {n / seconds['cpu']:,.0f} images per CPU s")
             ratios = [a / b for a, b in zip(rate["lightning"], rate["plain"])]
             wall_ratios = [a / b for a, b in zip(wall["lightning"], wall["plain"])]
@@ -154,7 +154,7 @@ def figures(results: dict, settings: dict) -> list[dict]:
     rows = []
     for kind, result in results.items():
         scope = f"first {settings['batches']} batches" if settings["batches"] else "full epochs"
-        rows.append(figure(f"framework overhead: {NAMES[kind]} epoch, Lightning / plain loop (images/s)",
+        rows.append(figure(f"framework overhead: {METHODS[kind].title} epoch, Lightning / plain loop (images/s)",
                            result["ratio"]["repeats"], 0.95, details={
                                "clock": "process CPU time (all threads); wall-clock ratio below",
                                "wall_ratio": result["wall_ratio"]["median"],
@@ -192,7 +192,7 @@ def parse_args(argv=None):
                     epilog="Example: python bench/overhead.py --repeats 5 --json runs/bench/overhead.json")
     parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with <flag>.npz (default: %(default)s)")
     parser.add_argument("--flag", default="pneumoniamnist", help="dataset (default: %(default)s)")
-    parser.add_argument("--kinds", nargs="+", choices=sorted(MODELS), default=["erm", "pgd_at"], help="what to train (default: both)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=["erm", "pgd_at"], help="what to train (default: both)")
     parser.add_argument("--arch", default="small_cnn", help="architecture (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default: %(default)s)")
     parser.add_argument("--batches", type=positive_int, default=None, help="stop each epoch after N batches (default: whole epochs)")
