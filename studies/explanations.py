@@ -13,7 +13,6 @@ few test images). Every training step is kept under --out and reused on a rerun.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
