@@ -24,6 +24,9 @@ from attacks.threat_model import epsilon_label, format_epsilon, parse_epsilon
 from core.errors import ConfigError
 from core.files import write_text_atomic
 from datamodules.info import dataset_info
+from evaluation.layout import RunLayout, StepLayout
+from evaluation.record import read_record
+from lightning_modules.metrics import MetricKey
 from lightning_modules.registry import method_of_class
 
 from .runner import (
@@ -150,24 +153,24 @@ def result_row(dataset: dict, model: str, spec: dict, seed: int, summary: dict, 
     info = dataset_info(dataset["flag"])
     kind, beta = _model_kind(spec)
     label = epsilon_label(epsilon)
-    report = json.loads(Path(summary["report"]).read_text()) if summary.get("report") else {}
+    record = read_record(summary["report"]) if summary.get("report") else None
+    tested = record.metrics() if record is not None else {}
     row: dict[str, Any] = {"dataset": info.flag, "size": dataset.get("size", 28), "model": model, "training": kind,
                            "beta": beta, "seed": seed, "epsilon": format_epsilon(epsilon),
-                           "clean_bacc": (report.get("clean") or {}).get("bacc")}
-    pgd = (report.get("pgd") or {}).get(label) or {}
-    aa = (report.get("autoattack") or {}).get(label) or {}
-    row["adv_bacc"] = pgd.get("bacc")
-    row["aa_bacc"] = aa.get("bacc")
-    row["aa_examples"] = (aa.get("info") or {}).get("n_examples")
+                           "clean_bacc": tested.get(MetricKey("test", "clean", "bacc"))}
+    aa = record.autoattack.get(label) if record is not None else None
+    row["adv_bacc"] = tested.get(MetricKey("test", "adv", "bacc", label))
+    row["aa_bacc"] = tested.get(MetricKey("test", "aa", "bacc", label))
+    row["aa_examples"] = (aa.settings.get("info") or {}).get("n_examples") if aa else None
     # the headline classification robustness: AutoAttack where it ran on the whole test split, else PGD
-    whole = aa and row["aa_examples"] == (report.get("dataset") or {}).get("n_examples")
+    whole = aa and row["aa_examples"] == record.provenance.dataset.get("n_examples")
     row["robust_bacc"] = row["aa_bacc"] if whole else row["adv_bacc"]
     row["robust_attack"] = "AutoAttack" if whole else "PGD"
-    expl = (report.get("explanations") or {}).get(label) or {}
+    expl = record.explanations.get(label) if record is not None else None
     for name in ("topk", "spearman", "cosine", "topk_random", "spearman_random", "cosine_random", "sensmax", "kept",
                  "kept_random"):
-        row[f"expl_{name}"] = expl.get(name)
-    row["expl_examples"] = expl.get("n_examples")
+        row[f"expl_{name}"] = tested.get(MetricKey("test", "expl", name, label))
+    row["expl_examples"] = expl.settings.get("n_examples") if expl else None
     row["report"] = summary.get("report")
     row["best_checkpoint"] = summary.get("best_checkpoint")
     return row
@@ -216,13 +219,14 @@ def paired_difference(rows_a: dict, rows_b: dict, epsilon: float, n: int = 1000,
     label = epsilon_label(epsilon)
     per = []
     for row in (rows_a, rows_b):
-        report = json.loads(Path(row["report"]).read_text())
-        per.append(np.asarray(report["explanations"][label]["per_example"][EXPLANATION_AXIS], dtype=float))
+        scored = read_record(row["report"]).explanations[label]
+        per.append(np.asarray(scored.per_example(EXPLANATION_AXIS), dtype=float))
     if len(per[0]) == len(per[1]):
         diff = per[0] - per[1]  # paired per example: the mean of the differences
         got = bootstrap(lambda i: diff[i].mean(), len(diff), n, rng)
         out["expl"] = {"value": got["value"], "ci": [got["low"], got["high"]], "n": len(diff)}
-    predictions = [test_predictions(Path(row["report"]).parents[1], row["best_checkpoint"]) for row in (rows_a, rows_b)]
+    predictions = [test_predictions(RunLayout.of_checkpoint(row["best_checkpoint"]).root, row["best_checkpoint"])
+                   for row in (rows_a, rows_b)]
     probs = []
     for p in predictions:
         adv = [s for s in p["scores"] if s[0] == "adv" and s[1] is not None and math.isclose(s[1], epsilon)]
@@ -455,7 +459,7 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     for dataset in study.datasets:
         flag = dataset_info(dataset["flag"]).flag
         for seed in study.seeds:
-            base = out / f"{flag}_{dataset.get('size', 28)}" / f"seed_{seed}"
+            base = StepLayout(out).seed_dir(flag, dataset.get("size", 28), seed)
             for name, spec in study.models.items():
                 log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if done(base / name) else ""))
                 summary = train_step(base / name, spec, common, dataset, seed)
