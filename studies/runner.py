@@ -19,8 +19,7 @@ import numpy as np
 from core.config import cli_value, load_dataclass, resolve_path
 from core.errors import ConfigError
 from core.files import write_json_atomic, write_text_atomic
-
-DONE = "result.json"
+from evaluation.layout import RunLayout
 FLAT_SECTIONS = ("train", "overrides")  # their keys are dotted train.py keys, not nested mappings
 
 
@@ -71,7 +70,7 @@ def check_training_spec(where: str, spec) -> None:
 
 def done(step_dir: Path) -> Optional[dict]:
     try:
-        return json.loads((step_dir / DONE).read_text())
+        return json.loads(RunLayout(step_dir).result.read_text())
     except (OSError, ValueError):
         return None
 
@@ -104,7 +103,7 @@ def train_step(step_dir: Path, spec: dict, common: dict, dataset: dict, seed: in
         return finished
     import train
 
-    if (step_dir / "checkpoints" / "last.ckpt").is_file():
+    if RunLayout(step_dir).last_checkpoint.is_file():
         args += ["--ckpt_path", "last"]  # an interrupted run resumes
     started = time.time()
     result = train.run(args)
@@ -113,7 +112,7 @@ def train_step(step_dir: Path, spec: dict, common: dict, dataset: dict, seed: in
         "report": str(result.report) if result.report else None, "best_epoch": result.best_epoch,
         "seconds": round(time.time() - started, 1), "args": args,
     }
-    write_json_atomic(step_dir / DONE, summary)
+    write_json_atomic(RunLayout(step_dir).result, summary)
     return summary
 
 

@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from attacks.threat_model import format_epsilon
+from evaluation.layout import RunLayout
 
 from . import optuna_adapter as adapter
 from . import study as studies
@@ -96,7 +97,7 @@ def run_folder(spec: SweepSpec, trial: optuna.Trial) -> tuple[Path, Optional[Pat
         if run_dir.exists():  # left by an earlier study of the same name
             shutil.move(str(run_dir), str(run_dir.with_name(f"{run_dir.name}.old-{int(time.time())}")))
         return run_dir, None
-    last = run_dir / "checkpoints" / "last.ckpt"
+    last = RunLayout(run_dir).last_checkpoint
     if last.exists():
         from evaluation.runs import checkpoint_epoch
 
