@@ -7,7 +7,7 @@ import io
 import re
 import runpy
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -21,7 +21,8 @@ README_MAX_LINES = 200
 
 # `python -m PKG [subcommand]`: a subcommand is a lowercase word followed by a space, a backtick or the line's end
 # (paths such as runs/x and placeholders such as REPORT are arguments, not subcommands).
-MODULE_COMMAND = re.compile(r"python -m ([A-Za-z_][\w.]*)(?:(?:[ \t]+|[ \t]*\\?\n[ \t]*)([a-z][\w-]*)(?=[\s`\\]|$))?", re.M)
+MODULE_COMMAND = re.compile(r"python -m ([A-Za-z_][\w.]*)"
+                            r"(?:(?:[ \t]+|[ \t]*\\?\n[ \t]*)([a-z][\w-]*)(?=[\s`\\]|$))?", re.MULTILINE)
 TRAIN_COMMAND = re.compile(r"(?:python |`)train\.py\s+([a-z][\w-]*)")
 SCRIPT = re.compile(r"python ((?:[\w-]+/)*[\w-]+\.py)")
 CONFIG = re.compile(r"\bconfigs/[a-z0-9_/.-]+\.yaml\b")
@@ -57,7 +58,7 @@ def module_exists(name: str) -> bool:
     return importlib.util.find_spec(name.split(".")[0]) is not None
 
 
-@lru_cache(maxsize=None)
+@cache
 def subcommands(module: str) -> frozenset[str] | None:
     """The subcommands `python -m MODULE --help` offers (None: the command takes none), read in this process."""
     out = io.StringIO()
@@ -131,7 +132,8 @@ def test_a_removed_subcommand_is_caught():
         "python -m sweeps reproduce: not one of ['report', 'run', 'select', 'status', 'worker']"]
     assert unknown_commands("`python -m studies\nreproduce configs/study/quick.yaml`") == []
     assert unknown_commands("python train.py fitt --config configs/erm.yaml")
-    assert unknown_commands("python -m bench everything --out x") and not unknown_commands("python -m bench all --out x")
+    assert unknown_commands("python -m bench everything --out x")
+    assert not unknown_commands("python -m bench all --out x")
     assert unknown_commands("python -m sweeps.nothing") and unknown_commands("python bench/nothing.py")
     assert missing_configs("--config configs/nothing.yaml") == ["configs/nothing.yaml"]
 
