@@ -11,6 +11,7 @@ Figures (each a ratio of paired, interleaved repeats: the median with the range)
   lora        LoRA PGD-AT / full fine-tuning of the same timm backbone: step time and peak memory (reported)
   explanation explanation attacks / PGD per image at the same steps (reported); the per-epoch explanation check /
               a PGD-AT epoch (goal <= 10%)
+  certify     randomized-smoothing CERTIFY / plain prediction of the same noise samples, images/s (goal >= 0.9x)
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pathlib import Path
 
 from bench.common import DEFAULT_ROOT, Parser, existing_dir, figure, format_table, met_text, not_measured, run_main
 
-FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora", "explanation")
+FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora", "explanation", "certify")
 
 
 def machine() -> dict:
@@ -128,7 +129,7 @@ def explanation_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, w
 
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:
     """Every requested figure; a benchmark that fails gives a row saying so, and the others still run."""
-    from bench import attack_speed, callback_cost, gpu, lora_step, medmnist_c_build, overhead
+    from bench import attack_speed, callback_cost, certify_speed, gpu, lora_step, medmnist_c_build, overhead
 
     runners = {
         "data": lambda: data_figures(root, verify_md5, quick, smoke, workdir, log),
@@ -140,6 +141,7 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
         "gpu": lambda: gpu.run_figures(quick, log=log),
         "lora": lambda: lora_step.run_figures(quick, smoke, log=log),
         "explanation": lambda: explanation_figures(root, verify_md5, quick, smoke, workdir, log),
+        "certify": lambda: certify_speed.run_figures(quick, smoke, log=log),
     }
     rows = []
     for name in names:
