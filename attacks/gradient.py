@@ -42,6 +42,18 @@ def default_loss(logits: Tensor, y: Tensor) -> Tensor:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """The model in eval mode; every module's own mode restored after (a training step may call an attack)."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextlib.contextmanager
 def attack_mode(model: nn.Module):
     """Run an attack with the model in eval mode and autograd on; restore every module's mode after."""
     if torch.is_inference_mode_enabled():
@@ -49,14 +61,8 @@ def attack_mode(model: nn.Module):
             "adversarial attacks need autograd but torch.inference_mode() is active; "
             "use Trainer(inference_mode=False)"
         )
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.enable_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
+    with eval_mode(model), torch.enable_grad():
+        yield
 
 
 def check_pixels(x: Tensor) -> None:

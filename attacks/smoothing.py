@@ -12,7 +12,6 @@ a model trained with unclamped noise at sigma sees the same distribution when it
 """
 from __future__ import annotations
 
-import contextlib
 import math
 import numbers
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from scipy.stats import beta, binomtest, norm
 from torch import Tensor, nn
 
-from attacks.gradient import check_pixels
+from attacks.gradient import check_pixels, eval_mode
 from core.checks import positive_int
 from core.errors import ConfigError
 
@@ -126,7 +125,7 @@ class Smooth:
         device = _device(self.model, x)
         x = x.detach().to(device)
         results = []
-        with _evaluation(self.model):
+        with eval_mode(self.model), torch.no_grad():
             for k in draws:
                 counts = torch.zeros(len(x), self.num_classes, dtype=torch.int64, device=device)
                 for start in range(0, len(x) * k, self.batch_size):
@@ -226,16 +225,3 @@ def _probability(name: str, value) -> float:
 def _device(model: nn.Module, x: Tensor) -> torch.device:
     parameter = next(model.parameters(), None)
     return x.device if parameter is None else parameter.device
-
-
-@contextlib.contextmanager
-def _evaluation(model: nn.Module):
-    """The base model in eval mode without autograd; every module's mode restored after."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for module, training in modes:
-            module.training = training
