@@ -66,6 +66,19 @@ class MedRobustCLI(LightningCLI):
         parser.add_argument("--run_name", type=str | None, default=None, help="Name in W&B (default: the run folder).")
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Test the best checkpoint after fit.")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
+        """Configs and arguments written for the flat RobustnessCallback (`epsilons`, `autoattack_samples`, ...) are
+        grouped first (evaluation.evaluators.settings), so they run with the same meaning."""
+        from evaluation.evaluators.settings import upgrade_cli_args
+
+        given = sys.argv[1:] if args is None else args
+        if isinstance(given, (list, tuple)):
+            upgraded = upgrade_cli_args(given)
+            if upgraded != list(given):
+                self.config = parser.parse_args(upgraded)
+                return
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         """Before LightningCLI reads the model's hyperparameters from --ckpt_path (a traceback for a bad file): a
         missing file, a file that is not a checkpoint, or a checkpoint of another dataset, class count, input

@@ -40,17 +40,13 @@ def _probe(overrides: dict):
 
         def setup(self, trainer, pl_module, stage):
             (robust,) = [c for c in trainer.callbacks if isinstance(c, RobustnessCallback)]
-            for key, value in overrides.items():
-                if key == "epsilons":
-                    robust.epsilons = [__import__("attacks.threat_model").threat_model.parse_epsilon(e, robust.norm) for e in value]
-                elif key == "corruption_val_samples":
-                    robust.corruption.val_samples = value
-                else:
-                    setattr(robust, key, value)
-            self.values = {"epsilons": list(robust.epsilons), "val_samples": robust.val_samples,
-                           "val_steps": robust.val_steps, "every_n_epochs": robust.every_n_epochs,
-                           "corruption_epoch": robust.corruption_epoch,
-                           "corruption_val_samples": robust.corruption.val_samples if robust.corruption else None}
+            robust.reconfigure(**overrides)
+            flat = robust.settings.flat()
+            self.values = {"epsilons": list(robust.epsilons), "val_samples": flat["val_samples"],
+                           "val_steps": flat["val_steps"], "every_n_epochs": flat["every_n_epochs"],
+                           "corruption_epoch": flat["corruption_epoch"],
+                           "corruption_val_samples": flat["corruption_val_samples"]
+                           if flat["corruption_epoch"] or flat["corruption_report"] else None}
             inner = robust.on_validation_epoch_end
 
             def timed(trainer, pl_module):
@@ -60,18 +56,21 @@ def _probe(overrides: dict):
                     self.check.append(elapsed(start))
 
             robust.on_validation_epoch_end = timed
-            explain = getattr(robust, "_explanation_epoch_metrics", None)
-            if explain is not None and getattr(robust, "explanation_epoch", False):
-                def timed_explanation(pl_module, split):  # the explanation part of the check, timed on its own
+            explanation = robust.explanation  # the ExplanationEvaluator
+            if explanation.settings.epoch:
+                explain = explanation.epoch_metrics
+
+                def timed_explanation(run):  # the explanation part of the check, timed on its own
                     start = clock_pair()
-                    values = explain(pl_module, split)
+                    values = explain(run)
                     if not trainer.sanity_checking:
                         self.explanation.append(elapsed(start))
                     return values
 
-                robust._explanation_epoch_metrics = timed_explanation
-                self.values["explanation"] = {key: getattr(robust, f"explanation_{key}") for key in
-                                              ("method", "samples", "steps", "k", "epsilons")}
+                explanation.epoch_metrics = timed_explanation
+                self.values["explanation"] = {**{key: getattr(explanation.settings, key) for key in
+                                                 ("method", "samples", "steps", "k")},
+                                              "epsilons": explanation.epsilons}
 
         def on_train_epoch_start(self, trainer, pl_module):
             self._start, self._images = clock_pair(), 0

@@ -129,18 +129,15 @@ def read_run(run_dir) -> RunResult:
 
 
 # ---- per-example test predictions and bootstrap intervals -----------------------------------------------------
-#: what the RobustnessCallback's test report uses when a saved config leaves a setting out (its defaults, read here
-#: for runs whose config names them not; callbacks.robustness sits a floor above and cannot be asked)
-REPORT_DEFAULTS = {"epsilons": ["4/255"], "norm": "linf", "test_steps": 50, "test_restarts": 2, "seed": 0,
-                   "batch_size": 256, "corruption_cache": "~/.medmnist-c", "corruptions": None}
-
-
 def robustness_settings(config: dict) -> dict:
-    """The RobustnessCallback's init args in a saved training config over `REPORT_DEFAULTS` (the defaults alone
-    when the run had no callback)."""
+    """The RobustnessCallback's settings in a saved training config under their flat names (`epsilons`, `test_steps`,
+    `corruption_cache`, ...), grouped or flat as written, over the callback's defaults (evaluation.evaluators.settings,
+    their one home; the defaults alone when the run had no callback)."""
+    from evaluation.evaluators.settings import grouped, is_robustness_callback
+
     given = next((c.get("init_args") or {} for c in (config.get("trainer") or {}).get("callbacks") or []
-                  if str(c.get("class_path", "")).endswith("RobustnessCallback")), {})
-    return {**REPORT_DEFAULTS, **given}
+                  if is_robustness_callback(c)), {})
+    return grouped(given, warn=False).flat()
 
 
 def test_predictions(run_dir, checkpoint) -> dict[str, Any]:

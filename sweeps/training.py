@@ -142,10 +142,10 @@ def _callback_metrics(callback, dm, facts: TrainingFacts) -> None:
     keys = callback.logged_keys(dm)
     facts.val_metrics.update(keys.get("val", ()))
     facts.test_metrics.update(keys.get("test", ()))
-    if getattr(callback, "corruption_report", False):
-        cache = {"flag": dm.flag, "size": dm.size, "root": str(dm.root), "cache": callback.corruption.cache,
-                 "seed": callback.corruption.seed, "verify": dm.hparams.verify_md5,
-                 "corruptions": callback.corruption.corruptions}
+    corruption = getattr(callback, "corruption", None)  # the RobustnessCallback's CorruptionEvaluator
+    if corruption is not None and corruption.settings.report:
+        cache = {"flag": dm.flag, "size": dm.size, "root": str(dm.root), **corruption.cache_spec(),
+                 "verify": dm.hparams.verify_md5}
         if cache not in facts.corruption_caches:
             facts.corruption_caches.append(cache)
 

@@ -169,16 +169,20 @@ def _bool(text: Any) -> Any:
     return {"true": True, "false": False}.get(text.lower(), text) if isinstance(text, str) else text
 
 
+def _refuse_unknown(init_args: dict[str, Any]) -> None:
+    unknown = sorted(set(init_args) - set(GROUPS) - set(SHARED) - set(LEGACY_KEYS))
+    if unknown:
+        raise ConfigError(f"RobustnessCallback has no setting {', '.join(unknown)}: write it in its group "
+                          f"({', '.join(GROUPS)}: {{...}}) or use one of {', '.join(SHARED)}")
+
+
 def grouped(init_args: dict[str, Any], warn: bool = True) -> RobustnessSettings:
     """RobustnessSettings from the callback's keyword arguments: the groups, the shared settings and any flat keys of
     the earlier callback (a flat key overrides its group's field; a deprecation note names the grouped spelling)."""
+    _refuse_unknown(init_args)
     groups = {name: _group(name, init_args.get(name)) for name in GROUPS if not _is_legacy(name, init_args.get(name))}
     groups.update({name: {} for name in GROUPS if name not in groups})
     flat = {key: value for key, value in init_args.items() if _is_legacy(key, value)}
-    unknown = sorted(set(init_args) - set(GROUPS) - set(SHARED) - set(LEGACY_KEYS))
-    if unknown:
-        raise ConfigError(f"RobustnessCallback has no setting {', '.join(unknown)}: write the grouped form "
-                          f"({', '.join(GROUPS)}: {{...}}) or one of {', '.join(SHARED)}")
     for key, value in flat.items():
         group, name = LEGACY_KEYS[key]
         groups[group][name] = _bool(value) if name == "enabled" else value
@@ -196,7 +200,9 @@ def is_robustness_callback(entry: Any) -> bool:
 
 
 def upgrade_init_args(init_args: dict[str, Any]) -> dict[str, Any]:
-    """A callback config's init_args with flat keys moved into their groups (grouped ones are returned as they are)."""
+    """A callback config's init_args with flat keys moved into their groups (grouped ones are returned as they are);
+    a key the callback never had fails in one line."""
+    _refuse_unknown(init_args)
     out = {key: value for key, value in init_args.items() if not _is_legacy(key, value)}
     for key, value in init_args.items():
         if _is_legacy(key, value):
