@@ -177,7 +177,7 @@ def certified_metrics(labels, predictions, radii, radii_list: Sequence[float] = 
         raise ConfigError(f"certified_metrics needs as many labels, predictions and radii (at least one), got "
                           f"{len(labels)}, {len(predictions)} and {len(radii)}")
     if min(labels.min(), predictions.min() + 1) < 0 or max(labels.max(), predictions.max()) >= num_classes:
-        raise ConfigError(f"labels must be classes in [0, {num_classes}) and predictions classes or {ABSTAIN} (abstain)")
+        raise ConfigError(f"labels must be classes in [0, {num_classes}), predictions classes or {ABSTAIN} (abstain)")
     support = np.bincount(labels, minlength=num_classes)
     accuracy, balanced = [], []
     for r in radii_list:

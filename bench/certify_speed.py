@@ -24,13 +24,13 @@ NAME = "certification rate: CERTIFY / plain prediction of the same noise samples
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
                     epilog="Example: python -m bench.certify_speed --n 1000 --json runs/bench/certify.json")
-    parser.add_argument("--arch", default="small_cnn", help="lightning_modules.models architecture (default: %(default)s)")
+    parser.add_argument("--arch", default="small_cnn", help="model architecture (default: %(default)s)")
     parser.add_argument("--size", type=positive_int, default=28, help="image size in pixels (default: %(default)s)")
     parser.add_argument("--channels", type=positive_int, default=1, help="image channels (default: %(default)s)")
     parser.add_argument("--classes", type=positive_int, default=2, help="classes of the head (default: %(default)s)")
-    parser.add_argument("--images", type=positive_int, default=8, help="images certified per round (default: %(default)s)")
-    parser.add_argument("--n0", type=positive_int, default=10, help="selection samples per image (default: %(default)s)")
-    parser.add_argument("--n", type=positive_int, default=100, help="estimation samples per image (default: %(default)s)")
+    parser.add_argument("--images", type=positive_int, default=8, help="images per round (default: %(default)s)")
+    parser.add_argument("--n0", type=positive_int, default=10, help="selection samples (default: %(default)s)")
+    parser.add_argument("--n", type=positive_int, default=100, help="estimation samples (default: %(default)s)")
     parser.add_argument("--sigma", type=float, default=0.25, help="noise level, pixel units (default: %(default)s)")
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=256,
