@@ -21,19 +21,23 @@ PGD_SETTINGS = ("epsilon", "alpha", "steps", "norm", "warmup_epochs")
 BASES = {"erm": (), "pgd_at": PGD_SETTINGS, "trades": (*PGD_SETTINGS, "beta")}
 
 
-class ExplanationRegularized(ERM):
-    """ERM, PGD-AT or TRADES (`base`) plus `expl_weight` times the explanation loss at the worst point of an
-    `expl_epsilon` ball around each training image (lightning_modules.losses.ExplanationPenalty). `epsilon`,
-    `steps`, `alpha`, `beta` and `warmup_epochs` are the base's adversarial settings (unused by ERM); the norm is
-    shared. An instance is of the class that composes this one with the base method's class."""
+class _BuiltOnItsBase(type):
+    """Calling ExplanationRegularized(base=..., ...) makes an instance of the class composed with the base method."""
 
-    def __new__(cls, *args, base: str = "erm", **kwargs):
+    def __call__(cls, *args, base: str = "erm", **kwargs):
         if cls is ExplanationRegularized:
             if base not in BASES:
                 raise ConfigError(f"unknown base {base!r} for explanation-regularised training: choose from "
                                   f"{', '.join(BASES)} (or add loss_terms: [ExplanationPenalty] to any method's config)")
             cls = _composed(method(base).module_class())
-        return super().__new__(cls)
+        return super().__call__(*args, base=base, **kwargs)
+
+
+class ExplanationRegularized(ERM, metaclass=_BuiltOnItsBase):
+    """ERM, PGD-AT or TRADES (`base`) plus `expl_weight` times the explanation loss at the worst point of an
+    `expl_epsilon` ball around each training image (lightning_modules.losses.ExplanationPenalty). `epsilon`,
+    `steps`, `alpha`, `beta` and `warmup_epochs` are the base's adversarial settings (unused by ERM); the norm is
+    shared. An instance is of the class that composes this one with the base method's class."""
 
     def __init__(
         self,
@@ -62,7 +66,9 @@ class ExplanationRegularized(ERM):
         except ConfigError as err:
             raise ConfigError(f"expl_* settings: {err}") from None
         adversarial = dict(epsilon=epsilon, beta=beta, alpha=alpha, steps=steps, norm=norm, warmup_epochs=warmup_epochs)
-        kwargs.pop("loss_terms", None)  # a checkpoint's hyperparameters: the expl_* keys define the term
+        if kwargs.pop("loss_terms", None):
+            raise ConfigError("ExplanationRegularized builds its loss term from the expl_* keys: for more terms, use the "
+                              f"{base} config (configs/{base}.yaml) with loss_terms: [ExplanationPenalty, ...]")
         super().__init__(**{k: adversarial[k] for k in BASES[base]}, loss_terms=[penalty], **kwargs)
         self.hparams.pop("loss_terms", None)
         self.base = base

@@ -94,6 +94,7 @@ def test_trains_with_each_base_and_the_checkpoint_reloads(synthetic_root, tmp_pa
     ({"expl_steps": -1}, "expl_.* steps must be"),
     ({"expl_epsilon": "-1/255"}, "expl_.* epsilon"),
     ({"softplus_beta": 0}, "expl_.* softplus_beta"),
+    ({"loss_terms": [ExplanationPenalty()]}, "builds its loss term from the expl_. keys"),
 ])
 def test_bad_settings_are_one_line_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message):
