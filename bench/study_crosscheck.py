@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import json
 import math
 import warnings
 from pathlib import Path
@@ -53,6 +52,7 @@ from typing import Optional
 import numpy as np
 
 from bench.common import DEFAULT_ROOT, BenchError, Parser, environment, format_table, positive_int, run_main, write_json
+from evaluation.layout import RunLayout, StepLayout
 
 MEASURES = ("clean_bacc", "bacc", "auroc", "bacc_recal", "bacc_adabn", "auroc_adabn", "bacc_vs_new_label")
 REQUIRED_COLUMNS = ("dataset", "size", "model", "kind", "seed")
@@ -120,42 +120,41 @@ def read_results(path: Path) -> list[dict]:
 
 
 def row_label(row: dict) -> str:
-    return f"{row['dataset']}_{row['size']}/seed_{row['seed']}/{row['model']}"
+    return StepLayout.label(row["dataset"], row["size"], row["seed"], row["model"])
 
 
 def step_dir(out: Path, row: dict) -> Path:
-    """Where the study trained this row's model (studies.nonrobust.reproduce's layout)."""
-    name = row["model"] if row["kind"] == "real" else f"train_{row['model']}"
-    return out / f"{row['dataset']}_{row['size']}" / f"seed_{row['seed']}" / name
+    """Where the study trained this row's model (evaluation.layout.StepLayout, the study's own layout)."""
+    name = row["model"] if row["kind"] == "real" else StepLayout.trained_on(row["model"])
+    return StepLayout(out).step(row["dataset"], row["size"], row["seed"], name)
 
 
 def find_checkpoint(step: Path) -> tuple[Optional[Path], str]:
-    """(the step's best checkpoint, '') or (None, why not): result.json's best_checkpoint, also found beside the
-    step when the out folder was moved."""
-    try:
-        summary = json.loads((step / "result.json").read_text())
-    except (OSError, ValueError):
-        return None, f"no finished run in {step} (result.json)"
+    """(the step's best checkpoint, '') or (None, why not): the best_checkpoint of the step's summary
+    (studies.runner.done), also found in the step's checkpoints folder when the out folder was moved."""
+    from studies.runner import done
+
+    layout = RunLayout(step)
+    summary = done(step)
+    if summary is None:
+        return None, f"no finished run in {step} ({layout.result.name})"
     recorded = summary.get("best_checkpoint")
     if not recorded:
-        return None, f"{step}/result.json names no best checkpoint"
-    for candidate in (Path(recorded), step / "checkpoints" / Path(recorded).name):
-        if candidate.is_file():
-            return candidate, ""
-    return None, f"checkpoint {recorded} not found"
+        return None, f"{layout.result} names no best checkpoint"
+    found = layout.locate_checkpoint(recorded)
+    return (found, "") if found else (None, f"checkpoint {recorded} not found")
 
 
 def run_data_config(step: Path) -> dict:
     """The `data:` section of the config LightningCLI saved for the run (newest version), {} when absent."""
     import yaml
 
-    configs = sorted(step.glob("csv/version_*/config.yaml"),
-                     key=lambda p: int(p.parent.name.split("_")[-1]) if p.parent.name.split("_")[-1].isdigit() else -1)
-    if not configs:
-        return {}
+    from core.errors import ConfigError
+    from evaluation.runs import run_config
+
     try:
-        return dict(yaml.safe_load(configs[-1].read_text()).get("data") or {})
-    except (OSError, yaml.YAMLError, AttributeError):
+        return dict(run_config(step).get("data") or {})
+    except (ConfigError, OSError, yaml.YAMLError, AttributeError):
         return {}
 
 
