@@ -16,6 +16,7 @@ FLOORS = {
     "train": 5,
     "sweeps": 6,
     "bench": 7,
+    "benchmark": 7,
     "explanations": 3,
     "studies": 7,
 }
