@@ -62,8 +62,8 @@ class Entry:
         return self.protocol["settings"]["flag"], self.protocol["settings"]["size"]
 
     def norms(self) -> list[str]:
-        return [PRIMARY_NORM, *self.block.get("threat_models", {})] if self.record.threat_model else \
-            list(self.block.get("threat_models", {}))
+        """The threat models, the record's own first."""
+        return [self.record.threat_model["norm"], *self.block.get("threat_models", {})]
 
     def threat_record(self, norm: str) -> ResultRecord:
         """The record as seen under one threat model: the clean, corruption and provenance sections with that threat
