@@ -30,7 +30,7 @@ class _BuiltOnItsBase(type):
                 raise ConfigError(f"unknown base {base!r} for explanation-regularised training: choose from "
                                   f"{', '.join(BASES)} (or add loss_terms: [ExplanationPenalty] to any method's config)")
             cls = _composed(method(base).module_class())
-        return super().__call__(*args, base=base, **kwargs)
+        return type.__call__(cls, *args, base=base, **kwargs)
 
 
 class ExplanationRegularized(ERM, metaclass=_BuiltOnItsBase):
