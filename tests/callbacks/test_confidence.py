@@ -10,6 +10,7 @@ import pytest
 
 from bench.confidence_cost import counted_forward as counted
 from callbacks.robustness import RobustnessCallback
+from evaluation.evaluators import EvaluationRun
 from evaluation.scoring import predict
 from lightning_modules.calibration import CONFIDENCE_METRICS, confidence_measures
 
@@ -82,8 +83,8 @@ def test_test_report_carries_the_measures_of_the_probabilities_it_scored(tiny_er
 
 
 def test_autoattack_sections_are_logged_under_aa_keys_it_lists(tiny_erm, tmp_path):
-    """AutoAttack's scores pass through the same `_score` (so carry the measures); the logging of the report, with a
-    stand-in module and report instead of a 100 s AutoAttack run."""
+    """AutoAttack's scores pass through the same Scorer (so carry the measures); the calibration evaluator's logging
+    of the report, with a stand-in module and report instead of a 100 s AutoAttack run."""
     callback = RobustnessCallback(**_settings(tmp_path))
     measures = {name: 0.25 + i / 100 for i, name in enumerate(CONFIDENCE_METRICS)}
     report = {"clean": measures, "pgd": {"4_255": {**measures, "epsilon": 4 / 255}},
@@ -96,7 +97,7 @@ def test_autoattack_sections_are_logged_under_aa_keys_it_lists(tiny_erm, tmp_pat
             self.logged[key] = value
 
     module = Module()
-    callback._log_confidence(module, report)
+    callback.calibration.report_section(EvaluationRun(module, None, callback.scorer), report)
     assert module.logged["test/aa_ece@4_255"] == measures["ece"] and module.logged["test/corr_brier"] == measures["brier"]
     assert set(module.logged) <= callback.logged_keys(tiny_erm.datamodule)["test"]
     assert len(module.logged) == 4 * len(CONFIDENCE_METRICS)
@@ -105,7 +106,7 @@ def test_autoattack_sections_are_logged_under_aa_keys_it_lists(tiny_erm, tmp_pat
 def test_confidence_adds_no_forward_pass(tiny_erm, tmp_path):
     """Counted images through the model, confidence on against off: equal for the per-epoch check (clean, PGD,
     corrupted) and the test report (clean, PGD); AutoAttack's and the corrupted test table's measures come from the
-    same `_score` / from the table's probabilities (bench/confidence_cost.py counts those runs too)."""
+    same Scorer / from the table's probabilities (bench/confidence_cost.py counts those runs too)."""
     model, dm = tiny_erm.model, tiny_erm.datamodule
     counts = {}
     for confidence in (True, False):

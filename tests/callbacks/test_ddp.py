@@ -6,13 +6,13 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
 
-from callbacks.robustness import RobustnessCallback, _shard
+from callbacks.robustness import RobustnessCallback
+from evaluation.evaluators import EvaluationRun, Scorer
 from datamodules.tensors import to_unit_range
 from lightning_modules.models import classifier_layer
 
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.parametrize("world_size", [1, 2, 3, 4, 8])
 def test_shards_are_disjoint_and_complete(n, world_size):
     indices = torch.randperm(100, generator=torch.Generator().manual_seed(n))[:n]  # like fixed_subset's output
-    shards = [_shard(indices, SimpleNamespace(global_rank=rank, world_size=world_size)) for rank in range(world_size)]
+    shards = [EvaluationRun(None, None, Scorer(), rank, world_size).shard(indices) for rank in range(world_size)]
     together = torch.cat(shards)
     assert len(together) == n and len(set(together.tolist())) == n  # disjoint: no index in two shards
     assert set(together.tolist()) == set(indices.tolist())  # complete: every index in some shard
