@@ -361,7 +361,7 @@ def verdict_text(c: dict) -> str:
 
 # ---- figures ------------------------------------------------------------------------------------------------
 def scatter_figure(rows: list[dict], analysis: dict, out: Path) -> None:
-    from sweeps.report import pyplot_agg, save_figure
+    from evaluation.plots import pyplot_agg, save_figure
 
     plt = pyplot_agg()
     datasets = list(dict.fromkeys(r["dataset"] for r in rows))
@@ -393,7 +393,7 @@ def maps_figure(rows: list[dict], study: Study, out: Path) -> None:
     from datamodules.tensors import fixed_subset, to_unit_range
     from evaluation.checkpoints import load_module
     from explanations import Explainer, topk_intersection
-    from sweeps.report import pyplot_agg, save_figure
+    from evaluation.plots import pyplot_agg, save_figure
 
     first = [r for r in rows if r["dataset"] == rows[0]["dataset"] and r["seed"] == rows[0]["seed"]
              and r.get("best_checkpoint")]

@@ -557,7 +557,7 @@ FIGURE_MEASURES = (("bacc", "bacc (default threshold)"), ("bacc_recal", "bacc (t
 def figures(rows: list[dict], out: Path, cells: Optional[dict] = None) -> None:
     """constructed.png (every model's measures with intervals, chance dashed), corruption.png (clean vs corrupted,
     ERM and PGD-AT), robust_curve.png (PGD balanced accuracy against epsilon)."""
-    from sweeps.report import pyplot_agg, save_figure
+    from evaluation.plots import pyplot_agg, save_figure
 
     plt = pyplot_agg()
     cells = cells or {}

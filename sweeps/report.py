@@ -11,6 +11,7 @@ from typing import Sequence
 import optuna
 
 from core.files import write_text_atomic
+from evaluation.plots import pyplot_agg, save_figure
 from lightning_modules.metrics import MetricKey
 
 from . import results
@@ -43,28 +44,6 @@ def _write_csv(path: Path, table: Sequence[dict], metrics: Sequence[str], extra:
     writer.writeheader()
     writer.writerows(table)
     return write_text_atomic(path, buffer.getvalue())
-
-
-def pyplot_agg():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def save_figure(fig, path: Path) -> Path:
-    """A figure as PNG, written atomically; the figure is closed (many plots in one process leak otherwise)."""
-    plt = pyplot_agg()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    from core.files import atomic_write
-
-    with atomic_write(path, "wb") as handle:
-        handle.write(buffer.getvalue())
-    return path
 
 
 def _plot_curve(path: Path, table, metrics, extra, spec: SweepSpec) -> Path:
