@@ -7,4 +7,7 @@ from attacks.explanation import TargetedManipulation, TopKAttack
 from attacks.gradient import FGSM, PGD, Attack
 from attacks.threat_model import NORMS, epsilon_label, format_epsilon, parse_epsilon, parse_norm
 
-__all__ = ["Attack", "FGSM", "PGD", "TargetedManipulation", "TopKAttack", "NORMS", "epsilon_label", "format_epsilon", "parse_epsilon", "parse_norm"]
+__all__ = [
+    "Attack", "FGSM", "PGD", "TargetedManipulation", "TopKAttack", "NORMS", "epsilon_label", "format_epsilon",
+    "parse_epsilon", "parse_norm",
+]

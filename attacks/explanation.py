@@ -160,10 +160,12 @@ class _ExplanationAttack(Attack):
                         better = (kept & ~best_kept) | ((kept == best_kept) & (objective < best_objective))
                     best_x = torch.where(better.view(-1, 1, 1, 1), x_adv.detach(), best_x)
                     best_kept = kept if best_kept is None else torch.where(better, kept, best_kept)
-                    best_objective = objective if best_objective is None else torch.where(better, objective, best_objective)
+                    best_objective = (objective if best_objective is None
+                                      else torch.where(better, objective, best_objective))
                 if step == self.steps:
                     break
-                with softplus_relus(self.model, self.beta) as replaced:
+                with softplus_relus(self.model, self.beta) as swapped:
+                    replaced = swapped
                     x_req = x_adv.detach().requires_grad_(True)
                     maps, logits = _saliency(self.model, x_req, classes, True)
                     (grad,) = torch.autograd.grad(self._objective(maps, logits.float(), state).sum(), x_req)

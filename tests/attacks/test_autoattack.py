@@ -202,7 +202,9 @@ def test_multilabel_heads_use_the_documented_pgd_fallback(multilabel):
     assert [a["name"] for a in info["attacks"]] == ["pgd-bce"]
     assert info["attacks"][0]["n_iter"] == 10 and info["attacks"][0]["n_restarts"] == 2
     assert "AutoAttack did not run" in info["adaptations"][0]
-    bce = lambda inputs: F.binary_cross_entropy_with_logits(model(inputs), y).item()
+    def bce(inputs):
+        return F.binary_cross_entropy_with_logits(model(inputs), y).item()
+
     with torch.no_grad():
         assert bce(x_adv) > 2 * bce(x)
     assert info["robust_label_accuracy"] < info["clean_label_accuracy"] - 0.2

@@ -3,7 +3,6 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from core.errors import ConfigError
 from attacks.gradient import FGSM, PGD, default_loss
@@ -255,7 +254,9 @@ def test_multilabel_heads_are_attacked_with_bce(multilabel):
     with torch.no_grad():
         clean_logits, adv_logits = model(x), model(x_adv)
     assert mean_bce(adv_logits, y).mean() > 2 * mean_bce(clean_logits, y).mean()
-    label_accuracy = lambda logits: ((logits > 0) == (y > 0.5)).float().mean().item()
+    def label_accuracy(logits):
+        return ((logits > 0) == (y > 0.5)).float().mean().item()
+
     assert label_accuracy(adv_logits) < label_accuracy(clean_logits) - 0.2
     assert norms(x_adv - x, "linf").max() <= 8 / 255 + 1e-6
 
@@ -264,7 +265,9 @@ def test_binary_two_logit_heads_are_attacked_with_cross_entropy(binary):
     model, x, y = binary
     assert torch.equal(PGD(model, 0)(x, y), x)
     x_adv = PGD(model, 16 / 255, seed=0)(x, y)
-    ce = lambda logits, target: F.cross_entropy(logits, target, reduction="none")
+    def ce(logits, target):
+        return F.cross_entropy(logits, target, reduction="none")
+
     assert torch.equal(x_adv, PGD(model, 16 / 255, seed=0, loss=ce)(x, y))
     assert accuracy(model, x_adv, y) < accuracy(model, x, y) - 0.5
 
