@@ -131,8 +131,7 @@ class Smooth:
                 for start in range(0, len(x) * k, self.batch_size):
                     owners = torch.arange(start, min(start + self.batch_size, len(x) * k), device=device) // k
                     images = x[owners]
-                    noise = torch.randn(images.shape, generator=generator, device=device, dtype=images.dtype)
-                    classes = self._classes(self.model(images + self.sigma * noise))
+                    classes = self._classes(self.model(gaussian_noise(images, self.sigma, generator)))
                     counts.index_put_((owners, classes), torch.ones_like(classes), accumulate=True)
                 results.append(counts.cpu())
         return results
@@ -150,6 +149,21 @@ class Smooth:
         if self.seed is None:
             return None
         return torch.Generator(device=_device(self.model, x)).manual_seed(self.seed)
+
+
+def gaussian_noise(x: Tensor, sigma: float, generator: Optional[torch.Generator] = None) -> Tensor:
+    """x + sigma * N(0, I), unclamped, on x's device and dtype: the one noise of smoothing, drawn alike when a model is
+    trained for it (ERM's noise_sigma) and when it is certified. sigma 0 returns x and draws nothing."""
+    if sigma == 0:
+        return x
+    return x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def noise_level(sigma) -> float:
+    """A training noise sigma: a finite number >= 0 in pixel units (0: no noise); one ConfigError line otherwise."""
+    if not _finite(sigma) or sigma < 0:
+        raise ConfigError(f"noise_sigma must be a finite number >= 0 (pixel units; 0: no noise), got {sigma!r}")
+    return float(sigma)
 
 
 def lower_confidence_bound(count: np.ndarray, n: int, alpha: float) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Clean and adversarial accuracy every epoch, and a full robustness report at test time: the callback composes
 the evaluators of evaluation.evaluators (adversarial, AutoAttack, corruption, baseline comparison, explanation,
-calibration), each with its own settings group and the keys it logs, sharing one scoring loop."""
+calibration, certified), each with its own settings group and the keys it logs, sharing one scoring loop."""
 from __future__ import annotations
 
 import time
@@ -18,8 +18,8 @@ from core.checks import positive_int
 from core.errors import ConfigError
 from evaluation.evaluators import (
     AdversarialEvaluator, AdversarialSettings, AutoAttackEvaluator, AutoAttackSettings, BaselineComparison,
-    CalibrationEvaluator, ConfidenceSettings, CorruptionEvaluator, CorruptionSettings, EvaluationRun,
-    ExplanationEvaluator, ExplanationSettings, RobustnessSettings, Scorer, grouped,
+    CalibrationEvaluator, CertifiedEvaluator, CertifiedSettings, ConfidenceSettings, CorruptionEvaluator,
+    CorruptionSettings, EvaluationRun, ExplanationEvaluator, ExplanationSettings, RobustnessSettings, Scorer, grouped,
 )
 from evaluation.layout import RunLayout, report_beside
 from evaluation.record import ResultRecord, merge_record, with_provenance, write_record
@@ -40,6 +40,7 @@ class RobustnessCallback(Callback):
         corruption: CorruptionSettings = CorruptionSettings(),
         explanation: ExplanationSettings = ExplanationSettings(),
         confidence: ConfidenceSettings = ConfidenceSettings(),
+        certified: CertifiedSettings = CertifiedSettings(),
         every_n_epochs: int = 1,
         batch_size: int = 256,
         seed: int = 0,
@@ -55,13 +56,16 @@ class RobustnessCallback(Callback):
             explanation: explanation robustness (epoch, report, method, samples, epsilons, steps, k, test_samples,
                 test_steps); off by default.
             confidence: confidence and calibration of every scored set (enabled, bins); no extra forward pass.
+            certified: randomized smoothing's certified accuracy at test time (enabled, sigma, n0, n, alpha, radii,
+                samples, batch_size); off by default.
             every_n_epochs, batch_size, seed: shared by every evaluator (seed fixes subsets and random starts).
             flat: the earlier flat keywords (`epsilons`, `autoattack_samples`, `corruption_baseline`, ...), mapped
                 into their groups by `evaluation.evaluators.settings.LEGACY_KEYS` (deprecated).
         """
         super().__init__()
         init_args = dict(adversarial=adversarial, autoattack=autoattack, corruption=corruption,
-                         explanation=explanation, confidence=confidence, every_n_epochs=every_n_epochs,
+                         explanation=explanation, confidence=confidence, certified=certified,
+                         every_n_epochs=every_n_epochs,
                          batch_size=batch_size, seed=seed)
         self.configure(grouped({**init_args, **flat}))
         self.report: Optional[dict] = None
@@ -80,13 +84,16 @@ class RobustnessCallback(Callback):
         self.calibration = CalibrationEvaluator(settings.confidence, scoring)
         self.baseline = (BaselineComparison(settings.corruption.baseline, self.corruption)
                          if settings.corruption.baseline is not None else None)
-        self.evaluators = [*scoring, *([self.baseline] if self.baseline else []), self.explanation, self.calibration]
+        self.certified = CertifiedEvaluator(settings.certified, settings.seed)
+        self.evaluators = [*scoring, *([self.baseline] if self.baseline else []), self.explanation, self.certified,
+                           self.calibration]
         self.scorer = Scorer(settings.batch_size, self.calibration.bins)
 
     def reconfigure(self, **changes) -> None:
         """The same callback with some settings changed, grouped or flat (`epsilons=[...]`, `val_samples=64`)."""
         current = {name: asdict(getattr(self.settings, name)) for name in ("adversarial", "autoattack", "corruption",
-                                                                         "explanation", "confidence")}
+                                                                         "explanation", "confidence",
+                                                                         "certified")}
         shared = {name: getattr(self.settings, name) for name in ("every_n_epochs", "batch_size", "seed")}
         self.configure(grouped({**current, **shared, **changes}, warn=False))
 
@@ -150,7 +157,8 @@ class RobustnessCallback(Callback):
             "checkpoint": trainer.ckpt_path,
             "model": {"class": type(pl_module).__name__, "hparams": dict(pl_module.hparams)},
             "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test", "n_examples": len(split)},
-            "datamodule": {k: dm.hparams[k] for k in ("root", "as_rgb", "train_npz", "subsample_test", "subsample_seed")},
+            "datamodule": {k: dm.hparams[k]
+                           for k in ("root", "as_rgb", "train_npz", "subsample_test", "subsample_seed")},
             "threat_model": {"norm": self.norm, "epsilons": self.epsilons,
                              "epsilon_labels": [epsilon_label(e) for e in self.epsilons]},
             "seed": self.seed,

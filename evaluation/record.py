@@ -2,9 +2,10 @@
 
 A record holds the scored sets (clean; PGD and AutoAttack per epsilon; the explanation measures per radius), the
 MedMNIST-C table (per corruption and severity, with mCE against a baseline), the confidence settings, the threat
-model and the provenance (config, checkpoint and its sha256, data MD5, seed, package versions, time). Its numbers
-are read as `record.metrics()`, `{MetricKey: value}` in the one grammar of lightning_modules.metrics, or as
-`record.measurements()` with the number of examples and the settings of the attack or measure beside each value.
+model, randomized smoothing's certified accuracy per radius (`certified`) and the provenance (config, checkpoint
+and its sha256, data MD5, seed, package versions, time). Its numbers are read as `record.metrics()`, `{MetricKey:
+value}` in the one grammar of lightning_modules.metrics, or as `record.measurements()` with the number of examples
+and the settings of the attack or measure beside each value.
 
 On disk it is the robustness report's JSON (`*.robustness.json`), so readers of that file keep working, plus
 `record_version`. `read_record` migrates reports written before the record (version 0, no `record_version`) and
@@ -101,7 +102,12 @@ class Provenance:
 
 
 PROVENANCE = tuple(f.name for f in fields(Provenance))
-SECTIONS = ("threat_model", "clean", "pgd", "autoattack", "corruptions", "explanations", "confidence", "seconds")
+SECTIONS = ("threat_model", "clean", "pgd", "autoattack", "corruptions", "explanations", "confidence", "certified",
+            "seconds")
+#: the certified section's per-radius scores -> their metric (test/cert_bacc@r0_5, test/cert_acc@r0_5)
+CERTIFIED_METRICS = ("bacc", "acc")
+#: the certified section's settings, kept beside each certified number
+CERTIFIED_SETTINGS = ("sigma", "n0", "n", "alpha", "seed")
 
 
 @dataclass
@@ -119,6 +125,9 @@ class ResultRecord:
     mce: Optional[dict] = None
     explanations: dict[str, ScoredSet] = field(default_factory=dict)
     confidence: Optional[dict] = None
+    #: randomized smoothing (evaluation.evaluators.certified): sigma, n0, n, alpha, n_examples, abstention_rate,
+    #: radii {label: {radius, bacc, acc}}, per_example {index, label, prediction, radius}
+    certified: Optional[dict] = None
     seconds: Optional[float] = None
     extra: dict = field(default_factory=dict)
     version: int = RECORD_VERSION
@@ -142,6 +151,7 @@ class ResultRecord:
         for label, scored in self.explanations.items():
             add("expl", scored, label)
         out.update(self._corruption_measurements(stage))
+        out.update(self._certified_measurements(stage))
         return out
 
     def metrics(self, stage: str = "test") -> dict[MetricKey, float]:
@@ -176,6 +186,20 @@ class ResultRecord:
                 self.mce["mce"], n, {"baseline": self.mce.get("baseline"), **settings})
         return out
 
+    def _certified_measurements(self, stage: str) -> dict[MetricKey, Measurement]:
+        section = self.certified
+        if not section:
+            return {}
+        n = section.get("n_examples")
+        settings = {name: section.get(name) for name in CERTIFIED_SETTINGS if name in section}
+        out = {MetricKey(stage, "cert", metric, label):
+               Measurement(scores[metric], n, {**settings, "radius": scores.get("radius")})
+               for label, scores in (section.get("radii") or {}).items()
+               for metric in CERTIFIED_METRICS if _is_number(scores.get(metric))}
+        if _is_number(section.get("abstention_rate")):
+            out[MetricKey(stage, "cert", "abstain")] = Measurement(section["abstention_rate"], n, settings)
+        return out
+
     # ---- sections ------------------------------------------------------------------------------------------------
     def attack(self, kind: str) -> dict[str, ScoredSet]:
         """The scored sets of an attack by its MetricKey kind (`adv`: PGD, `aa`: AutoAttack), by epsilon label."""
@@ -204,7 +228,7 @@ class ResultRecord:
             out["corruptions"] = self.corruption_table()
         if self.explanations:
             out["explanations"] = {label: s.to_dict() for label, s in self.explanations.items()}
-        for name in ("confidence", "seconds"):
+        for name in ("confidence", "certified", "seconds"):
             if getattr(self, name) is not None:
                 out[name] = getattr(self, name)
         return {**out, **self.extra}
@@ -224,6 +248,7 @@ class ResultRecord:
             mce=None if table is None else table.get("mce"),
             explanations=_scored_sets(data, "explanations", source),
             confidence=data.get("confidence"),
+            certified=_certified(data.get("certified"), source),
             seconds=data.get("seconds"),
             extra={k: v for k, v in data.items() if k not in (*PROVENANCE, *SECTIONS, "record_version")},
         )
@@ -234,6 +259,12 @@ def _scored_sets(data: dict, section: str, source: str) -> dict[str, ScoredSet]:
     if not isinstance(entries, dict):
         raise ConfigError(f"{source}: section {section!r} is not a mapping of epsilon labels")
     return {label: ScoredSet.from_dict(entry, f"{source}: {section}.{label}") for label, entry in entries.items()}
+
+
+def _certified(section, source: str) -> Optional[dict]:
+    if section is not None and not (isinstance(section, dict) and isinstance(section.get("radii", {}), dict)):
+        raise ConfigError(f"{source}: the certified section is not a mapping with radii by label")
+    return section
 
 
 def _corruption_table(table, source: str) -> dict:

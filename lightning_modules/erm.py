@@ -6,6 +6,7 @@ from typing import Any, Optional, Sequence, Union
 import lightning as L
 import torch
 
+from attacks.smoothing import gaussian_noise, noise_level
 from core.errors import ConfigError
 from .metrics import make_metrics, metric_key, probabilities, task_loss
 from .backbones import is_timm, parameter_counts
@@ -54,6 +55,7 @@ class ERM(L.LightningModule):
         lora_targets: Optional[list[str]] = None,
         model_kwargs: Optional[dict[str, Any]] = None,
         loss_terms: Optional[list[LossTerm]] = None,
+        noise_sigma: float = 0.0,
     ):
         """
         Args:
@@ -80,6 +82,10 @@ class ERM(L.LightningModule):
             model_kwargs: more keywords for timm.create_model (img_size, patch_size, drop_path_rate, ...).
             loss_terms: regularisers added to the method's loss, each logged as train/NAME
                 ([{class_path: lightning_modules.losses.ExplanationPenalty, init_args: {weight: 1.0}}]).
+            noise_sigma: Gaussian noise augmentation for randomized smoothing (Cohen et al. 2019), in [0, 1] pixel
+                units and unclamped (attacks.smoothing.gaussian_noise): every training-mode forward pass sees its
+                input plus N(0, sigma^2), i.e. the clean batch for ERM, the attacked batch for PGD-AT and FGSM-RS,
+                both for TRADES (attacks and their references run in eval mode, noise-free). 0: off.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -88,6 +94,7 @@ class ERM(L.LightningModule):
         if not all(0 < m <= 1 for m in lr_milestones):
             raise ConfigError(f"lr_milestones are fractions of max_epochs in (0, 1], got {list(lr_milestones)}")
         self.task = task
+        self.noise_sigma = noise_level(noise_sigma)
         self.loss_terms = build_loss_terms(loss_terms)
         timm_options = dict(pretrained=pretrained, finetune=finetune, model_kwargs=model_kwargs)
         if is_timm(arch):
@@ -112,7 +119,14 @@ class ERM(L.LightningModule):
             self.model.forward = torch.compile(self.model.forward)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.model(self.training_noise(x))
+
+    def training_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """x plus the smoothing noise when the model is in training mode and noise_sigma > 0; else x untouched (no
+        random draw, so runs without noise keep their numbers). Eval-mode passes (attacks, checks) see no noise."""
+        if self.noise_sigma == 0 or not self.model.training:
+            return x
+        return gaussian_noise(x, self.noise_sigma)
 
     def on_fit_start(self) -> None:
         if "trainable_parameters" in self.hparams:

@@ -6,6 +6,7 @@ MulticlassAccuracy would count a class that is predicted but absent from the tar
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -124,14 +125,16 @@ def task_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 # ---- metric keys -------------------------------------------------------------------------------
 # One grammar for logs, reports, the README, sweep objectives, select constraints and study tables:
 #     {stage}/{kind}_{metric}[@{condition}]
-# stage: train | val | test; kind: clean | adv (PGD) | aa (AutoAttack) | corr (MedMNIST-C) | expl (explanations);
-# metric: bacc | acc | auroc | loss | be | rbe | ...; condition: the epsilon label for adv/aa/expl ("4_255"),
-# a corruption name for corr, "subset" for the fixed validation subset the callback attacks,
-# "roundtrip" for clean images resampled like the corrupted ones.
+# stage: train | val | test; kind: clean | adv (PGD) | aa (AutoAttack) | corr (MedMNIST-C) | expl (explanations)
+# | cert (randomized smoothing's certified L2 radius); metric: bacc | acc | auroc | loss | be | rbe | abstain | ...;
+# condition: the epsilon label for adv/aa/expl ("4_255"), the radius label for cert ("r" and the radius with "_"
+# for its decimal point: r0, r0_25, r0_5, r1; `radius_label`), a corruption name for corr, "subset" for the fixed
+# validation subset the callback attacks, "roundtrip" for clean images resampled like the corrupted ones.
 # `MetricKey` is the one parser and formatter: no caller splits key strings itself.
 STAGES = ("train", "val", "test")
-KINDS = ("clean", "adv", "aa", "corr", "expl")
+KINDS = ("clean", "adv", "aa", "corr", "expl", "cert")
 EPSILON_KINDS = ("adv", "aa", "expl")
+RADIUS_KINDS = ("cert",)
 KIND_ORDER = {kind: i for i, kind in enumerate(KINDS)}
 
 
@@ -193,6 +196,13 @@ class MetricKey:
             return parse_epsilon(self.condition, norm="l2")
         return None
 
+    @property
+    def radius(self) -> Optional[float]:
+        """The certified L2 radius of a cert key (None otherwise or without a condition)."""
+        if self.kind in RADIUS_KINDS and self.condition is not None:
+            return parse_radius(self.condition)
+        return None
+
     def unstaged(self) -> str:
         """The key without its stage (`adv_bacc@4_255`), as study tables name their columns; `MetricKey.parse(text,
         stage)` reads it back."""
@@ -202,13 +212,36 @@ class MetricKey:
         return MetricKey(stage, self.kind, self.metric, self.condition)
 
     def sort_key(self) -> tuple:
-        """Validation before test, then clean, adv, aa, corr, expl; epsilons in increasing order."""
+        """Validation before test, then clean, adv, aa, corr, expl, cert; epsilons and radii in increasing order."""
+        level = self.epsilon if self.epsilon is not None else self.radius
         return (STAGES.index(self.stage), KIND_ORDER[self.kind], self.metric != "bacc", self.metric,
-                self.epsilon if self.epsilon is not None else -1.0, self.condition or "")
+                level if level is not None else -1.0, self.condition or "")
+
+
+def radius_label(radius) -> str:
+    """A certified radius as cert keys name it: 0.5 -> "r0_5", 0.25 -> "r0_25", 1 -> "r1" (no dot or slash, which
+    loggers read as separators); `parse_radius` reads it back, also from "0.5", "r0.5" or "0_5"."""
+    return "r" + f"{parse_radius(radius):g}".replace(".", "_")
+
+
+def parse_radius(value) -> float:
+    """A certified L2 radius (a finite number >= 0) from a number or a label; one ConfigError line otherwise."""
+    number = value
+    if isinstance(value, str):
+        try:
+            number = float(value.strip().removeprefix("r").replace("_", "."))
+        except ValueError:
+            number = None
+    if isinstance(number, bool) or not isinstance(number, (int, float)) or not math.isfinite(number) or number < 0:
+        raise ConfigError(f"a certified radius is a number >= 0 or a label like r0_5, got {value!r}")
+    return float(number)
 
 
 def _condition(kind: str, condition) -> str:
-    """The canonical condition: an epsilon label (`4_255`) for adv/aa/expl keys, the text otherwise."""
+    """The canonical condition: an epsilon label (`4_255`) for adv/aa/expl keys, a radius label (`r0_5`) for cert
+    keys, the text otherwise."""
+    if kind in RADIUS_KINDS:
+        return radius_label(condition)
     if kind in EPSILON_KINDS:
         if isinstance(condition, str):
             condition = condition.removeprefix("eps=")

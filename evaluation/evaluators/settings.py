@@ -96,9 +96,28 @@ class ConfidenceSettings:
     bins: int = DEFAULT_BINS
 
 
+@dataclass(frozen=True)
+class CertifiedSettings:
+    """Randomized smoothing's CERTIFY (Cohen et al. 2019; attacks.smoothing) at test time, off by default.
+
+    sigma: the smoothing noise in [0, 1] pixel units (None: the model's noise_sigma). n0 selection and n estimation
+    noise samples per image, alpha the failure probability, radii the L2 radii certified accuracy is read at.
+    samples: the fixed, seeded test subset certified (None: all); batch_size: noisy images per forward pass.
+    """
+
+    enabled: bool = False
+    sigma: Optional[float] = None
+    n0: int = 100
+    n: int = 1000
+    alpha: float = 0.001
+    radii: Sequence[float] = (0.0, 0.25, 0.5, 1.0)
+    samples: Optional[int] = None
+    batch_size: int = 1000
+
+
 GROUPS: dict[str, type] = {"adversarial": AdversarialSettings, "autoattack": AutoAttackSettings,
                            "corruption": CorruptionSettings, "explanation": ExplanationSettings,
-                           "confidence": ConfidenceSettings}
+                           "confidence": ConfidenceSettings, "certified": CertifiedSettings}
 #: settings every evaluator shares, kept at the top of the callback's init_args
 SHARED = ("every_n_epochs", "batch_size", "seed")
 
@@ -112,6 +131,7 @@ class RobustnessSettings:
     corruption: CorruptionSettings = field(default_factory=CorruptionSettings)
     explanation: ExplanationSettings = field(default_factory=ExplanationSettings)
     confidence: ConfidenceSettings = field(default_factory=ConfidenceSettings)
+    certified: CertifiedSettings = field(default_factory=CertifiedSettings)
     every_n_epochs: int = 1
     batch_size: int = 256
     seed: int = 0
@@ -156,8 +176,8 @@ def _group(name: str, value: Any) -> dict[str, Any]:
     if isinstance(value, cls):
         return dataclasses.asdict(value)
     if not isinstance(value, dict):
-        raise ConfigError(f"RobustnessCallback {name}: a mapping of {', '.join(f.name for f in dataclasses.fields(cls))}"
-                          f", got {value!r}")
+        raise ConfigError(f"RobustnessCallback {name}: a mapping of "
+                          f"{', '.join(f.name for f in dataclasses.fields(cls))}, got {value!r}")
     unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
     if unknown:
         raise ConfigError(f"RobustnessCallback {name} has no setting {', '.join(unknown)}: choose from "
@@ -208,7 +228,8 @@ def upgrade_init_args(init_args: dict[str, Any]) -> dict[str, Any]:
         if _is_legacy(key, value):
             group, name = LEGACY_KEYS[key]
             node = out.get(group)
-            out[group] = {**(node if isinstance(node, dict) else {}), name: _bool(value) if name == "enabled" else value}
+            out[group] = {**(node if isinstance(node, dict) else {}),
+                          name: _bool(value) if name == "enabled" else value}
     return out
 
 
