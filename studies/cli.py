@@ -2,20 +2,15 @@
 figures. The config's `study:` key names the study (default: nonrobust_features)."""
 from __future__ import annotations
 
-import importlib
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
 from core.cli import Parser
-from core.config import load_yaml_mapping
-from core.errors import ConfigError, MedRobustError
+from core.errors import MedRobustError
 
-#: study kind -> module with `load(path, overrides)`, `reproduce(study, out, log)` and DESCRIPTION
-STUDIES = {"nonrobust_features": "studies.nonrobust", "explanations": "studies.explanations",
-           "positive_control": "studies.positive_control"}
-DEFAULT = "nonrobust_features"
+from . import framework
 
 EXAMPLES = """examples:
   python -m studies reproduce configs/study/quick.yaml --out runs/study/quick
@@ -36,19 +31,10 @@ def build_parser() -> Parser:
     return parser
 
 
-def study_module(config: Path):
-    """The module of the study a config names with its `study:` key."""
-    kind = load_yaml_mapping(config, "study config").get("study", DEFAULT)
-    if kind not in STUDIES:
-        raise ConfigError(f"unknown study {kind!r} in {config}: choose from {', '.join(STUDIES)}")
-    return importlib.import_module(STUDIES[kind])
-
-
 def reproduce(config: str | Path, out: str | Path, overrides: Sequence[str] = (), log=print) -> list[dict]:
-    """Load, check and run a study config; returns its results rows."""
-    module = study_module(Path(config))
-    study = module.load(config, list(overrides))
-    return module.reproduce(study, Path(out), log=log)
+    """Load, check and run a study config (studies.framework: its `study:` key names the kind); returns its
+    results rows."""
+    return framework.load(config, overrides).reproduce(Path(out), log=log)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

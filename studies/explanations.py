@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, ClassVar, Optional, Union
 
 import numpy as np
 
@@ -44,6 +44,9 @@ class Study:
     """A parsed, validated explanation study config (see configs/study/explanations_quick.yaml): the YAML's keys are
     its fields (less `source`, the file), checked when it is built (unknown explanation method, k larger than the
     image, a negative radius: one ConfigError line)."""
+
+    DESCRIPTION: ClassVar[str] = ("classification vs explanation robustness (Chen et al. 2403.06013): train, measure "
+                                  "both, correlate")
 
     name: str = ""
     seeds: list[int] = field(default_factory=lambda: [0])
@@ -113,6 +116,10 @@ class Study:
                 f"{CALLBACK}explanation_epoch": bool(e.get("every_epoch", False)),
                 f"{CALLBACK}explanation_samples": e.get("val_samples", 32),
                 f"{CALLBACK}explanation_steps": e.get("val_steps", 5)}
+
+    def reproduce(self, out: Path, log=print) -> list[dict]:
+        """Run (or reuse) every step under `out` and write the results (studies.framework.Study)."""
+        return reproduce(self, Path(out), log)
 
 
 def _positive_int(name: str, value, allow_none: bool = False):
@@ -471,4 +478,4 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     return rows
 
 
-DESCRIPTION = "classification vs explanation robustness (Chen et al. 2403.06013): train, measure both, correlate"
+DESCRIPTION = Study.DESCRIPTION

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Optional
+from typing import ClassVar, Optional
 
 import numpy as np
 import torch
@@ -304,6 +304,8 @@ def _fmt(entry: dict) -> str:
 class Study:
     """A positive-control study config: its YAML keys are name and settings (Settings' fields)."""
 
+    DESCRIPTION: ClassVar[str] = "the positive control of the nonrobust-features study (synthetic, a few minutes)"
+
     name: str = ""
     settings: Settings = field(default_factory=Settings)
     source: Path = Path("positive_control.yaml")
@@ -314,6 +316,10 @@ class Study:
         elif not isinstance(self.settings, Settings):
             raise ConfigError(f"settings must be a mapping, got {self.settings!r}")
         self.name = str(self.name or Path(self.source).stem)
+
+    def reproduce(self, out: Path, log=print) -> list[dict]:
+        """Run (or reuse) every step under `out` and write the results (studies.framework.Study)."""
+        return reproduce(self, Path(out), log)
 
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
@@ -375,4 +381,4 @@ def markdown(settings: Settings, arms: dict, failed: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-DESCRIPTION = "the positive control of the nonrobust-features study (synthetic, a few minutes)"
+DESCRIPTION = Study.DESCRIPTION

@@ -1,7 +1,7 @@
 """What every study reproduction shares: its YAML with `--set` overrides loaded as its config dataclass
 (core.config), training steps kept on disk and reused on a rerun, and the results table.
 
-A study module (studies/nonrobust.py, ...) provides `load(path, overrides)` and `reproduce(study, out, log)`;
+A study (studies.framework.Study: a config dataclass with `reproduce(out, log)`) loads through `load_study`;
 `python -m studies reproduce CONFIG --out DIR` picks it by the config's `study:` key.
 """
 from __future__ import annotations

@@ -1,0 +1,192 @@
+"""The nonrobust-features study's config (configs/study/quick.yaml): the `Study` dataclass, its checks, and the
+training spec of a model trained on a constructed set."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Optional
+
+import numpy as np
+
+from core.errors import ConfigError
+from datamodules.info import MULTILABEL, dataset_info
+
+from ..runner import check_datasets, check_seeds, check_training_spec, load_study
+
+STATISTICS = {"bootstrap": 1000, "level": 0.95, "interval": "auto", "seed": 0}
+INTERVALS = ("auto", "examples", "seeds", "seeds_and_examples")  # seeds_and_examples: the former name of seeds
+CONSTRUCTION_KINDS = ("d_rand", "d_det", "d_nr", "d_r")
+#: the models finding 2 compares, by role: the standard model and the adversarially trained one (`roles:` in the
+#: config names others; a role whose model the study lacks is skipped, as a study without pgd_at skips finding 2)
+ROLES = {"standard": "erm", "robust": "pgd_at"}
+
+
+@dataclass
+class Study:
+    """A parsed, validated study config (see configs/study/quick.yaml): the YAML's keys are its fields (less
+    `source`, the file), checked when it is built; a studies.framework.Study."""
+
+    DESCRIPTION: ClassVar[str] = (
+        "the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate")
+    name: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    datasets: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)
+    constructions: dict[str, dict] = field(default_factory=dict)
+    construction_defaults: dict = field(default_factory=dict)
+    constructed_training: dict = field(default_factory=lambda: {"config": "configs/erm.yaml"})
+    source: Path = Path("study.yaml")
+    statistics: dict = field(default_factory=lambda: dict(STATISTICS))
+    recalibration: dict = field(default_factory=lambda: {"split": "val"})
+    roles: dict[str, str] = field(default_factory=dict)  # filled from ROLES
+
+    def __post_init__(self) -> None:
+        models = self.models = self.models or {}
+        if not models:
+            raise ConfigError("the study needs at least one model trained on the real split: models: {erm: {config: "
+                              "configs/erm.yaml}} (finding 2 compares erm with pgd_at)")
+        for name, spec in models.items():
+            check_training_spec(f"models.{name}", spec)
+        self.constructions = check_constructions(self.constructions or {}, models)
+        self.datasets = check_datasets(self.datasets or [])
+        for entry in self.datasets:
+            info = dataset_info(entry["flag"])
+            if self.constructions and info.task == MULTILABEL:
+                raise ConfigError(f"{info.flag} is multi-label: the Ilyas et al. constructions need one class per "
+                                  "image")
+        self.seeds = check_seeds(self.seeds)
+        self.constructed_training = self.constructed_training or {"config": "configs/erm.yaml"}
+        check_training_spec("constructed_training", self.constructed_training)
+        self.statistics = check_statistics(self.statistics or {}, self.seeds)
+        self.recalibration = check_recalibration(self.recalibration or {}, self.datasets)
+        self.roles = check_roles(self.roles or {}, models)
+        self.name = str(self.name or Path(self.source).stem)
+        self.train, self.construction_defaults = dict(self.train or {}), dict(self.construction_defaults or {})
+
+    @property
+    def over_seeds(self) -> bool:
+        """Whether intervals are over seeds, a t interval over the per-seed estimates (`auto`: when there are 2
+        seeds or more), rather than over test examples."""
+        return self.statistics["interval"] in ("seeds", "seeds_and_examples") or (
+            self.statistics["interval"] == "auto" and len(self.seeds) > 1)
+
+    def reproduce(self, out: Path, log=print) -> list[dict]:
+        """Run (or reuse) every step under `out` and write the results (studies.nonrobust.pipeline)."""
+        from .pipeline import reproduce
+
+        return reproduce(self, Path(out), log)
+
+
+def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
+    """Read a study YAML, apply `--set key=value` overrides (dotted keys, YAML values), and check it."""
+    return load_study(Study, path, overrides)
+
+
+def check_constructions(constructions: dict, models: dict) -> dict:
+    """constructions: {name: {source: MODEL, kind: d_rand, training: {...}, reuse: EARLIER, ...settings}}."""
+    for name, spec in constructions.items():
+        if not isinstance(spec, dict) or spec.get("source") not in models:
+            raise ConfigError(f"constructions.{name}.source must name one of the models ({', '.join(models)})")
+        kind = construction_kind(name, spec)
+        if kind not in CONSTRUCTION_KINDS:
+            raise ConfigError(f"unknown construction {kind!r}: choose from {', '.join(CONSTRUCTION_KINDS)} "
+                              f"(a set named otherwise says which with kind: d_rand)")
+        if not isinstance(spec.get("training") or {}, dict):
+            raise ConfigError(f"constructions.{name}.training must be a mapping of train.py keys to values")
+        reuse = spec.get("reuse")
+        order = list(constructions)
+        if reuse is not None and (reuse not in constructions or order.index(reuse) >= order.index(name)
+                                  or constructions[reuse].get("reuse") is not None):
+            raise ConfigError(f"constructions.{name}.reuse must name a set built earlier in the list, got {reuse!r}")
+    return constructions
+
+
+def check_roles(given: dict, models: dict) -> dict:
+    """roles: {standard: MODEL, robust: MODEL}, today's names (erm, pgd_at) where not given; a role the config names
+    must be one of its models."""
+    if not isinstance(given, dict) or set(given) - set(ROLES):
+        raise ConfigError(f"roles takes {', '.join(ROLES)} (each names one of the models), got {given!r}")
+    for role, name in given.items():
+        if name not in models:
+            raise ConfigError(f"roles.{role} must name one of the models ({', '.join(models)}), got {name!r}")
+    return {**ROLES, **given}
+
+
+def check_statistics(given: dict, seeds: list[int]) -> dict:
+    """statistics: {bootstrap: draws, level: interval level, interval: auto | examples | seeds, seed}."""
+    if not isinstance(given, dict) or set(given) - set(STATISTICS):
+        raise ConfigError(f"statistics takes {', '.join(STATISTICS)}, got {given!r}")
+    out = {**STATISTICS, **given}
+    n, level = out["bootstrap"], out["level"]
+    if isinstance(n, bool) or not isinstance(n, int) or n < 100:
+        raise ConfigError(f"statistics.bootstrap must be an integer of at least 100 draws, got {n!r}")
+    if isinstance(level, bool) or not isinstance(level, (int, float)) or not 0.5 <= level < 1:
+        raise ConfigError(f"statistics.level must lie in [0.5, 1), got {level!r}")
+    if out["interval"] not in INTERVALS:
+        raise ConfigError(f"statistics.interval must be one of {', '.join(INTERVALS)}, got {out['interval']!r}")
+    if out["interval"] in ("seeds", "seeds_and_examples") and len(seeds) < 2:
+        raise ConfigError(f"statistics.interval {out['interval']} is over seeds: it needs at least 2 seeds, got "
+                          f"{len(seeds)} ({seeds}); add seeds or use interval: examples")
+    return out
+
+
+def check_recalibration(given: dict, datasets: list[dict]) -> dict:
+    """recalibration: {split: val}: the real split a bias (and the AdaBN statistics) are fitted on; never test (the
+    split every number is reported on), never train (a constructed model's training split is the constructed set)."""
+    from datamodules.npz import SPLITS
+
+    if not isinstance(given, dict) or set(given) - {"split"}:
+        raise ConfigError(f"recalibration takes split, got {given!r}")
+    split = given.get("split", "val")
+    for entry in datasets:
+        flag = dataset_info(entry["flag"]).flag
+        if split not in SPLITS:
+            raise ConfigError(f"recalibration.split {split!r}: {flag} has no such split (its splits: "
+                              f"{', '.join(SPLITS)}); recalibrate on val")
+        if split != "val":
+            raise ConfigError(f"recalibration.split {split!r}: fit on the real validation split (val); test is "
+                              "what every number is reported on, and train is the constructed set itself")
+        path = _dataset_file(entry)
+        if path is not None:
+            with np.load(path) as npz:
+                if f"{split}_images" not in npz.files:
+                    raise ConfigError(f"recalibration.split {split!r}: {path} has no {split} split "
+                                      f"(it holds {', '.join(sorted(npz.files))})")
+    return {"split": split}
+
+
+def _dataset_file(entry: dict) -> Optional[Path]:
+    """The dataset's npz when it is already on disk (else None: it is checked when the study reads it)."""
+    from datamodules.info import npz_name
+    from datamodules.medmnist import default_root
+
+    flag = dataset_info(entry["flag"]).flag
+    path = Path(entry.get("root") or default_root()) / npz_name(flag, entry.get("size", 28))
+    return path if path.is_file() else None
+
+
+def construction_kind(name: str, spec: dict) -> str:
+    """The Ilyas et al. kind of a named constructed set: its `kind:` key, else its name (d_rand, d_det, ...)."""
+    return str(spec.get("kind", name))
+
+
+#: keys of a construction entry that are not constructions.Settings (`reuse: NAME`: train on the set built for
+#: entry NAME, for knobs of the constructed model only: epochs, normalisation)
+CONSTRUCTION_META = ("source", "kind", "training", "reuse")
+
+
+#: A model trained on a constructed set is scored at its last epoch, as Ilyas et al. do. Its real-validation balanced
+#: accuracy at the default threshold, the checkpoint monitor of other runs, sits at chance on every epoch (the
+#: BatchNorm shift, README), so "best" picked an arbitrary epoch: epoch 0, before any fit, on 9 of the quick
+#: study's 12 such models.
+LAST_EPOCH = {"checkpoint.monitor": None}
+
+
+def constructed_training(study: Study, name: str) -> dict:
+    """The training spec of the model trained on constructed set `name`: constructed_training, with the set's
+    own `training:` train.py overrides on top (epochs, architecture, ...); its last epoch is the one scored unless
+    the config names a `checkpoint.monitor`."""
+    base = study.constructed_training
+    own = study.constructions[name].get("training") or {}
+    return {**base, "overrides": {**LAST_EPOCH, **(base.get("overrides") or {}), **own}}
