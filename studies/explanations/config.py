@@ -1,0 +1,117 @@
+"""The explanation study's config (configs/study/explanations_quick.yaml): the `Study` dataclass, its checks and
+the RobustnessCallback settings every model is tested with."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar, Optional, Union
+
+from attacks.threat_model import format_epsilon, parse_epsilon
+from core.errors import ConfigError
+
+from ..runner import check_datasets, check_seeds, check_training_spec, load_study
+
+EXPLANATION_KEYS = {"method", "k", "steps", "samples", "val_samples", "val_steps", "every_epoch"}
+CALLBACK = "trainer.callbacks.init_args."
+#: the explanation-robustness measure on the study's y axis, and the one under random noise beside it
+EXPLANATION_AXIS, NOISE_AXIS = "topk", "topk_random"
+
+
+@dataclass
+class Study:
+    """A parsed, validated explanation study config (see configs/study/explanations_quick.yaml): the YAML's keys are
+    its fields (less `source`, the file), checked when it is built (unknown explanation method, k larger than the
+    image, a negative radius: one ConfigError line)."""
+
+    DESCRIPTION: ClassVar[str] = ("classification vs explanation robustness (Chen et al. 2403.06013): train, measure "
+                                  "both, correlate")
+
+    name: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    datasets: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)
+    epsilon: Union[float, str] = "4/255"
+    norm: str = "linf"
+    explanation: dict = field(default_factory=dict)
+    compare: dict[str, str] = field(default_factory=dict)
+    examples: int = 3
+    bootstrap: int = 1000
+    source: Path = Path("study.yaml")
+
+    def __post_init__(self) -> None:
+        from explanations import METHODS
+
+        models = self.models = self.models or {}
+        if len(models) < 3:
+            raise ConfigError("the study needs at least 3 models (a correlation across models): "
+                              "models: {erm: ..., pgd_at: ..., trades_6: ...}")
+        for name, spec in models.items():
+            check_training_spec(f"models.{name}", spec)
+        try:
+            self.epsilon = parse_epsilon(self.epsilon, self.norm)
+        except ConfigError as err:
+            raise ConfigError(f"epsilon: {err}") from None
+        if self.epsilon == 0:
+            raise ConfigError("epsilon must be > 0: both robustness measures are taken at this radius")
+        explanation = self.explanation = {"method": "saliency", "k": 0.1, "steps": 20, "samples": 200,
+                                          **(self.explanation or {})}
+        extra = sorted(set(explanation) - EXPLANATION_KEYS)
+        if extra:
+            raise ConfigError(f"unknown explanation key(s) {', '.join(extra)}: "
+                              f"use {', '.join(sorted(EXPLANATION_KEYS))}")
+        if explanation["method"] not in METHODS:
+            raise ConfigError(f"unknown explanation method {explanation['method']!r}: choose from {', '.join(METHODS)}")
+        k = explanation["k"]
+        if isinstance(k, bool) or not (isinstance(k, int) and k >= 1 or isinstance(k, float) and 0 < k < 1):
+            raise ConfigError(f"explanation.k is a number of pixels (an integer >= 1) or a share in (0, 1), got {k!r}")
+        _positive_int("explanation.steps", explanation["steps"])
+        _positive_int("explanation.samples", explanation["samples"], allow_none=True)
+        self.datasets = check_datasets(self.datasets or [])
+        for entry in self.datasets:
+            size = entry.get("size", 28)
+            if isinstance(k, int) and k > size * size:
+                raise ConfigError(f"explanation.k {k} is larger than the image "
+                                  f"({size} x {size} = {size * size} pixels)")
+        self.seeds = check_seeds(self.seeds)
+        compare = self.compare or {}
+        if not isinstance(compare, dict):
+            raise ConfigError("compare maps a regularised model to the model it is compared with: {expl_reg: erm}")
+        for a, b in compare.items():
+            if a not in models or b not in models:
+                raise ConfigError(f"compare.{a}: {b} must both be models of the study ({', '.join(models)})")
+        self.compare, self.train = dict(compare), dict(self.train or {})
+        self.examples = _positive_int("examples", self.examples)
+        self.bootstrap = _positive_int("bootstrap", self.bootstrap)
+        self.name = str(self.name or Path(self.source).stem)
+
+    def callback_overrides(self) -> dict:
+        """The RobustnessCallback settings every model is tested with: one radius for both robustness measures."""
+        e = self.explanation
+        label = format_epsilon(self.epsilon)
+        return {f"{CALLBACK}norm": self.norm, f"{CALLBACK}epsilons": [label],
+                f"{CALLBACK}explanation_report": True, f"{CALLBACK}explanation_epsilons": [label],
+                f"{CALLBACK}explanation_method": e["method"], f"{CALLBACK}explanation_k": e["k"],
+                f"{CALLBACK}explanation_test_steps": e["steps"], f"{CALLBACK}explanation_test_samples": e["samples"],
+                f"{CALLBACK}explanation_epoch": bool(e.get("every_epoch", False)),
+                f"{CALLBACK}explanation_samples": e.get("val_samples", 32),
+                f"{CALLBACK}explanation_steps": e.get("val_steps", 5)}
+
+    def reproduce(self, out: Path, log=print) -> list[dict]:
+        """Run (or reuse) every step under `out` and write the results (studies.explanations.pipeline)."""
+        from .pipeline import reproduce
+
+        return reproduce(self, Path(out), log)
+
+
+def _positive_int(name: str, value, allow_none: bool = False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
+    return value
+
+
+def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
+    """Read an explanation study YAML, apply `--set key=value` overrides, and check every key before any training."""
+    return load_study(Study, path, overrides)
