@@ -1,8 +1,6 @@
 """The explanation-robustness study: config checks (one line, nothing written), the correlation with its bootstrap
 interval, and a whole tiny study on synthetic data (train, test reports, results.csv/.md, both figures)."""
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
