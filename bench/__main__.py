@@ -1,4 +1,5 @@
-"""`python -m bench all [--quick] --out DIR`: every benchmark figure in one run, a table, DIR/bench.md and DIR/bench.json.
+"""`python -m bench all [--quick] --out DIR`: every benchmark figure in one run, a table, DIR/bench.md and
+DIR/bench.json.
 
 Figures (each a ratio of paired, interleaved repeats: the median with the range):
   data        data path vs the official recipe, real PneumoniaMNIST and a synthetic PathMNIST-sized set (goal >= 20x)
@@ -15,7 +16,6 @@ Figures (each a ratio of paired, interleaved repeats: the median with the range)
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import sys
@@ -41,7 +41,8 @@ def machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
@@ -77,9 +78,11 @@ def data_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, workdir:
             log(f"[data {flag}] {line}")
         (run,) = result["runs"]
         scope = f"first {args.batches} batches of an epoch" if args.batches else "whole epochs"
-        rows.append(figure(f"data path: medrobust / official recipe ({flag}, images/s)", run["ratio_a_over_b"]["repeats"],
-                           20.0, details={"images_per_s_median": {v: s["images_per_s"]["median"] for v, s in run["variants"].items()},
-                                          "settings": f"{what}, batch {args.batch_size}, {scope}, 1 torch thread, wall clock"}))
+        images_per_s = {v: s["images_per_s"]["median"] for v, s in run["variants"].items()}
+        settings = f"{what}, batch {args.batch_size}, {scope}, 1 torch thread, wall clock"
+        rows.append(figure(f"data path: medrobust / official recipe ({flag}, images/s)",
+                           run["ratio_a_over_b"]["repeats"], 20.0,
+                           details={"images_per_s_median": images_per_s, "settings": settings}))
     return rows
 
 
@@ -167,7 +170,8 @@ def _ratio(row: dict) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    return format_table(["figure", "ratio (range)", "goal", "met"], [[r["name"], _ratio(r), r["goal"], met_text(r)] for r in rows])
+    return format_table(["figure", "ratio (range)", "goal", "met"],
+                        [[r["name"], _ratio(r), r["goal"], met_text(r)] for r in rows])
 
 
 def markdown(rows: list[dict], info: dict, command: str, seconds: float) -> str:
@@ -191,8 +195,10 @@ def parse_args(argv=None):
     parser.add_argument("--quick", action="store_true", help="smaller runs that fit a 2-core CPU in 15 minutes")
     parser.add_argument("--smoke", action="store_true", help="tiny runs that only check that everything works (tests)")
     parser.add_argument("--only", default=None, help=f"comma-separated subset of {','.join(FIGURES)}")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
-    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the MD5 check of the real files")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT,
+                        help="folder with pneumoniamnist.npz (default: %(default)s)")
+    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false",
+                        help="skip the MD5 check of the real files")
     parser.add_argument("--out", required=True, help="folder for bench.md and bench.json")
     args = parser.parse_args(argv)
     args.names = FIGURES if args.only is None else tuple(n.strip() for n in args.only.split(",") if n.strip())
@@ -214,7 +220,8 @@ def main(argv=None) -> int:
 
     info = machine()
     command = "python -m bench " + " ".join(sys.argv[1:] if argv is None else argv)
-    log(f"{command}\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, GPU {info['gpu'] or 'none'}, "
+    log(f"{command}\nmachine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, "
+        f"GPU {info['gpu'] or 'none'}, "
         f"load average {info['load_average_1min']}")
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-all-") as tmp:
@@ -225,8 +232,8 @@ def main(argv=None) -> int:
     print(table(rows))
     out = Path(args.out)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    write_json_atomic(out / "bench.json", {"command": command, "mode": mode, "machine": info, "seconds": round(seconds, 1),
-                                           "figures": rows})
+    write_json_atomic(out / "bench.json", {"command": command, "mode": mode, "machine": info,
+                                           "seconds": round(seconds, 1), "figures": rows})
     write_text_atomic(out / "bench.md", markdown(rows, info, command, seconds))
     print(f"\nwrote {out / 'bench.md'} and {out / 'bench.json'} ({seconds / 60:.1f} min)")
     failed = [r for r in rows if str(r.get("status", "")).startswith("failed")]

@@ -13,14 +13,13 @@ as a third variant. The attack alone (without the scoring) is timed too.
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 
 
 from bench.common import (
-    DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, figure, existing_dir, format_table, paired_rounds,
-    positive_int, run_main, summary, write_json,
+    DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, figure, existing_dir, format_table,
+    paired_rounds, positive_int, run_main, summary, write_json,
 )
 
 VARIANTS = ("medrobust", "medrobust_early_stop", "torchattacks")
@@ -35,19 +34,28 @@ LABELS = {
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
                     epilog="Example: python bench/attack_speed.py --repeats 5 --json runs/bench/attacks.json")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="test images attacked at once (default: %(default)s)")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT,
+                        help="folder with pneumoniamnist.npz (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="test images attacked at once (default: %(default)s)")
     parser.add_argument("--eps", default="8/255", help="L-inf budget for the timing (default: %(default)s)")
     parser.add_argument("--steps", type=positive_int, default=10, help="PGD steps (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed attacks per variant; the median is reported (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed attacks per variant first (default: %(default)s)")
-    parser.add_argument("--train-epochs", type=int, default=2, help="ERM epochs on the train split before attacking; 0 keeps random weights (default: %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed attacks per variant; the median is reported (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1,
+                        help="untimed attacks per variant first (default: %(default)s)")
+    parser.add_argument("--train-epochs", type=int, default=2,
+                        help="ERM epochs on the train split before attacking; 0 keeps random weights "
+                             "(default: %(default)s)")
     parser.add_argument("--strength-eps", nargs="+", default=["1/255", "2/255", "8/255"],
                         help="budgets at which both attacks' robust accuracy is compared (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, nargs="+", default=None,
-                        help="torch.set_num_threads setting(s) to time, each in every repeat (default: torch's current)")
-    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the MD5 check (custom or synthetic files)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for the model, training and the strength runs (default: %(default)s)")
+                        help="torch.set_num_threads setting(s) to time, each in every repeat "
+                             "(default: torch's current)")
+    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false",
+                        help="skip the MD5 check (custom or synthetic files)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for the model, training and the strength runs (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.train_epochs < 0:
@@ -154,8 +162,6 @@ def robust_logits(variant: str, attack, model, x, y):
 def measure(model, x, y, args) -> dict:
     """Warm-up, then `repeats` rounds; each round times both attacks at every thread setting, alternating order,
     first as an evaluation (attack + scores), then the attack alone."""
-    import torch
-
     keys = [(t, task, v) for t in args.threads for task in TASKS for v in VARIANTS]
     seconds = {k: [] for k in keys}
     cpu = {k: [] for k in keys}
@@ -235,17 +241,20 @@ def run_figures(root: str, verify_md5: bool, quick: bool, smoke: bool = False, l
     robust = {f"{r['epsilon']:.5f}": {v: r[v]["robust_acc"] for v in VARIANTS} for r in strong}
     rows = []
     for ours, infix, what in (("medrobust", "", "best iterate, logits handed to the scorer"),
-                              ("medrobust_early_stop", "early_stop_", "early_stop=True as the per-epoch check runs it")):
+                              ("medrobust_early_stop", "early_stop_",
+                               "early_stop=True as the per-epoch check runs it")):
         weaker = [r for r in strong if r[ours]["robust_acc"] > r["torchattacks"]["robust_acc"] + slack]
         label = "" if ours == "medrobust" else ", early stop"
         row = figure(f"attack: robust evaluation, medrobust PGD-{args.steps}{label} / torchattacks PGD-{args.steps} "
-                     f"(CPU seconds)", run[f"{infix}cpu_ratio_ours_over_theirs"]["repeats"], 1.0, higher_is_better=False,
+                     f"(CPU seconds)", run[f"{infix}cpu_ratio_ours_over_theirs"]["repeats"], 1.0,
+                     higher_is_better=False,
                      details={
                          "wall_ratio": run[f"{infix}ratio_ours_over_theirs"]["median"],
                          "attack_only_cpu_ratio": run[f"attack_only_{infix}cpu_ratio_ours_over_theirs"]["median"],
                          "robust_acc": robust, "clean_acc": accuracy(model, x, y),
                          "settings": f"small_cnn after {args.train_epochs} ERM epoch(s), {len(x)} PneumoniaMNIST test "
-                                     f"images, L-inf 8/255, 1 torch thread; timed: attack + scores of the batch; {what}"},
+                                     f"images, L-inf 8/255, 1 torch thread; timed: attack + scores of the batch; "
+                                     f"{what}"},
                      requires={"equal_strength": not weaker})
         rows.append(row)
     return rows
@@ -278,7 +287,8 @@ def main(argv=None) -> int:
         for prefix, task in (("", "attack + scores"), ("attack_only_", "attack alone")):
             for v in VARIANTS:
                 s = run[f"{prefix}seconds"][v]
-                rows.append([LABELS[v], task, run["torch_threads"], s["median"], s["min"], s["max"], len(x) / s["median"]])
+                rows.append([LABELS[v], task, run["torch_threads"], s["median"], s["min"], s["max"],
+                             len(x) / s["median"]])
     print()
     print(format_table(["attack", "timed", "threads", "s median", "min", "max", "images/s"], rows))
     print()
@@ -286,7 +296,8 @@ def main(argv=None) -> int:
         for prefix, task in (("", "attack + scores"), ("attack_only_", "attack alone")):
             for infix, ours in (("", "medrobust"), ("early_stop_", "medrobust, early stop")):
                 ratio = run[f"{prefix}{infix}ratio_ours_over_theirs"]
-                print(f"threads={run['torch_threads']}, {task}, {ours}: time ratio ours/theirs, median of {args.repeats} "
+                print(f"threads={run['torch_threads']}, {task}, {ours}: time ratio ours/theirs, "
+                      f"median of {args.repeats} "
                       f"paired repeats: {ratio['median']:.2f} (range {ratio['min']:.2f}-{ratio['max']:.2f}); "
                       f"< 1 means medrobust is faster")
     print("medrobust's PGD tracks the best iterate per example (one forward pass on the last iterate) and returns its "
@@ -301,15 +312,16 @@ def main(argv=None) -> int:
           "start ours can only be lower, since it keeps the best iterate; early stop finds the same successes).")
     write_json(args.json, {
         "benchmark": "attacks",
-        "settings": {"batch_size": len(x), "epsilon": args.eps, "steps": args.steps, "alpha": 2.5 * args.eps / args.steps,
-                     "repeats": args.repeats, "warmup": args.warmup, "train_epochs": args.train_epochs,
-                     "seed": args.seed, "threads": args.threads, "model": "small_cnn(1, 2)"},
+        "settings": {"batch_size": len(x), "epsilon": args.eps, "steps": args.steps,
+                     "alpha": 2.5 * args.eps / args.steps, "repeats": args.repeats, "warmup": args.warmup,
+                     "train_epochs": args.train_epochs, "seed": args.seed, "threads": args.threads,
+                     "model": "small_cnn(1, 2)"},
         "clean_acc": clean,
         **timing,
         "strength": strong,
-        "notes": "timed: attack + scores (runs[].seconds) and the attack alone (runs[].attack_only_seconds); medrobust PGD "
-                 "keeps the strongest iterate per example and returns its logits (early_stop_*: stops attacking an "
-                 "example at its first success); torchattacks returns the last iterate",
+        "notes": "timed: attack + scores (runs[].seconds) and the attack alone (runs[].attack_only_seconds); "
+                 "medrobust PGD keeps the strongest iterate per example and returns its logits (early_stop_*: "
+                 "stops attacking an example at its first success); torchattacks returns the last iterate",
         "environment": environment(),
     })
     return 0

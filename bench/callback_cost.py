@@ -12,7 +12,6 @@ torch thread), robust to other jobs on a shared machine; wall-clock shares are r
 """
 from __future__ import annotations
 
-import math
 import tempfile
 from pathlib import Path
 
@@ -111,7 +110,8 @@ def measure(kind: str, root: str, verify_md5: bool, epochs: int, batches: int | 
     finally:
         set_threads(before)
     if len(probe.check) != epochs or len(probe.train) != epochs:
-        raise BenchError(f"expected {epochs} timed epochs, got {len(probe.train)} training and {len(probe.check)} checks")
+        raise BenchError(f"expected {epochs} timed epochs, got {len(probe.train)} training and "
+                         f"{len(probe.check)} checks")
     out = {"config": CONFIGS[kind], "callback": probe.values, "train_images": n_train, "epochs": []}
     for train_s, check_s, images in zip(probe.train, probe.check, probe.images):
         epoch_s = {clock: train_s[clock] / images * n_train for clock in ("cpu", "wall")}
@@ -144,7 +144,8 @@ def explanation_figures(root: str, verify_md5: bool, quick: bool, workdir: Path,
                      EXPLANATION_CHECK)
     for i, e in enumerate(result["epochs"]):
         log(f"[callback explanation] epoch {i + 1}: PGD-AT training {e['epoch_s_full_split']['cpu']:.1f} CPU s (whole "
-            f"split), explanation check {e['explanation_s']['cpu']:.2f} CPU s, share {e['explanation_share']['cpu']:.1%}")
+            f"split), explanation check {e['explanation_s']['cpu']:.2f} CPU s, "
+            f"share {e['explanation_share']['cpu']:.1%}")
     values = result["callback"]["explanation"]
     scope = (f"epoch time scaled from the first {p['batches']['pgd_at']} batches" if p["batches"]["pgd_at"]
              else "whole epochs")
@@ -161,7 +162,8 @@ def _describe(values: dict) -> str:
     from attacks.threat_model import format_epsilon
 
     eps = ", ".join(format_epsilon(e) for e in values["epsilons"])
-    corr = f"corruptions on {values['corruption_val_samples']} images" if values["corruption_epoch"] else "no corruptions"
+    corr = (f"corruptions on {values['corruption_val_samples']} images" if values["corruption_epoch"]
+            else "no corruptions")
     return (f"{values['val_samples']} val images, PGD-{values['val_steps']} at {eps}, every {values['every_n_epochs']} "
             f"epoch(s), {corr}")
 
@@ -181,7 +183,8 @@ def figure_rows(results: dict, batches: dict) -> list[dict]:
                                "callback": _describe(result["callback"]), "config": result["config"],
                                "check_cpu_s": summary([e["check_s"]["cpu"] for e in result["epochs"][1:]]
                                                       or [result["epochs"][0]["check_s"]["cpu"]])["median"],
-                               "epoch_cpu_s": summary([e["epoch_s_full_split"]["cpu"] for e in result["epochs"]])["median"],
+                               "epoch_cpu_s": summary([e["epoch_s_full_split"]["cpu"]
+                                                       for e in result["epochs"]])["median"],
                                "first_check_cpu_s": result["first_check_s"]["cpu"],
                                "wall_share": result["wall_share"]["median"] / every,
                                "clock": "process CPU time; share per epoch, amortised over every_n_epochs",
@@ -208,8 +211,8 @@ def run_figures(root: str, verify_md5: bool, quick: bool, workdir: Path, smoke: 
     for kind, label, overrides in runs:
         epochs = p["epochs"] if overrides is None else 2
         log(f"[callback {NAMES[kind]}, {label}] {epochs} epochs ...")
-        result = measure(kind, root, verify_md5, epochs, p["batches"][kind], workdir / f"callback_{kind}_{len(results)}",
-                         overrides)
+        result = measure(kind, root, verify_md5, epochs, p["batches"][kind],
+                         workdir / f"callback_{kind}_{len(results)}", overrides)
         results[kind, label] = result
         for i, e in enumerate(result["epochs"]):
             log(f"[callback {NAMES[kind]}, {label}] epoch {i + 1}: training {e['epoch_s_full_split']['cpu']:.1f} CPU s "
@@ -225,11 +228,15 @@ def _value(text: str):
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
-                    epilog="Example: python bench/callback_cost.py --kinds pgd_at erm --epochs 4 --json runs/bench/callback.json")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
+                    epilog="Example: python bench/callback_cost.py --kinds pgd_at erm --epochs 4 "
+                           "--json runs/bench/callback.json")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT,
+                        help="folder with pneumoniamnist.npz (default: %(default)s)")
     parser.add_argument("--kinds", nargs="+", choices=sorted(CONFIGS), default=["pgd_at", "erm"])
-    parser.add_argument("--epochs", type=positive_int, default=4, help="epochs per run; the first is reported apart (default: %(default)s)")
-    parser.add_argument("--batches", type=positive_int, default=None, help="training batches per epoch, time scaled to the split (default: all)")
+    parser.add_argument("--epochs", type=positive_int, default=4,
+                        help="epochs per run; the first is reported apart (default: %(default)s)")
+    parser.add_argument("--batches", type=positive_int, default=None,
+                        help="training batches per epoch, time scaled to the split (default: all)")
     parser.add_argument("--callback", nargs="+", default=[], metavar="KEY=VALUE", help="override callback values")
     parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false")
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
@@ -254,11 +261,13 @@ def main(argv=None) -> int:
             results[kind, "configs' values" if not args.callback else "overridden"] = measure(
                 kind, args.root, args.verify_md5, args.epochs, args.batches, Path(tmp) / kind, args.callback)
     rows = figure_rows(results, {k: args.batches for k in args.kinds})
-    print(format_table(["figure", "share", "min", "max", "goal", "met", "check CPU s", "epoch CPU s", "first check CPU s"],
+    print(format_table(["figure", "share", "min", "max", "goal", "met", "check CPU s", "epoch CPU s",
+                        "first check CPU s"],
                        [[r["name"], r["ratio"], *r["range"], r["goal"], met_text(r),
                          r["details"]["check_cpu_s"], r["details"]["epoch_cpu_s"], r["details"]["first_check_cpu_s"]]
                         for r in rows]))
-    write_json(args.json, {"benchmark": "callback_cost", "results": {f"{k}/{l}": v for (k, l), v in results.items()},
+    write_json(args.json, {"benchmark": "callback_cost",
+                           "results": {f"{kind}/{label}": v for (kind, label), v in results.items()},
                            "figures": rows, "environment": environment()})
     return 0
 

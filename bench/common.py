@@ -134,7 +134,8 @@ def figure(name: str, ratios: Sequence[float], goal: float | None, higher_is_bet
     if goal is None:
         met, goal_text = None, "reported"
     else:
-        met = (stats["median"] >= goal if higher_is_better else stats["median"] <= goal) and all((requires or {}).values())
+        met = ((stats["median"] >= goal if higher_is_better else stats["median"] <= goal)
+               and all((requires or {}).values()))
         goal_text = f"{'>=' if higher_is_better else '<='} {goal:g}{unit}"
     return {"name": name, "ratio": stats["median"], "range": [stats["min"], stats["max"]], "repeats": list(ratios),
             "goal": goal_text, "goal_value": goal, "higher_is_better": higher_is_better, "unit": unit,

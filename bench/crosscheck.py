@@ -1,7 +1,7 @@
 """Independent check of a robustness report: attack its checkpoint with torchattacks' PGD.
 
-Loads the checkpoint as its own model class (checked against the report's), rebuilds the test split the report scored, runs
-torchattacks PGD (L-inf; PGDL2 for L2 reports) at every epsilon of the report with `--steps` steps and
+Loads the checkpoint as its own model class (checked against the report's), rebuilds the test split the report scored,
+runs torchattacks PGD (L-inf; PGDL2 for L2 reports) at every epsilon of the report with `--steps` steps and
 `--restarts` random restarts (per example, any successful restart is kept) and compares balanced
 accuracy. The reference is the report's lowest robust bacc on the whole test split (PGD, and AutoAttack
 when it ran on every test example). Exit 0: torchattacks finds nothing more than `--tolerance` below
@@ -23,15 +23,22 @@ def parse_args(argv=None):
         "--root ../shared/data/medmnist --steps 100 --restarts 3"))
     parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of an ERM, PGDAT, TRADES or FGSMRS model")
     parser.add_argument("--root", required=True, type=existing_dir, help="folder with the dataset's official npz file")
-    parser.add_argument("--report", help="robustness report (default: <ckpt stem>.robustness.json beside the checkpoint)")
+    parser.add_argument("--report",
+                        help="robustness report (default: <ckpt stem>.robustness.json beside the checkpoint)")
     parser.add_argument("--steps", type=positive_int, default=100, help="PGD steps (default: %(default)s)")
-    parser.add_argument("--restarts", type=positive_int, default=3, help="random restarts per example (default: %(default)s)")
-    parser.add_argument("--alpha-factor", type=float, default=2.5, help="step size = factor * eps / steps (default: %(default)s)")
-    parser.add_argument("--tolerance", type=float, default=0.02, help="allowed drop of bacc below the report's (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=256, help="images attacked at once (default: %(default)s)")
-    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the MD5 check (custom or synthetic files)")
+    parser.add_argument("--restarts", type=positive_int, default=3,
+                        help="random restarts per example (default: %(default)s)")
+    parser.add_argument("--alpha-factor", type=float, default=2.5,
+                        help="step size = factor * eps / steps (default: %(default)s)")
+    parser.add_argument("--tolerance", type=float, default=0.02,
+                        help="allowed drop of bacc below the report's (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=256,
+                        help="images attacked at once (default: %(default)s)")
+    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false",
+                        help="skip the MD5 check (custom or synthetic files)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0, help="seeds the random starts (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the comparison here (atomic write)")
     args = parser.parse_args(argv)
@@ -70,9 +77,11 @@ def check_hparams(report: dict, model) -> None:
 
     recorded = report["model"].get("hparams") or {}
     differ = [f"{key} {plain(model.hparams[key])!r} vs {plain(recorded[key])!r}"
-              for key in sorted(set(recorded) & set(model.hparams)) if plain(model.hparams[key]) != plain(recorded[key])]
+              for key in sorted(set(recorded) & set(model.hparams))
+              if plain(model.hparams[key]) != plain(recorded[key])]
     if differ:
-        raise BenchError(f"the checkpoint is not the model the report scored: {'; '.join(differ)} (checkpoint vs report)")
+        raise BenchError(f"the checkpoint is not the model the report scored: {'; '.join(differ)} "
+                         "(checkpoint vs report)")
 
 
 def load_test_split(report: dict, model, args):
@@ -190,9 +199,11 @@ def main(argv=None) -> int:
         print("WARNING: clean bacc differs from the report's: the checkpoint or the data are not the ones it scored",
               file=sys.stderr)
     table = [[r["label"], r["report_pgd_bacc"],
-              None if r["report_autoattack_bacc"] is None else f"{r['report_autoattack_bacc']:.4f} (n={r['report_autoattack_n']})",
+              None if r["report_autoattack_bacc"] is None
+              else f"{r['report_autoattack_bacc']:.4f} (n={r['report_autoattack_n']})",
               r["torchattacks"]["bacc"], r["difference"], "ok" if r["ok"] else "LOWER"] for r in rows]
-    print(format_table(["epsilon", "report PGD bacc", "report AutoAttack bacc", "torchattacks bacc", "difference", "status"], table))
+    print(format_table(["epsilon", "report PGD bacc", "report AutoAttack bacc", "torchattacks bacc", "difference",
+                        "status"], table))
     print("difference = torchattacks bacc - the report's lowest full-test-split robust bacc (PGD; AutoAttack "
           "too when it ran on every test example). LOWER: more than the tolerance below the report.")
     passed = all(r["ok"] for r in rows)
@@ -202,7 +213,8 @@ def main(argv=None) -> int:
         "benchmark": "crosscheck", "checkpoint": str(args.ckpt), "report": str(args.report),
         "model_class": report["model"]["class"], "dataset": report["dataset"], "norm": report["threat_model"]["norm"],
         "settings": {"steps": args.steps, "restarts": args.restarts, "alpha_factor": args.alpha_factor,
-                     "tolerance": args.tolerance, "seed": args.seed, "batch_size": args.batch_size, "device": str(device)},
+                     "tolerance": args.tolerance, "seed": args.seed, "batch_size": args.batch_size,
+                     "device": str(device)},
         "clean": {"report_bacc": report_clean, **clean}, "epsilons": rows, "passed": passed,
         "environment": environment(),
     })

@@ -10,7 +10,6 @@ Both run interleaved in one process, so the ratio (a)/(b) is meaningful even on 
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -29,18 +28,25 @@ LABELS = {
 
 
 def parse_args(argv=None):
-    parser = Parser(description=__doc__.split("\n\n")[0], epilog="Example: python bench/data_loading.py --repeats 5 --json runs/bench/data_loading.json")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with <flag>.npz (default: %(default)s)")
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    epilog="Example: python bench/data_loading.py --repeats 5 --json runs/bench/data_loading.json")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT,
+                        help="folder with <flag>.npz (default: %(default)s)")
     parser.add_argument("--flag", default="pneumoniamnist", help="MedMNIST dataset at 28 px (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=128, help="images per batch for both loaders (default: %(default)s, the DataModule's)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed epochs per variant; the median is reported (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=128,
+                        help="images per batch for both loaders (default: %(default)s, the DataModule's)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed epochs per variant; the median is reported (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed epochs per variant first (default: %(default)s)")
-    parser.add_argument("--batches", type=positive_int, default=None, help="stop each epoch after this many batches (default: the whole epoch)")
-    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the DataModule's MD5 check (custom or synthetic files)")
+    parser.add_argument("--batches", type=positive_int, default=None,
+                        help="stop each epoch after this many batches (default: the whole epoch)")
+    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false",
+                        help="skip the DataModule's MD5 check (custom or synthetic files)")
     parser.add_argument("--threads", type=positive_int, nargs="+", default=None,
                         help="torch.set_num_threads setting(s), each measured in every repeat, e.g. --threads 1 2 "
                              "(default: torch's current)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for shuffling and augmentation (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed for shuffling and augmentation (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
     args = parser.parse_args(argv)
     if args.threads is None:
@@ -81,8 +87,10 @@ def build(variant: str, args):
     from torchvision import transforms
 
     channels = medmnist.INFO[args.flag]["n_channels"]
-    transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean=[0.5] * channels, std=[0.5] * channels)])
-    dataset = getattr(medmnist, medmnist.INFO[args.flag]["python_class"])(split="train", root=args.root, transform=transform)
+    transform = transforms.Compose([transforms.ToTensor(),
+                                    transforms.Normalize(mean=[0.5] * channels, std=[0.5] * channels)])
+    dataset_class = getattr(medmnist, medmnist.INFO[args.flag]["python_class"])
+    dataset = dataset_class(split="train", root=args.root, transform=transform)
     return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, num_workers=0), (lambda batch: batch)
 
 
@@ -150,8 +158,9 @@ def main(argv=None) -> int:
     for run in result["runs"]:
         for v in VARIANTS:
             stats = run["variants"][v]
-            rows.append([LABELS[v], run["torch_threads"], result["images_per_epoch"][v], stats["images_per_s"]["median"],
-                         stats["images_per_s"]["min"], stats["images_per_s"]["max"], stats["setup_s"]["median"]])
+            rows.append([LABELS[v], run["torch_threads"], result["images_per_epoch"][v],
+                         stats["images_per_s"]["median"], stats["images_per_s"]["min"], stats["images_per_s"]["max"],
+                         stats["setup_s"]["median"]])
     print()
     print(format_table(["variant", "threads", "images", "images/s median", "min", "max", "setup s"], rows))
     print()

@@ -25,14 +25,18 @@ LABELS = {"pgd": "PGD (medrobust)", "topk": "TopKAttack (Ghorbani)", "targeted":
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
                     epilog="Example: python bench/explanation_attack.py --repeats 5 --json runs/bench/expl_attack.json")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with pneumoniamnist.npz (default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="test images attacked at once (default: %(default)s)")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT,
+                        help="folder with pneumoniamnist.npz (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=64,
+                        help="test images attacked at once (default: %(default)s)")
     parser.add_argument("--eps", default="4/255", help="L-inf budget (default: %(default)s)")
     parser.add_argument("--steps", type=positive_int, default=10, help="steps of every attack (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds; the median is reported (default: %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed rounds; the median is reported (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--train-epochs", type=int, default=0, help="ERM epochs before timing (default: %(default)s)")
-    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the MD5 check (custom or synthetic files)")
+    parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false",
+                        help="skip the MD5 check (custom or synthetic files)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the model and PGD's start (default: %(default)s)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
     args = parser.parse_args(argv)
@@ -83,7 +87,8 @@ def measure(model, x, y, args) -> dict:
             wall[variant].append(spent["wall"])
         print(f"[{tag}] {variant:<9} {spent['wall']:.3f} s ({spent['cpu']:.3f} CPU s)", flush=True)
     result = {"images": len(x), "steps": args.steps, "epsilon": args.eps,
-              "cpu_seconds_per_image": {v: {**summary([s / len(x) for s in cpu[v]]), "repeats": cpu[v]} for v in VARIANTS},
+              "cpu_seconds_per_image": {v: {**summary([s / len(x) for s in cpu[v]]), "repeats": cpu[v]}
+                                        for v in VARIANTS},
               "wall_seconds": {v: {**summary(wall[v]), "repeats": wall[v]} for v in VARIANTS}}
     for variant in EXPLANATION_ATTACKS:
         ratios = [a / b for a, b in zip(cpu[variant], cpu["pgd"])]
@@ -132,7 +137,8 @@ def run_figures(root: str, verify_md5: bool, quick: bool, smoke: bool = False, l
         log(f"[explanation attack] {line}")
     return [figure(f"explanation attack: {LABELS[v]} / PGD, {args.steps} steps each (CPU seconds per image)",
                    result[f"{v}_over_pgd"]["repeats"], 10.0, higher_is_better=False,
-                   details={"cpu_seconds_per_image": {k: result["cpu_seconds_per_image"][k]["median"] for k in VARIANTS},
+                   details={"cpu_seconds_per_image": {k: result["cpu_seconds_per_image"][k]["median"]
+                                                      for k in VARIANTS},
                             "settings": f"small_cnn, {len(x)} PneumoniaMNIST test images, L-inf "
                                         f"{args.eps:.4g}, 1 torch thread"})
             for v in EXPLANATION_ATTACKS]
@@ -153,8 +159,8 @@ def main(argv=None) -> int:
     per_image = result["cpu_seconds_per_image"]
     print()
     print(format_table(["attack", "CPU ms / image (median)", "min", "max"],
-                       [[LABELS[v], 1000 * per_image[v]["median"], 1000 * per_image[v]["min"], 1000 * per_image[v]["max"]]
-                        for v in VARIANTS]))
+                       [[LABELS[v], 1000 * per_image[v]["median"], 1000 * per_image[v]["min"],
+                         1000 * per_image[v]["max"]] for v in VARIANTS]))
     print()
     for variant in EXPLANATION_ATTACKS:
         ratio = result[f"{variant}_over_pgd"]

@@ -9,7 +9,7 @@ repeats timed with CUDA synchronisation. Without CUDA every row says "no GPU".
 from __future__ import annotations
 
 from bench.common import (
-    Parser, environment, figure, format_table, met_text, not_measured, positive_int, run_main, summary, write_json,
+    Parser, environment, figure, format_table, met_text, not_measured, run_main, summary, write_json,
 )
 
 WORKLOADS = ("erm", "pgd_at", "pgd_eval")
@@ -162,8 +162,10 @@ def run_figures(quick: bool, compile_model: bool = True, log=print) -> list[dict
                 erm_fast[size] = result
             row = figure(f"GPU {NAMES[workload]}, ResNet-18 {size} px: fast path / fp32 (images/s)",
                          result["ratios"], GOALS.get(workload), details={
-                             "device": name, "images_per_s_median": {k: v["median"] for k, v in result["images_per_s"].items()},
-                             "fast_path": "bf16 autocast + channels_last" + (" + torch.compile" if compile_model else ""),
+                             "device": name,
+                             "images_per_s_median": {k: v["median"] for k, v in result["images_per_s"].items()},
+                             "fast_path": "bf16 autocast + channels_last"
+                                          + (" + torch.compile" if compile_model else ""),
                              "batch": result["batch"]})
             rows.append(row)
     peak = matmul_peak(device)
@@ -179,7 +181,8 @@ def run_figures(quick: bool, compile_model: bool = True, log=print) -> list[dict
 
 
 def parse_args(argv=None):
-    parser = Parser(description=__doc__.split("\n\n")[0], epilog="Example: python bench/gpu.py --quick --json runs/bench/gpu.json")
+    parser = Parser(description=__doc__.split("\n\n")[0],
+                    epilog="Example: python bench/gpu.py --quick --json runs/bench/gpu.json")
     parser.add_argument("--quick", action="store_true", help="fewer steps and repeats")
     parser.add_argument("--no-compile", dest="compile", action="store_false", help="fast path without torch.compile")
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")

@@ -28,15 +28,19 @@ VARIANTS = ("full", "lora")
 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
-                    epilog="Example: python -m bench.lora_step --arch timm/resnet18 --size 28 --json runs/bench/lora.json")
+                    epilog="Example: python -m bench.lora_step --arch timm/resnet18 --size 28 "
+                           "--json runs/bench/lora.json")
     parser.add_argument("--arch", default="timm/resnet18", help="timm backbone, timm/NAME (default: %(default)s)")
     parser.add_argument("--size", type=positive_int, default=28, help="input size in pixels (default: %(default)s)")
     parser.add_argument("--channels", type=positive_int, default=1, help="input channels (default: %(default)s)")
     parser.add_argument("--batch", type=positive_int, default=32, help="training batch (default: %(default)s)")
-    parser.add_argument("--steps", type=positive_int, default=3, help="PGD steps of the inner attack (default: %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=3,
+                        help="PGD steps of the inner attack (default: %(default)s)")
     parser.add_argument("--rank", type=positive_int, default=8, help="LoRA rank (default: %(default)s)")
-    parser.add_argument("--targets", nargs="+", default=None, help="LoRA targets (default: attention if any, else conv)")
-    parser.add_argument("--train-steps", type=positive_int, default=3, help="timed training steps per round (default: %(default)s)")
+    parser.add_argument("--targets", nargs="+", default=None,
+                        help="LoRA targets (default: attention if any, else conv)")
+    parser.add_argument("--train-steps", type=positive_int, default=3,
+                        help="timed training steps per round (default: %(default)s)")
     parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
@@ -177,7 +181,8 @@ def measure(args, log=print) -> dict:
             "device": args.device, "clock": "wall" if args.device == "cuda" else "process CPU, 1 thread",
             "trainable_parameters": counts, "total_parameters_full": total,
             "seconds_per_step": {v: summary(s) for v, s in seconds.items()}, "time_ratios": ratios,
-            "peak_memory_bytes": memory, "training_state_bytes": state, "memory_ratio": memory["lora"] / memory["full"] if memory["full"] else None,
+            "peak_memory_bytes": memory, "training_state_bytes": state,
+            "memory_ratio": memory["lora"] / memory["full"] if memory["full"] else None,
             "environment": environment()}
 
 
@@ -187,7 +192,8 @@ def rows(result: dict) -> list[dict]:
             f"LoRA r={result['rank']} ({result['trainable_parameters']['lora']:,} of "
             f"{result['trainable_parameters']['full']:,} parameters trained), {result['device']}")
     time_row = figure("LoRA PGD-AT step time / full fine-tuning", result["time_ratios"], None, higher_is_better=False,
-                      details={"seconds_per_step_median": {v: s["median"] for v, s in result["seconds_per_step"].items()},
+                      details={"seconds_per_step_median": {v: s["median"]
+                                                           for v, s in result["seconds_per_step"].items()},
                                "settings": f"{what}, {result['clock']}"})
     memory = result["peak_memory_bytes"]
     memory_row = figure("LoRA PGD-AT peak memory / full fine-tuning", [result["memory_ratio"]], None,

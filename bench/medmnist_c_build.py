@@ -82,7 +82,8 @@ def run_figures(quick: bool, workdir: Path, smoke: bool = False, log=print) -> l
     """The MedMNIST-C figure of `python -m bench all`: speed-up of 2 workers over 1, goal >= 1.8x."""
     p = plan(quick, smoke)
     root = synthetic_root(workdir / "medmnist_c", p["test_images"])
-    result = measure(root, "pneumoniamnist", p["repeats"], p["warmup"], workdir / "medmnist_c", p["corruptions"], log=log)
+    result = measure(root, "pneumoniamnist", p["repeats"], p["warmup"], workdir / "medmnist_c", p["corruptions"],
+                     log=log)
     from datamodules.medmnist_c import corruption_names
 
     names = p["corruptions"] or list(corruption_names("pneumoniamnist"))
@@ -97,9 +98,11 @@ def run_figures(quick: bool, workdir: Path, smoke: bool = False, log=print) -> l
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
                     epilog="Example: python bench/medmnist_c_build.py --test-images 64 --repeats 3")
-    parser.add_argument("--test-images", type=positive_int, default=64, help="synthetic test images (default: %(default)s)")
+    parser.add_argument("--test-images", type=positive_int, default=64,
+                        help="synthetic test images (default: %(default)s)")
     parser.add_argument("--corruptions", nargs="+", default=None, help="subset of corruptions (default: all)")
-    parser.add_argument("--workers", type=positive_int, nargs=2, default=[1, 2], help="the two worker counts (default: 1 2)")
+    parser.add_argument("--workers", type=positive_int, nargs=2, default=[1, 2],
+                        help="the two worker counts (default: 1 2)")
     parser.add_argument("--repeats", type=positive_int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-medmnistc-") as tmp:
         root = synthetic_root(Path(tmp), args.test_images)
-        result = measure(root, "pneumoniamnist", args.repeats, args.warmup, Path(tmp), args.corruptions, tuple(args.workers))
+        result = measure(root, "pneumoniamnist", args.repeats, args.warmup, Path(tmp), args.corruptions,
+                         tuple(args.workers))
     rows = [[w, s["median"], s["min"], s["max"]] for w, s in result["seconds"].items()]
     print(format_table(["workers", "s median", "min", "max"], rows))
     sp = result["speedup"]

@@ -18,8 +18,8 @@ import tempfile
 from pathlib import Path
 
 from bench.common import (
-    DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, existing_dir, figure, format_table, interleaved_order,
-    met_text, positive_int, run_main, set_threads, summary, timed, write_json,
+    DEFAULT_ROOT, BenchError, Parser, clock_pair, elapsed, environment, existing_dir, figure, format_table,
+    interleaved_order, met_text, positive_int, run_main, set_threads, summary, write_json,
 )
 from lightning_modules.registry import METHODS
 
@@ -158,10 +158,12 @@ def figures(results: dict, settings: dict) -> list[dict]:
                            result["ratio"]["repeats"], 0.95, details={
                                "clock": "process CPU time (all threads); wall-clock ratio below",
                                "wall_ratio": result["wall_ratio"]["median"],
-                               "images_per_cpu_s_median": {v: result["images_per_cpu_s"][v]["median"] for v in VARIANTS},
+                               "images_per_cpu_s_median": {v: result["images_per_cpu_s"][v]["median"]
+                                                           for v in VARIANTS},
                                "settings": f"{settings['flag']} 28 px train, {settings['arch']}, batch "
                                            f"{settings['batch_size']}, {scope}, torch threads {settings['threads']}"
-                                           + (f", PGD-{settings['steps']} at {settings['epsilon']}" if kind == "pgd_at" else "")}))
+                                           + (f", PGD-{settings['steps']} at {settings['epsilon']}"
+                                              if kind == "pgd_at" else "")}))
     return rows
 
 
@@ -190,15 +192,19 @@ def run_figures(root: str, verify_md5: bool, quick: bool, workdir: Path, smoke: 
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0],
                     epilog="Example: python bench/overhead.py --repeats 5 --json runs/bench/overhead.json")
-    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT, help="folder with <flag>.npz (default: %(default)s)")
+    parser.add_argument("--root", type=existing_dir, default=DEFAULT_ROOT,
+                        help="folder with <flag>.npz (default: %(default)s)")
     parser.add_argument("--flag", default="pneumoniamnist", help="dataset (default: %(default)s)")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=["erm", "pgd_at"], help="what to train (default: both)")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=["erm", "pgd_at"],
+                        help="what to train (default: both)")
     parser.add_argument("--arch", default="small_cnn", help="architecture (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=128, help="training batch (default: %(default)s)")
-    parser.add_argument("--batches", type=positive_int, default=None, help="stop each epoch after N batches (default: whole epochs)")
+    parser.add_argument("--batches", type=positive_int, default=None,
+                        help="stop each epoch after N batches (default: whole epochs)")
     parser.add_argument("--epsilon", default="4/255", help="PGD-AT budget (default: %(default)s)")
     parser.add_argument("--steps", type=positive_int, default=7, help="PGD-AT steps (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed epochs per variant (default: %(default)s)")
+    parser.add_argument("--repeats", type=positive_int, default=5,
+                        help="timed epochs per variant (default: %(default)s)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed 2-batch rounds first (default: %(default)s)")
     parser.add_argument("--threads", type=positive_int, default=1, help="torch threads (default: %(default)s)")
     parser.add_argument("--no-verify-md5", dest="verify_md5", action="store_false", help="skip the MD5 check")

@@ -74,7 +74,8 @@ def nonnegative_int(text: str) -> int:
 def parse_args(argv=None):
     parser = Parser(description=__doc__.split("\n\n")[0], epilog=(
         "Example: python bench/study_crosscheck.py --out runs/study/quick --rows d_rand d_det --json /tmp/check.json"))
-    parser.add_argument("--out", required=True, help="the study's out folder (python -m studies reproduce ... --out DIR)")
+    parser.add_argument("--out", required=True,
+                        help="the study's out folder (python -m studies reproduce ... --out DIR)")
     parser.add_argument("--root", default=DEFAULT_ROOT, help="folder with the datasets' official npz files "
                         "(default: ../shared/data/medmnist beside the repository)")
     parser.add_argument("--rows", nargs="+", metavar="NAME", help="only rows whose model, construction or kind "
@@ -83,11 +84,13 @@ def parse_args(argv=None):
                         help="largest allowed |independent - study| (default: %(default)s)")
     parser.add_argument("--recal-tolerance", type=float, default=0.03,
                         help="the same for bacc_recal (threshold placement inside a tie; default: %(default)s)")
-    parser.add_argument("--batch-size", type=positive_int, default=512, help="images per forward pass (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=512,
+                        help="images per forward pass (default: %(default)s)")
     parser.add_argument("--adabn-batch", type=nonnegative_int, default=0, help="validation images per AdaBN batch; "
                         "0: the whole split at once (default: %(default)s)")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    parser.add_argument("--threads", type=positive_int, default=None, help="torch.set_num_threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None,
+                        help="torch.set_num_threads (default: torch's choice)")
     parser.add_argument("--json", metavar="OUT", help="also write the comparison here (atomic write)")
     args = parser.parse_args(argv)
     if args.tolerance < 0 or args.recal_tolerance < 0:
@@ -96,7 +99,8 @@ def parse_args(argv=None):
     if not args.out.is_dir():
         raise BenchError(f"study out folder {args.out} not found")
     if not (args.out / "results.csv").is_file():
-        raise BenchError(f"{args.out} has no results.csv: run python -m studies reproduce CONFIG --out {args.out} first")
+        raise BenchError(f"{args.out} has no results.csv: run python -m studies reproduce CONFIG --out {args.out} "
+                         "first")
     args.root = Path(args.root).expanduser()
     return args
 
@@ -292,7 +296,8 @@ def independent_measures(model, data: dict, task: str, num_classes: int, constru
     x_val, y_val = data["val"]
     x_test, y_test = data["test"]
     if not multilabel:
-        y_val, y_test = y_val.reshape(len(y_val), -1)[:, 0].astype(int), y_test.reshape(len(y_test), -1)[:, 0].astype(int)
+        y_val = y_val.reshape(len(y_val), -1)[:, 0].astype(int)
+        y_test = y_test.reshape(len(y_test), -1)[:, 0].astype(int)
     z_test = logits_of(model, x_test, args.batch_size, device)
     p_test = to_probabilities(z_test, multilabel)
 
@@ -307,7 +312,8 @@ def independent_measures(model, data: dict, task: str, num_classes: int, constru
     if multilabel:
         out["bacc_recal"] = "n/a: multi-label"
     elif num_classes != 2:
-        out["bacc_recal"] = "skipped: multi-class (the study's per-class bias is a coordinate ascent, no unique optimum)"
+        out["bacc_recal"] = ("skipped: multi-class (the study's per-class bias is a coordinate ascent, "
+                             "no unique optimum)")
     else:
         z_val = logits_of(model, x_val, args.batch_size, device)
         threshold = fit_threshold(z_val[:, 1] - z_val[:, 0], y_val)
@@ -429,7 +435,8 @@ def main(argv=None) -> int:
     compared = sum(m["difference"] is not None for r in checked for m in r["measures"])
     if failures:
         for label, m in failures:
-            detail = f"by {m['difference']:+.4f}" if m["difference"] is not None else f"({m['study']} vs {m['independent']})"
+            detail = (f"by {m['difference']:+.4f}" if m["difference"] is not None
+                      else f"({m['study']} vs {m['independent']})")
             print(f"FAIL: {label} {m['measure']}: the study's value differs from the independent one {detail}")
     else:
         print(f"PASS: {compared} numbers of {len(checked)} rows agree with the independent computation"

@@ -29,11 +29,14 @@ def parse_args(argv=None):
                     epilog="Example: python bench/sweep_scaling.py --json runs/bench/sweep_scaling.json")
     parser.add_argument("--sweep", default=str(REPO / "configs" / "sweeps" / "quick.yaml"),
                         help="sweep YAML (default: %(default)s)")
-    parser.add_argument("--full", action="store_true", help="time the sweep as written (default: 1 epoch, eps 2/255 and 4/255)")
+    parser.add_argument("--full", action="store_true",
+                        help="time the sweep as written (default: 1 epoch, eps 2/255 and 4/255)")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="KEY=VALUE",
                         help="further sweep overrides, as `python -m sweeps run --set`")
-    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2], help="worker counts to time (default: 1 2)")
-    parser.add_argument("--repeats", type=positive_int, default=1, help="timed runs per worker count (default: %(default)s)")
+    parser.add_argument("--workers", type=positive_int, nargs="+", default=[1, 2],
+                        help="worker counts to time (default: 1 2)")
+    parser.add_argument("--repeats", type=positive_int, default=1,
+                        help="timed runs per worker count (default: %(default)s)")
     parser.add_argument("--out", default=None, help="folder for the throwaway studies (default: a temporary folder)")
     parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
     args = parser.parse_args(argv)
@@ -73,7 +76,8 @@ def measure(args, folder: Path) -> dict:
                                     text=True)
             elapsed = time.perf_counter() - start
             if result.returncode:
-                raise BenchError(f"the sweep with {workers} worker(s) failed: {result.stderr.strip()[-500:] or result.stdout[-500:]}")
+                raise BenchError(f"the sweep with {workers} worker(s) failed: "
+                                 f"{result.stderr.strip()[-500:] or result.stdout[-500:]}")
             seconds[workers].append(elapsed)
             print(f"  {elapsed:.1f} s", flush=True)
     base = args.workers[0]

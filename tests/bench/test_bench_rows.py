@@ -15,7 +15,8 @@ def sweep_rows_timed(monkeypatch, tmp_path, sleep: dict[int, float]) -> list[dic
     """`run_all(["sweep"])` with each timed sweep replaced by a `sleep` of the given seconds per worker count; the
     checks before timing and the thread-scaling context (a training loop) are skipped."""
     monkeypatch.setattr(sweep_scaling, "prepare", lambda args: None)
-    monkeypatch.setattr(sweep_scaling, "sweep_command", lambda args, workers, folder, name: ["sleep", str(sleep[workers])])
+    monkeypatch.setattr(sweep_scaling, "sweep_command",
+                        lambda args, workers, folder, name: ["sleep", str(sleep[workers])])
     monkeypatch.setattr(sweep_scaling, "thread_scaling", lambda repeats=3, log=print: [1.9, 2.0, 2.1])
     rows = run_all(["sweep"], root=str(tmp_path), verify_md5=False, quick=True, smoke=False, workdir=tmp_path,
                    log=lambda line: None)

@@ -100,7 +100,8 @@ def crosscheck(*args) -> int:
 def test_crosscheck_accepts_an_honest_report(honest_report, tmp_path, capsys):
     root, ckpt = honest_report
     out = tmp_path / "crosscheck.json"
-    assert crosscheck("--ckpt", ckpt, "--root", root, "--no-verify-md5", "--steps", 5, "--restarts", 2, "--json", out) == 0
+    assert crosscheck("--ckpt", ckpt, "--root", root, "--no-verify-md5", "--steps", 5, "--restarts", 2,
+                      "--json", out) == 0
     assert "PASS" in capsys.readouterr().out
     data = json.loads(out.read_text())
     assert data["passed"] and data["model_class"] == "ERM"
