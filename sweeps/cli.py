@@ -64,9 +64,11 @@ def build_parser() -> Parser:
     select.add_argument("--max", dest="maxs", action="append", default=[], metavar="METRIC=VALUE",
                         help="upper bound on a validation metric; repeatable")
     goal = select.add_mutually_exclusive_group()
-    goal.add_argument("--maximize", metavar="METRIC", help="then the highest of this validation metric (default: the first objective)")
+    goal.add_argument("--maximize", metavar="METRIC",
+                      help="then the highest of this validation metric (default: the first objective)")
     goal.add_argument("--minimize", metavar="METRIC", help="then the lowest of this validation metric")
-    select.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the test examples (default 1000)")
+    select.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples of the test examples (default 1000)")
     select.add_argument("--json", metavar="OUT", help="also write the choice as JSON")
     return parser
 
@@ -81,8 +83,9 @@ def load(args):
     flags["n_trials"] = getattr(args, "n_trials", None)
     if args.command == "worker":  # one process: the SQLite and GPU checks are about this worker alone
         flags["workers"], flags["gpus"] = 1, None
-    return load_spec(args.sweep, args.assignments, **{k: (int(v) if k in ("workers", "gpus_per_trial") and isinstance(v, str) else v)
-                                                     for k, v in flags.items()})
+    return load_spec(args.sweep, args.assignments,
+                     **{k: (int(v) if k in ("workers", "gpus_per_trial") and isinstance(v, str) else v)
+                        for k, v in flags.items()})
 
 
 def forwarded(args) -> list[str]:
@@ -144,11 +147,13 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps({"study": spec.study, "storage": spec.storage, "counts": c,
                           "trials": [{k: row[k] for k in ("number", "state", "params", "seed", "values", "run_dir",
-                                                           "retry_of", "failure")} for row in rows]}, indent=2, default=str))
+                                                           "retry_of", "failure")} for row in rows]},
+                         indent=2, default=str))
         return 0
     print(f"study {spec.study} ({spec.storage}): {c['done']}/{c['points']} points done, {c['running']} running, "
           f"{c['waiting']} waiting, {c['failed_points']} failed; trials: {c['trials_complete']} complete, "
-          f"{c['trials_pruned']} pruned, {c['trials_fail']} failed" + (f", {c['skipped']} skipped duplicates" if c["skipped"] else ""))
+          f"{c['trials_pruned']} pruned, {c['trials_fail']} failed"
+          + (f", {c['skipped']} skipped duplicates" if c["skipped"] else ""))
     for row in rows:
         values = " ".join(f"{v:.4f}" for v in row["values"] or [])
         extra = f" retry of {row['retry_of']}" if row["retry_of"] is not None else ""
@@ -196,7 +201,8 @@ def cmd_select(args) -> int:
     if args.json:
         from core.files import write_json_atomic
 
-        write_json_atomic(args.json, {"epsilon": choice.point["epsilon"], "epsilon_label": choice.point["epsilon_label"],
+        write_json_atomic(args.json, {"epsilon": choice.point["epsilon"],
+                                      "epsilon_label": choice.point["epsilon_label"],
                                       "point": choice.point, "trial": choice.trial["number"],
                                       "checkpoint": choice.trial["checkpoint"], "val": choice.trial["val"],
                                       "test": choice.trial["test"], "test_intervals": intervals})

@@ -62,7 +62,8 @@ def choose(rows: Sequence[dict], spec: SweepSpec, constraints: Sequence[tuple[st
     def ok(value, kind, bound):
         return value is not None and (value >= bound if kind == "min" else value <= bound)
 
-    eligible = [e for e in table if all(ok(e.get(k), kind, b) for k, kind, b in constraints) and e.get(objective[0]) is not None]
+    eligible = [e for e in table
+                if all(ok(e.get(k), kind, b) for k, kind, b in constraints) and e.get(objective[0]) is not None]
     if not eligible:
         return None
     best = max(eligible, key=lambda e: sign * e[objective[0]])
@@ -82,21 +83,27 @@ def test_intervals(trial: dict, n: int = 1000) -> dict[str, dict[str, float]]:
 
 def format_choice(choice: Choice, intervals: dict, spec: SweepSpec) -> str:
     point, trial = choice.point, choice.trial
+    searched = [d.name for d in spec.dimensions if d.name != 'epsilon']
+    bounds = ', '.join(f'{k} >= {b}' if kind == 'min' else f'{k} <= {b}' for k, kind, b in choice.constraints)
     lines = [f"chosen training epsilon: {point['epsilon_label']}"
-             + "".join(f", {k}={point[k]}" for k in point if k in [d.name for d in spec.dimensions if d.name != 'epsilon'])
-             + f" (on validation: {', '.join(f'{k} >= {b}' if kind == 'min' else f'{k} <= {b}' for k, kind, b in choice.constraints) or 'no constraints'}; "
+             + "".join(f", {k}={point[k]}" for k in point if k in searched)
+             + f" (on validation: {bounds or 'no constraints'}; "
              f"then {choice.objective[1]} {choice.objective[0]})"]
     lines.append(f"validation, mean over {point['seeds']} seed(s): "
-                 + ", ".join(f"{k}={point[k]:.4f}" for k in point if k.startswith("val/") and ":" not in k and point[k] is not None))
-    lines.append(f"deployed checkpoint (trial {trial['number']}, seed {trial['seed']}, epoch {trial['best_epoch']}): {trial['checkpoint']}")
+                 + ", ".join(f"{k}={point[k]:.4f}" for k in point
+                             if k.startswith("val/") and ":" not in k and point[k] is not None))
+    lines.append(f"deployed checkpoint (trial {trial['number']}, seed {trial['seed']}, epoch {trial['best_epoch']}): "
+                 f"{trial['checkpoint']}")
     shown = [(key, v) for k, v in trial["val"].items() if (key := MetricKey.try_parse(k))
              and (key.condition is None or key.kind == "adv")]
-    lines.append("  validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown, key=lambda kv: kv[0].sort_key())))
+    lines.append("  validation: "
+                 + ", ".join(f"{k}={v:.4f}" for k, v in sorted(shown, key=lambda kv: kv[0].sort_key())))
     lines.append("  test (95% bootstrap interval over test examples):")
     for key, ci in intervals.items():
         lines.append(f"    {key} = {ci['value']:.4f}  [{ci['low']:.4f}, {ci['high']:.4f}]")
     others = {k: v for k, v in trial["test"].items() if k not in intervals and (key := MetricKey.try_parse(k))
               and (key.kind in ("corr", "aa") or key.metric == "auroc")}
     if others:
-        lines.append("  test (from the robustness report): " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(others.items())))
+        lines.append("  test (from the robustness report): "
+                     + ", ".join(f"{k}={v:.4f}" for k, v in sorted(others.items())))
     return "\n".join(lines)

@@ -28,7 +28,8 @@ DIRECTIONS = ("maximize", "minimize")
 CLI_ROOTS = ("trainer", "model", "data", "checkpoint", "seed_everything", "optimizer", "lr_scheduler")
 KEYS = {
     "study": "study name (letters, digits, - _ .)",
-    "storage": "sqlite:///F.db (one process), journal:F.journal (processes on one machine), postgresql://... (machines)",
+    "storage": "sqlite:///F.db (one process), journal:F.journal (processes on one machine), "
+               "postgresql://... (machines)",
     "root": "folder of the trial runs: ROOT/STUDY/trial_N (default runs)",
     "method": "a training method of lightning_modules.registry (pgd_at, trades, fgsm_rs, erm, ...) or a list",
     "config": "base training config (default: configs/METHOD.yaml)",
@@ -199,7 +200,8 @@ def validate(raw: dict, path: Path) -> SweepSpec:
     config = raw.get("config")
     if config is not None:
         if len(methods) > 1:
-            raise ConfigError("config names one base training config; searching several methods uses configs/METHOD.yaml")
+            raise ConfigError("config names one base training config; searching several methods uses "
+                              "configs/METHOD.yaml")
         config = resolve_path(config)
         if not config.is_file():
             raise ConfigError(f"base training config {config} not found")
@@ -224,9 +226,11 @@ def validate(raw: dict, path: Path) -> SweepSpec:
         raise ConfigError("search_space must map dotted training keys to a list or {low, high}")
     for key, value in space.items():
         if key.split(".")[0] not in CLI_ROOTS:
-            raise ConfigError(f"search_space key {key!r} is not a training key (starts with {', '.join(CLI_ROOTS)})")
+            raise ConfigError(f"search_space key {key!r} is not a training key "
+                              f"(starts with {', '.join(CLI_ROOTS)})")
         if key in KNOBS.values() or key in ("seed_everything", "model.class_path"):
-            raise ConfigError(f"search {key!r} with the sweep key of the same meaning (epsilon, lr, beta, seeds, method)")
+            raise ConfigError(f"search {key!r} with the sweep key of the same meaning "
+                              "(epsilon, lr, beta, seeds, method)")
         _dimension_or_fixed(key, value, dimensions, fixed, always_search=True)
     if len(methods) > 1:
         dimensions.append(Dimension("method", values=methods))
@@ -234,14 +238,16 @@ def validate(raw: dict, path: Path) -> SweepSpec:
         fixed["method"] = methods[0]
     for key in list(overrides):
         if key in KNOBS.values() or key == "seed_everything" or key == "model.class_path":
-            raise ConfigError(f"override {key!r} is set by the sweep: use the sweep keys epsilon, lr, beta, seeds, method")
+            raise ConfigError(f"override {key!r} is set by the sweep: use the sweep keys epsilon, lr, beta, seeds, "
+                              "method")
 
     seeds = raw.get("seeds", [0])
     if isinstance(seeds, int) and not isinstance(seeds, bool):
         if seeds < 1:
             raise ConfigError(f"seeds must be a positive count or a list of seeds, got {seeds}")
         seeds = list(range(seeds))
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if (not isinstance(seeds, list) or not seeds
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise ConfigError(f"seeds must be a non-empty list of integers (or a count), got {seeds!r}")
     if len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds has duplicates: {seeds}")
@@ -258,7 +264,8 @@ def validate(raw: dict, path: Path) -> SweepSpec:
         raise ConfigError(f"unknown sampler {kind!r}: choose from {', '.join(SAMPLERS)}")
     if kind == "grid" and not all_lists:
         ranged = next(d.name for d in dimensions if not d.is_grid)
-        raise ConfigError(f"{ranged} is a range, which a grid cannot enumerate: give a list or use sampler tpe/nsga2/random")
+        raise ConfigError(f"{ranged} is a range, which a grid cannot enumerate: give a list or use sampler "
+                          "tpe/nsga2/random")
     sampler_seed = _int("sampler.seed", sampler.get("seed", 0), minimum=0)
 
     n_trials = raw.get("n_trials")
@@ -271,7 +278,8 @@ def validate(raw: dict, path: Path) -> SweepSpec:
     if pruner not in PRUNERS:
         raise ConfigError(f"unknown pruner {pruner!r}: choose from {', '.join(PRUNERS)}")
     if pruner != "none" and len(objectives) > 1:
-        raise ConfigError("pruning needs a single objective; multi-objective studies give the Pareto front (pruner: none)")
+        raise ConfigError("pruning needs a single objective; multi-objective studies give the Pareto front "
+                          "(pruner: none)")
 
     heartbeat = raw.get("heartbeat") or {}
     if not isinstance(heartbeat, dict) or set(heartbeat) - {"interval", "grace"}:
@@ -283,11 +291,17 @@ def validate(raw: dict, path: Path) -> SweepSpec:
 
     wandb = raw.get("wandb", False)
     wandb = {"enabled": wandb} if isinstance(wandb, bool) else wandb
-    if not isinstance(wandb, dict) or set(wandb) - {"enabled", "project"} or not isinstance(wandb.get("enabled", False), bool):
+    if (not isinstance(wandb, dict) or set(wandb) - {"enabled", "project"}
+            or not isinstance(wandb.get("enabled", False), bool)):
         raise ConfigError("wandb is true/false or {enabled: true, project: NAME}")
 
     gpus = raw.get("gpus")
-    gpus = [] if gpus in (None, "", []) else [g.strip() for g in str(gpus).split(",")] if isinstance(gpus, (str, int)) else [str(g) for g in gpus]
+    if gpus in (None, "", []):
+        gpus = []
+    elif isinstance(gpus, (str, int)):
+        gpus = [g.strip() for g in str(gpus).split(",")]
+    else:
+        gpus = [str(g) for g in gpus]
     if not all(g.isdigit() for g in gpus):
         raise ConfigError(f"gpus is a comma-separated list of GPU ids (0,1,2,3), got {raw.get('gpus')!r}")
     per_trial = _int("gpus_per_trial", raw.get("gpus_per_trial", 1), minimum=1)
@@ -373,7 +387,8 @@ def _objectives(raw) -> list[Objective]:
             elif isinstance(entry, dict) and len(entry) == 1:
                 items.append(next(iter(entry.items())))
             else:
-                raise ConfigError(f"objective {entry!r}: write {{metric: KEY, direction: maximize}} or {{KEY: maximize}}")
+                raise ConfigError(f"objective {entry!r}: write {{metric: KEY, direction: maximize}} "
+                                  "or {KEY: maximize}")
     else:
         raise ConfigError("objectives maps metric keys to maximize or minimize")
     objectives = []
@@ -382,7 +397,8 @@ def _objectives(raw) -> list[Objective]:
             raise ConfigError(f"objective {metric}: direction must be maximize or minimize, got {direction!r}")
         key = parse_metric_key(str(metric), stage="val")
         if not key.startswith("val/"):
-            raise ConfigError(f"objective {metric!r}: objectives use validation metrics (val/...); test metrics are reported, never optimised")
+            raise ConfigError(f"objective {metric!r}: objectives use validation metrics (val/...); test metrics are "
+                              "reported, never optimised")
         if key in [o.metric for o in objectives]:
             raise ConfigError(f"objective {key} is listed twice")
         objectives.append(Objective(key, direction))

@@ -63,7 +63,8 @@ def storage_kind(url: str) -> str:
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         if not parsed.database or parsed.database == ":memory:":
-            raise ConfigError(f"storage {url!r}: an in-memory database cannot be shared; name a file (sqlite:///runs/s.db)")
+            raise ConfigError(f"storage {url!r}: an in-memory database cannot be shared; "
+                              "name a file (sqlite:///runs/s.db)")
         return "sqlite"
     if backend not in ("postgresql", "mysql"):
         raise ConfigError(f"storage {url!r}: unsupported database {backend!r} (sqlite, journal or postgresql)")
@@ -131,7 +132,8 @@ def open_storage(spec: SweepSpec):
         path = journal_path(spec.storage)
         path.parent.mkdir(parents=True, exist_ok=True)
         # a killed process may hold the symlink lock: it is broken after 30 s
-        return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path), grace_period=30)))
+        lock = JournalFileSymlinkLock(str(path), grace_period=30)
+        return JournalStorage(JournalFileBackend(str(path), lock_obj=lock))
     if kind == "sqlite":
         _sqlite_path(spec.storage).parent.mkdir(parents=True, exist_ok=True)
     engine = {"connect_args": {"connect_timeout": 10}} if kind == "postgresql" else {}
@@ -142,7 +144,8 @@ def open_storage(spec: SweepSpec):
             return optuna.storages.RDBStorage(
                 spec.storage, engine_kwargs=engine, heartbeat_interval=spec.heartbeat_interval,
                 grace_period=spec.heartbeat_grace,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=spec.max_retries),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                    max_retry=spec.max_retries),
             )
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
             # machines starting at once race to create the tables of a new database: the loser retries
@@ -201,8 +204,8 @@ def check_settings(spec: SweepSpec, user_attrs: dict) -> None:
     old = json.loads(user_attrs.get(SETTINGS, "{}"))
     new = json.loads(json.dumps(spec.settings(), default=str))
     differ = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k)) or ["?"]
-    raise ConfigError(f"study {spec.study!r} exists in {spec.storage} with other settings ({', '.join(differ)} differ); "
-                      "use another study name, or the settings it was made with")
+    raise ConfigError(f"study {spec.study!r} exists in {spec.storage} with other settings "
+                      f"({', '.join(differ)} differ); use another study name, or the settings it was made with")
 
 
 def existing_study_settings(spec: SweepSpec) -> None:
@@ -236,7 +239,8 @@ def create_or_load(spec: SweepSpec, worker: int = 0) -> optuna.Study:
 def load(spec: SweepSpec, worker: int = 0) -> optuna.Study:
     """An existing study (status, report, select); a missing one is a ConfigError."""
     if not storage_exists(spec.storage):
-        raise ConfigError(f"no study {spec.study!r}: {spec.storage} does not exist yet (python -m sweeps run {spec.path})")
+        raise ConfigError(f"no study {spec.study!r}: {spec.storage} does not exist yet "
+                          f"(python -m sweeps run {spec.path})")
     storage = open_storage(spec)
     summary = find_study(spec, storage)
     if summary is None:
@@ -352,8 +356,8 @@ def _enqueue(study: optuna.Study, system_attrs: dict, failed: Optional[FrozenTri
     params, distributions, user_attrs = None, None, {}
     if failed is not None:
         history = list(failed.system_attrs.get(adapter.RETRY_HISTORY, [])) + [failed.number]
-        system_attrs = {**system_attrs, adapter.FAILED_TRIAL: failed.system_attrs.get(adapter.FAILED_TRIAL, failed.number),
-                        adapter.RETRY_HISTORY: history}
+        first_failed = failed.system_attrs.get(adapter.FAILED_TRIAL, failed.number)
+        system_attrs = {**system_attrs, adapter.FAILED_TRIAL: first_failed, adapter.RETRY_HISTORY: history}
         params, distributions = failed.params, failed.distributions
         user_attrs = {k: v for k, v in failed.user_attrs.items() if k in (SEED, "run_dir")}
     study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, params=params, distributions=distributions,

@@ -40,7 +40,8 @@ def suggest(trial: optuna.Trial, spec: SweepSpec) -> dict[str, Any]:
     """The trial's parameters: grid values from GridSampler, a sampler's proposal, or a retry's own."""
     params: dict[str, Any] = {}
     for d in spec.dimensions:
-        numeric = d.name != "method" and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (d.values or [d.low, d.high]))
+        numeric = d.name != "method" and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                             for v in (d.values or [d.low, d.high]))
         if not numeric:
             params[d.name] = trial.suggest_categorical(d.name, d.values)
         elif d.is_grid:

@@ -19,7 +19,8 @@ def test_bad_arguments_are_one_line_errors(tmp_path):
     result = bench("--sweep", tmp_path / "missing.yaml")
     assert result.returncode == 2 and result.stderr.strip() == f"error: sweep {tmp_path / 'missing.yaml'} not found"
     result = bench("--workers", "0")
-    assert result.returncode == 2 and result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+    assert result.returncode == 2 and result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

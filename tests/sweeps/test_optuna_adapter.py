@@ -131,14 +131,16 @@ def test_the_system_attributes_optuna_reads():
         found = {}
         for waiting in adapter.all_trials(study, states=(TrialState.WAITING,)):
             trial = adapter.start_waiting(study, waiting)
-            found[waiting.system_attrs[adapter.GRID_ID]] = (trial.suggest_int("a", 10, 30), trial.suggest_int("b", 0, 1))
+            found[waiting.system_attrs[adapter.GRID_ID]] = (trial.suggest_int("a", 10, 30),
+                                                            trial.suggest_int("b", 0, 1))
             study.tell(trial, 0.0)
         return found
 
     first, second = points([4, 1, 0, 2, 3, 5]), points([5, 3, 2, 0, 1, 4])
     assert first == second
     assert sorted(first.values()) == [(a, b) for a in (10, 20, 30) for b in (0, 1)]
-    retry = create_trial(state=TrialState.WAITING, system_attrs={adapter.FAILED_TRIAL: 3, adapter.RETRY_HISTORY: [3, 5]})
+    retry = create_trial(state=TrialState.WAITING,
+                         system_attrs={adapter.FAILED_TRIAL: 3, adapter.RETRY_HISTORY: [3, 5]})
     assert RetryFailedTrialCallback.retried_trial_number(retry) == 3
     assert RetryFailedTrialCallback.retry_history(retry) == [3, 5]
 

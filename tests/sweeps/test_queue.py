@@ -186,7 +186,8 @@ def test_duplicate_trials_of_one_point_run_once(tiny_sweep):
     spec = load_spec(path)
     study = studies.create_or_load(spec)
     for grid_id in range(2):  # the second creator's queue
-        studies._enqueue(study, {adapter.GRID_ID: grid_id, adapter.SEARCH_SPACE: spec.grid_space(), studies.POINT: f"grid:{grid_id}"}, None)
+        studies._enqueue(study, {adapter.GRID_ID: grid_id, adapter.SEARCH_SPACE: spec.grid_space(),
+                                 studies.POINT: f"grid:{grid_id}"}, None)
     finish(start(path, 0))
     done = complete_points(spec)
     assert len(done) == 2 and set(done.values()) == {1}

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from core.errors import ConfigError
-from lightning_modules.metrics import make_metrics
 from sweeps import select as selection
 from sweeps.results import curve, format_curve, pareto_front
 from sweeps.spec import load_spec

@@ -7,7 +7,6 @@ of its test labels are flipped, so any interval computed on validation examples 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import optuna
@@ -98,7 +97,8 @@ def deployed(tmp_path_factory):
     np.savez_compressed(path, **arrays)
     settings = {"data.root": str(folder / "data"), "data.flag": "breastmnist", "data.verify_md5": False,
                 "data.batch_size": 16, "data.augment": False, "model.init_args.lr": 3e-3, "trainer.max_epochs": 3,
-                "trainer.enable_progress_bar": False, "trainer.log_every_n_steps": 1, "trainer.enable_model_summary": False,
+                "trainer.enable_progress_bar": False, "trainer.log_every_n_steps": 1,
+                "trainer.enable_model_summary": False,
                 "trainer.default_root_dir": str(folder / "run"),
                 "trainer.callbacks.init_args.epsilons": [EVAL_EPSILON],
                 "trainer.callbacks.init_args.val_samples": 16, "trainer.callbacks.init_args.val_steps": 1,
@@ -130,7 +130,8 @@ def test_intervals_are_on_the_test_split_and_their_points_are_the_logged_test_me
 
     trial = {"number": 0, "run_dir": str(deployed.run_dir), "checkpoint": str(deployed.best_checkpoint)}
     intervals = selection.test_intervals(trial, n=200)
-    assert set(intervals) == {"test/clean_bacc", "test/clean_acc", adv, str(MetricKey("test", "adv", "acc", EVAL_EPSILON))}
+    assert set(intervals) == {"test/clean_bacc", "test/clean_acc", adv,
+                              str(MetricKey("test", "adv", "acc", EVAL_EPSILON))}
     for key, ci in intervals.items():
         assert ci["value"] == pytest.approx(metrics[key], abs=1e-6), key  # the logged test metric
         assert ci["value"] == pytest.approx(report_metric(report, key), abs=1e-6), key  # the robustness report

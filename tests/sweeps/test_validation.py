@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import yaml
 
 from sweeps.cli import main
 from sweeps.spec import load_spec
@@ -80,7 +79,8 @@ def test_unknown_training_key_and_impossible_training_value(tiny_sweep, tmp_path
 def test_unreachable_storage_and_sqlite_with_workers(tiny_sweep, tmp_path, capsys):
     code, _, err = run_cli(capsys, "run", tiny_sweep(storage="postgresql://nobody@127.0.0.1:9/none"))
     assert_one_line_error(code, err, "unreachable")
-    code, _, err = run_cli(capsys, "run", tiny_sweep(storage=f"sqlite:///{tmp_path / 'runs' / 's.db'}"), "--workers", "2")
+    code, _, err = run_cli(capsys, "run", tiny_sweep(storage=f"sqlite:///{tmp_path / 'runs' / 's.db'}"),
+                           "--workers", "2")
     assert_one_line_error(code, err, "SQLite storage is for one worker")
     code, _, err = run_cli(capsys, "run", tiny_sweep(storage="journal:/proc/nowhere/s.journal"))
     assert_one_line_error(code, err, "cannot write")
