@@ -87,7 +87,8 @@ def trades_divergence(logits_adv: torch.Tensor, logits_clean: torch.Tensor, task
         log_p_adv, log_q_adv = F.logsigmoid(logits_adv), F.logsigmoid(-logits_adv)
         log_p, log_q = F.logsigmoid(logits_clean), F.logsigmoid(-logits_clean)
         return (p * (log_p - log_p_adv) + (1 - p) * (log_q - log_q_adv)).sum(1)
-    return F.kl_div(F.log_softmax(logits_adv, 1), F.log_softmax(logits_clean, 1), reduction="none", log_target=True).sum(1)
+    return F.kl_div(F.log_softmax(logits_adv, 1), F.log_softmax(logits_clean, 1), reduction="none",
+                    log_target=True).sum(1)
 
 
 class TRADES(_PGDTraining):
@@ -140,7 +141,10 @@ class FGSMRS(AdversarialTraining):
 
     def training_loss(self, x, y):
         eps = self.current_epsilon()
-        x_adv = FGSM(self.model, eps, norm=self.norm, alpha=self.alpha_ratio * eps, random_start=True)(x, y) if eps > 0 else x
+        if eps > 0:
+            x_adv = FGSM(self.model, eps, norm=self.norm, alpha=self.alpha_ratio * eps, random_start=True)(x, y)
+        else:
+            x_adv = x
         logits = self(x_adv)
         return self.loss(logits, y), logits
 

@@ -347,8 +347,8 @@ class TimmBackbone(nn.Module):
 
 
 def build(arch: str, in_channels: int, num_classes: int, *, input_size: Optional[int] = None,
-          pretrained: Pretrained = False, finetune: str = "full", lora_rank: int = 8, lora_alpha: Optional[float] = None,
-          lora_dropout: float = 0.0, lora_targets: Optional[Sequence[str]] = None,
+          pretrained: Pretrained = False, finetune: str = "full", lora_rank: int = 8,
+          lora_alpha: Optional[float] = None, lora_dropout: float = 0.0, lora_targets: Optional[Sequence[str]] = None,
           model_kwargs: Optional[Mapping[str, Any]] = None) -> tuple[TimmBackbone, list[float], list[float]]:
     """(backbone, mean, std): the timm model with its weights, checked against `input_size`, in its fine-tuning
     mode, and the normalisation its weights expect."""

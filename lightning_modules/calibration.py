@@ -68,7 +68,8 @@ def decisions(probabilities: Array, targets: Array, task: str) -> tuple[torch.Te
     return probs, labels.long()
 
 
-def confidence_measures(probabilities: Array, targets: Array, task: str, n_bins: int = DEFAULT_BINS) -> dict[str, float]:
+def confidence_measures(probabilities: Array, targets: Array, task: str,
+                        n_bins: int = DEFAULT_BINS) -> dict[str, float]:
     """{conf, ece, nll, brier, conf_correct, ..., brier_wrong, n, n_correct, n_wrong} of probabilities (N x C, from
     `lightning_modules.metrics.probabilities`) against targets (class indices, or N x L multi-hot labels)."""
     positive_int("n_bins", n_bins)
@@ -89,7 +90,8 @@ def confidence_measures(probabilities: Array, targets: Array, task: str, n_bins:
         if task == MULTILABEL:
             ece = binary_calibration_error(confidence[keep].float(), correct[keep].long(), n_bins=n_bins)
         else:
-            ece = multiclass_calibration_error(dist[keep].float(), labels[keep], num_classes=dist.shape[1], n_bins=n_bins)
+            ece = multiclass_calibration_error(dist[keep].float(), labels[keep], num_classes=dist.shape[1],
+                                               n_bins=n_bins)
         out[f"conf{suffix}"] = float(confidence[keep].mean())
         out[f"ece{suffix}"] = float(ece)
         out[f"nll{suffix}"] = float(nll[keep].mean())

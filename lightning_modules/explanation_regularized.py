@@ -28,7 +28,8 @@ class _BuiltOnItsBase(type):
         if cls is ExplanationRegularized:
             if base not in BASES:
                 raise ConfigError(f"unknown base {base!r} for explanation-regularised training: choose from "
-                                  f"{', '.join(BASES)} (or add loss_terms: [ExplanationPenalty] to any method's config)")
+                                  f"{', '.join(BASES)} (or add loss_terms: [ExplanationPenalty] to any method's "
+                                  "config)")
             cls = _composed(method(base).module_class())
         return type.__call__(cls, *args, base=base, **kwargs)
 
@@ -67,8 +68,8 @@ class ExplanationRegularized(ERM, metaclass=_BuiltOnItsBase):
             raise ConfigError(f"expl_* settings: {err}") from None
         adversarial = dict(epsilon=epsilon, beta=beta, alpha=alpha, steps=steps, norm=norm, warmup_epochs=warmup_epochs)
         if kwargs.pop("loss_terms", None):
-            raise ConfigError("ExplanationRegularized builds its loss term from the expl_* keys: for more terms, use the "
-                              f"{base} config (configs/{base}.yaml) with loss_terms: [ExplanationPenalty, ...]")
+            raise ConfigError("ExplanationRegularized builds its loss term from the expl_* keys: for more terms, "
+                              f"use the {base} config (configs/{base}.yaml) with loss_terms: [ExplanationPenalty, ...]")
         super().__init__(**{k: adversarial[k] for k in BASES[base]}, loss_terms=[penalty], **kwargs)
         self.hparams.pop("loss_terms", None)
         self.base = base

@@ -173,7 +173,8 @@ def test_lora_pgd_at_checkpoint_reloads_without_the_weights_file(tmp_path):
 @pytest.mark.parametrize("kwargs,error,message", [
     (dict(arch="timm/resnet_nosuch"), ConfigError, "unknown timm model 'timm/resnet_nosuch'"),
     (dict(arch="timm/test_resnet", finetune="lora", lora_targets=["qkv"]), ConfigError, "matches no layer"),
-    (dict(arch="timm/test_resnet", finetune="lora", lora_targets=["attention"]), ConfigError, "has no attention layers"),
+    (dict(arch="timm/test_resnet", finetune="lora", lora_targets=["attention"]), ConfigError,
+     "has no attention layers"),
     (dict(arch="timm/test_resnet", finetune="adapter"), ConfigError, "unknown finetune mode"),
     (dict(arch="timm/vit_tiny_patch16_224", input_size=112), ConfigError, "takes 224 px input"),
     (dict(arch="timm/test_convnext", input_size=2), ConfigError, "cannot take 2 px input"),

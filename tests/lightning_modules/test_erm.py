@@ -23,7 +23,8 @@ def test_training_learns_the_synthetic_structure(synthetic_root, flag):
     root = synthetic_root(flag, n_train=256, n_val=64, n_test=64)
     trainer, model, dm = _fit(root, flag)
     metrics = trainer.callback_metrics
-    for key in ("train/loss", "train/clean_bacc", "val/clean_bacc", "val/clean_acc", "val/clean_auroc", "val/clean_loss"):
+    for key in ("train/loss", "train/clean_bacc", "val/clean_bacc", "val/clean_acc", "val/clean_auroc",
+                "val/clean_loss"):
         assert key in metrics, key
     # chance is 0.5 for binary and multi-label (per label), 0.2 for RetinaMNIST's 5 grades;
     # 14 thin label bands learn more slowly in 3 epochs than one bright class band.

@@ -81,9 +81,9 @@ def test_train_py_adds_the_term_to_pgd_at_and_the_checkpoint_reloads_with_it(syn
     root = synthetic_root("pneumoniamnist", n_train=32, n_val=16, n_test=16)
     callback = "--trainer.callbacks.init_args."
     terms = [{"class_path": PENALTY, "init_args": {"weight": 1.0, "epsilon": "4/255", "steps": 0}}]
-    result = train.run(["fit", "--config", "configs/pgd_at.yaml", "--data.root", str(root), "--data.verify_md5", "false",
-                        "--data.batch_size", "16", "--trainer.max_epochs", "1", "--trainer.default_root_dir",
-                        str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
+    result = train.run(["fit", "--config", "configs/pgd_at.yaml", "--data.root", str(root),
+                        "--data.verify_md5", "false", "--data.batch_size", "16", "--trainer.max_epochs", "1",
+                        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.enable_progress_bar", "false",
                         "--model.init_args.steps", "1", "--model.init_args.loss_terms", json.dumps(terms),
                         f"{callback}val_samples", "8", f"{callback}val_steps", "1", f"{callback}test_steps", "1",
                         f"{callback}test_restarts", "1", f"{callback}autoattack", "false",
