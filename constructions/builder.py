@@ -233,8 +233,8 @@ def build(
     fingerprint: Optional[dict] = None,
 ) -> Constructed:
     """Construct `kind` from images (N x C x H x W, uint8 or [0, 1] floats) with class labels (N) and a source
-    model from `build_model` (moved to `device`). With `parts_dir`, every finished batch is kept there and a rerun skips it;
-    each batch is seeded on its own, so the result does not depend on interruptions."""
+    model from `build_model` (moved to `device`). With `parts_dir`, every finished batch is kept there and a rerun skips
+    it; each batch is seeded on its own, so the result does not depend on interruptions."""
     kind = check_kind(kind)
     labels = torch.as_tensor(labels)
     if labels.ndim == 2 and labels.shape[1] == 1:
@@ -261,7 +261,8 @@ def build(
     model = model.to(device).eval()
     parts = Path(parts_dir) if parts_dir is not None else None
     if parts is not None:
-        _claim_parts(parts, _fingerprint(kind, model, images, labels, num_classes, resolved, settings, seed, fingerprint))
+        _claim_parts(parts, _fingerprint(kind, model, images, labels, num_classes, resolved, settings, seed,
+                                         fingerprint))
 
     size = settings.batch_size
     results = []

@@ -31,7 +31,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--epsilon", default="0.5",
                    help="L2 radius at 32x32x3 for d_rand/d_det, scaled by sqrt(d/3072) (default 0.5)")
     p.add_argument("--step", default="0.1", help="L2 step size at 32x32x3, scaled the same (default 0.1)")
-    p.add_argument("--steps", type=int, default=None, help="iterations (default 100 for d_rand/d_det, 1000 for d_nr/d_r)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="iterations (default 100 for d_rand/d_det, 1000 for d_nr/d_r)")
     p.add_argument("--no-scale", action="store_true", help="use --epsilon and --step as given, not scaled to the image")
     p.add_argument("--random-start", action="store_true", help="start PGD at a random point of the ball")
     p.add_argument("--batch-size", type=int, default=256, help="images per batch (default 256)")

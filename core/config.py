@@ -60,7 +60,8 @@ def check_keys(raw: dict, known: Iterable[str], what: str) -> None:
     known = list(known)
     unknown = sorted(set(raw) - set(known))
     if unknown:
-        raise ConfigError(f"unknown {what} key(s) {', '.join(map(str, unknown))}: the keys are {', '.join(sorted(known))}")
+        raise ConfigError(f"unknown {what} key(s) {', '.join(map(str, unknown))}: "
+                          f"the keys are {', '.join(sorted(known))}")
 
 
 Config = TypeVar("Config")

@@ -140,7 +140,8 @@ class MedMNISTDataModule(L.LightningDataModule):
                 images, labels = load_split(self.hparams.train_npz, "train", self.info, self.size, allow_float=True)
             else:
                 images, labels = load_split(path, split, self.info, self.size)
-            keep = subsample_indices(len(images), getattr(self.hparams, f"subsample_{split}"), self.hparams.subsample_seed)
+            keep = subsample_indices(len(images), getattr(self.hparams, f"subsample_{split}"),
+                                     self.hparams.subsample_seed)
             if keep is not None:
                 images, labels = images[keep], labels[keep]
             self._splits[split] = TensorPairDataset(

@@ -55,7 +55,8 @@ def write_synthetic_npz(
 def positive_control_arrays(n: int, size: int = 16, amplitude: float = 4 / 255, pattern: bool = True,
                             shape_contrast: float = 0.5, noise: float = 6 / 255, seed: int = 0,
                             shape: bool = True, labels: np.ndarray | None = None,
-                            shape_agreement: float = 1.0, contrast_jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+                            shape_agreement: float = 1.0,
+                            contrast_jitter: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """n grey uint8 images (N x size x size) of two classes, MedMNIST layout, for the nonrobust-features positive
     control: the class is carried by a large shape (a bright bar, horizontal for class 0 and vertical for class 1,
     `shape_contrast` above the background: robust, far beyond a small L2 budget) and, with `pattern`, by a faint

@@ -1,4 +1,5 @@
-"""In-memory image tensors (uint8, or float32 in [0, 1]): batched indexing, conversion to [0, 1] floats, tensor augmentation."""
+"""In-memory image tensors (uint8, or float32 in [0, 1]): batched indexing, conversion to [0, 1] floats, tensor
+augmentation."""
 from __future__ import annotations
 
 import numpy as np
@@ -105,6 +106,7 @@ def random_flip_crop(x: torch.Tensor, padding: int, hflip: bool = True) -> torch
 
 
 def _reflect(index: torch.Tensor, length: int) -> torch.Tensor:
-    """Indices in [-length + 1, 2 * length - 2] mirrored into [0, length) without repeating the edge (reflect padding)."""
+    """Indices in [-length + 1, 2 * length - 2] mirrored into [0, length) without repeating the edge (reflect
+    padding)."""
     index = index.abs()
     return torch.where(index > length - 1, 2 * (length - 1) - index, index)

@@ -13,6 +13,6 @@ from explanations.robustness import ATTACKS, EXPLANATION_METRICS, explanation_ro
 
 __all__ = [
     "ATTACKS", "EXPLANATION_METRICS", "METHODS", "SIMILARITIES", "Explainer", "cosine", "explained_classes",
-    "explanation_robustness", "gradcam_layer", "last_conv_layer", "map_similarity", "max_sensitivity", "noise_similarity",
-    "random_perturbation", "spearman", "topk_intersection",
+    "explanation_robustness", "gradcam_layer", "last_conv_layer", "map_similarity", "max_sensitivity",
+    "noise_similarity", "random_perturbation", "spearman", "topk_intersection",
 ]

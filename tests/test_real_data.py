@@ -28,5 +28,6 @@ def test_erm_reaches_080_test_bacc_and_pgd_breaks_it(real_root, tmp_path):
 
 
 def test_pgd_at_holds_065_under_pgd_at_4_255(real_root, tmp_path):
-    report = _fit("pgd_at", real_root, tmp_path / "pgd_at", "--trainer.max_epochs", "10", "--model.init_args.steps", "5")
+    report = _fit("pgd_at", real_root, tmp_path / "pgd_at", "--trainer.max_epochs", "10",
+                  "--model.init_args.steps", "5")
     assert report["pgd"]["4_255"]["bacc"] >= 0.65

@@ -194,7 +194,8 @@ def test_resumed_run_continues_from_the_saved_weights_optimizer_and_step(synthet
 
     resumed = torch.load(last, map_location="cpu", weights_only=False)
     assert resumed["global_step"] == 2 * steps_per_epoch  # one more epoch on top of the saved one, not two
-    assert {float(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()} == {2.0 * steps_per_epoch}
+    optimizer_steps = {float(state["step"]) for state in resumed["optimizer_states"][0]["state"].values()}
+    assert optimizer_steps == {2.0 * steps_per_epoch}
     assert resumed["lr_schedulers"][0]["last_epoch"] == saved["lr_schedulers"][0]["last_epoch"] + 1
 
 

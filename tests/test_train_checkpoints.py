@@ -64,7 +64,8 @@ CASES = [
     ("truncated.ckpt", "breastmnist", "truncated.ckpt is not a readable checkpoint"),
     ("erm.ckpt", "pneumoniamnist", "dataset breastmnist (the run's: pneumoniamnist)"),
     ("five_classes.ckpt", "breastmnist", "classes 5 (the run's: 2)"),
-    ("pgdat.ckpt", "breastmnist", "model class lightning_modules.adversarial.PGDAT (the run's: lightning_modules.erm.ERM)"),
+    ("pgdat.ckpt", "breastmnist",
+     "model class lightning_modules.adversarial.PGDAT (the run's: lightning_modules.erm.ERM)"),
 ]
 
 

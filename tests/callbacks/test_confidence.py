@@ -88,7 +88,8 @@ def test_autoattack_sections_are_logged_under_aa_keys_it_lists(tiny_erm, tmp_pat
     callback = RobustnessCallback(**_settings(tmp_path))
     measures = {name: 0.25 + i / 100 for i, name in enumerate(CONFIDENCE_METRICS)}
     report = {"clean": measures, "pgd": {"4_255": {**measures, "epsilon": 4 / 255}},
-              "autoattack": {"4_255": {**measures, "epsilon": 4 / 255}}, "corruptions": {"confidence": {"all": measures}}}
+              "autoattack": {"4_255": {**measures, "epsilon": 4 / 255}},
+              "corruptions": {"confidence": {"all": measures}}}
 
     class Module:
         logged = {}
@@ -98,7 +99,8 @@ def test_autoattack_sections_are_logged_under_aa_keys_it_lists(tiny_erm, tmp_pat
 
     module = Module()
     callback.calibration.report_section(EvaluationRun(module, None, callback.scorer), report)
-    assert module.logged["test/aa_ece@4_255"] == measures["ece"] and module.logged["test/corr_brier"] == measures["brier"]
+    assert module.logged["test/aa_ece@4_255"] == measures["ece"]
+    assert module.logged["test/corr_brier"] == measures["brier"]
     assert set(module.logged) <= callback.logged_keys(tiny_erm.datamodule)["test"]
     assert len(module.logged) == 4 * len(CONFIDENCE_METRICS)
 

@@ -89,5 +89,6 @@ def test_ddp_on_two_cpu_processes_logs_the_same_keys_as_one(synthetic_root, tmp_
         assert result.returncode == 0, result.stderr[-3000:]
         keys[name] = _metric_keys(out)
         assert list((out / "checkpoints").glob("*.robustness.json"))
-    assert {"val/adv_bacc@4_255", "test/aa_bacc@4_255", "val/corr_bacc", "val/corr_bacc@brightness_up"} <= keys["single"]
+    assert {"val/adv_bacc@4_255", "test/aa_bacc@4_255", "val/corr_bacc",
+            "val/corr_bacc@brightness_up"} <= keys["single"]
     assert keys["ddp"] == keys["single"]

@@ -22,7 +22,8 @@ def _validate(model, dm, callback):
 def test_epsilon_zero_equals_clean_and_accuracy_never_rises_with_epsilon(trained):
     model, dm = trained
     epsilons = [0, "2/255", "8/255", "32/255", "64/255"]
-    metrics = _validate(model, dm, RobustnessCallback(epsilons=epsilons, val_samples=None, val_steps=10, corruption_epoch=False))
+    metrics = _validate(model, dm, RobustnessCallback(epsilons=epsilons, val_samples=None, val_steps=10,
+                                                      corruption_epoch=False))
     assert metrics["val/clean_bacc@subset"] > 0.8
     assert metrics["val/adv_bacc@0"] == pytest.approx(metrics["val/clean_bacc@subset"])
     curve = [metrics[f"val/adv_bacc@{e}"] for e in ("0", "2_255", "8_255", "32_255", "64_255")]
@@ -100,9 +101,11 @@ def test_corruption_accuracy_each_epoch_and_medmnist_c_table_in_the_report(train
 
 
 def _test_with_checkpoint(tiny_erm, checkpoint, tmp_path, epsilon) -> dict:
-    """Tests the checkpoint at one epsilon with PGD and AutoAttack (apgd-ce, then square); returns the report on disk."""
-    callback = RobustnessCallback(epsilons=[epsilon], test_steps=2, test_restarts=1, autoattack_attacks=["apgd-ce", "square"],
-                                  autoattack_samples=16, square_queries=20, corruption_epoch=False, corruption_report=False)
+    """Tests the checkpoint at one epsilon with PGD and AutoAttack (apgd-ce, then square); returns the report on
+    disk."""
+    callback = RobustnessCallback(epsilons=[epsilon], test_steps=2, test_restarts=1,
+                                  autoattack_attacks=["apgd-ce", "square"], autoattack_samples=16, square_queries=20,
+                                  corruption_epoch=False, corruption_report=False)
     trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[callback],
                         default_root_dir=str(tmp_path))
     trainer.test(tiny_erm.model, datamodule=tiny_erm.datamodule, ckpt_path=str(checkpoint), verbose=False)

@@ -4,7 +4,6 @@ import json
 
 import lightning as L
 import pytest
-import torch
 from torch import nn
 
 from callbacks.robustness import RobustnessCallback
@@ -82,5 +81,6 @@ def test_settings_that_cannot_apply_fail_before_training(synthetic_root, tmp_pat
     callback = RobustnessCallback(**EXPL, explanation_report=True, **settings)
     CountingERM.steps = 0
     with pytest.raises(ConfigError) as info:
-        L.Trainer(callbacks=[callback], max_epochs=1, default_root_dir=str(tmp_path), **QUIET).fit(module(), datamodule=dm)
+        trainer = L.Trainer(callbacks=[callback], max_epochs=1, default_root_dir=str(tmp_path), **QUIET)
+        trainer.fit(module(), datamodule=dm)
     assert message in str(info.value) and CountingERM.steps == 0

@@ -54,8 +54,10 @@ def test_targeted_kinds_stay_in_the_ball_and_reach_their_new_labels(tiny, flag, 
 
 def test_default_sizes_follow_ilyas_scaled_to_the_image():
     r = Settings().resolved("d_rand", (1, 28, 28))
-    assert math.isclose(r["epsilon"], 0.5 * math.sqrt(784 / 3072)) and math.isclose(r["step"], 0.1 * math.sqrt(784 / 3072))
-    assert r["steps"] == 100 and Settings().resolved("d_nr", (3, 32, 32)) == {"step": 0.1, "steps": 1000, "scale_factor": 1.0}
+    assert math.isclose(r["epsilon"], 0.5 * math.sqrt(784 / 3072))
+    assert math.isclose(r["step"], 0.1 * math.sqrt(784 / 3072))
+    assert r["steps"] == 100
+    assert Settings().resolved("d_nr", (3, 32, 32)) == {"step": 0.1, "steps": 1000, "scale_factor": 1.0}
     assert Settings(epsilon=2, scale=False).resolved("d_det", (3, 64, 64))["epsilon"] == 2
     assert Settings(epsilon="128/255", step="0.2").epsilon == 128 / 255  # text as in YAML configs
 

@@ -33,7 +33,8 @@ def test_relative_paths_resolve_from_the_working_folder_then_the_repository(tmp_
 def test_yaml_mapping_errors_are_one_line(tmp_path):
     (tmp_path / "list.yaml").write_text("- a\n")
     (tmp_path / "broken.yaml").write_text("a: [\n")
-    for name, message in (("list.yaml", "must be a mapping"), ("broken.yaml", "not valid YAML"), ("none.yaml", "cannot read")):
+    for name, message in (("list.yaml", "must be a mapping"), ("broken.yaml", "not valid YAML"),
+                          ("none.yaml", "cannot read")):
         with pytest.raises(ConfigError, match=message) as err:
             load_yaml_mapping(tmp_path / name, "study config")
         assert "\n" not in str(err.value)

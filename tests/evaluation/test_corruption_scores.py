@@ -57,7 +57,8 @@ def test_be_and_rbe_match_medmnistc_evaluator(tmp_path, flag, threshold):
 
     ours = scores_from_probabilities(info, labels, clean, stacked, protocol=PROTOCOL_UPSAMPLE, size=28,
                                      threshold=threshold)
-    assert ours.clean_bacc == pytest.approx(1 - reference["metrics"]["clean_score"], abs=1e-6)  # torchmetrics returns float32
+    # torchmetrics returns float32
+    assert ours.clean_bacc == pytest.approx(1 - reference["metrics"]["clean_score"], abs=1e-6)
     for corruption in names:
         assert ours.corruption_bacc[corruption] == pytest.approx(1 - reference["raw_scores"][corruption], abs=1e-6)
         assert ours.be[corruption] == pytest.approx(reference["be_scores"][corruption], rel=1e-5)

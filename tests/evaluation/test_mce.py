@@ -29,7 +29,8 @@ BASELINE = {"blur": [0.8, 0.6, 0.4], "noise": [0.9, 0.8, 0.9], "pixelate": [0.5,
 
 
 def write(path: Path, bacc: dict, **overrides) -> Path:
-    path.write_text(json.dumps({"checkpoint": str(path), "model": {"class": "ERM"}, "corruptions": table(bacc, **overrides)}))
+    path.write_text(json.dumps({"checkpoint": str(path), "model": {"class": "ERM"},
+                                "corruptions": table(bacc, **overrides)}))
     return path
 
 

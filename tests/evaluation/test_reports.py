@@ -47,14 +47,19 @@ def test_new_epsilons_are_added_and_remeasured_ones_replaced(tmp_path):
 
 def _autoattack(epsilon, bacc, ran):
     return {"epsilon": epsilon, "bacc": bacc, "info": {"planned": ["apgd-ce", "square"], "attacks": [
-        {"name": name, "n_attacked": 16} for name in ran], "skipped": [n for n in ("apgd-ce", "square") if n not in ran]}}
+        {"name": name, "n_attacked": 16} for name in ran],
+        "skipped": [n for n in ("apgd-ce", "square") if n not in ran]}}
 
 
 def test_a_retest_keeps_the_autoattack_entries_of_other_epsilons_and_replaces_remeasured_ones(tmp_path):
     path = tmp_path / "best.robustness.json"
     first = {"1_255": _autoattack(1 / 255, 0.8, ["apgd-ce", "square"]), "2_255": _autoattack(2 / 255, 0.6, ["apgd-ce"])}
-    second = {"2_255": _autoattack(2 / 255, 0.5, ["apgd-ce", "square"]), "8_255": _autoattack(8 / 255, 0.0, ["apgd-ce"])}
-    pgd = lambda entries: {label: {"epsilon": entry["epsilon"], "bacc": 0.9} for label, entry in entries.items()}
+    second = {"2_255": _autoattack(2 / 255, 0.5, ["apgd-ce", "square"]),
+              "8_255": _autoattack(8 / 255, 0.0, ["apgd-ce"])}
+
+    def pgd(entries):
+        return {label: {"epsilon": entry["epsilon"], "bacc": 0.9} for label, entry in entries.items()}
+
     write_json_atomic(path, _report("best.ckpt", pgd=pgd(first), autoattack=first))
     merged = merge_report(path, _report("best.ckpt", pgd=pgd(second), autoattack=second))
     assert merged["autoattack"] == {"1_255": first["1_255"], "2_255": second["2_255"], "8_255": second["8_255"]}

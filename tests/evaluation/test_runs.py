@@ -36,7 +36,8 @@ def test_bootstrap_intervals_contain_the_estimate_and_shrink_with_more_examples(
         right = rng.random(n) < 0.8
         pred = torch.where(torch.tensor(right), targets, 1 - targets)
         probs = torch.nn.functional.one_hot(pred, 2).float() * 0.8 + 0.1
-        return {"task": "binary", "targets": targets, "scores": [("clean", None, probs), ("adv", 4 / 255, probs.flip(1))]}
+        return {"task": "binary", "targets": targets,
+                "scores": [("clean", None, probs), ("adv", 4 / 255, probs.flip(1))]}
 
     small, large = runs.bootstrap(predictions(100), n=300), runs.bootstrap(predictions(3000), n=300)
     assert set(small) == {"test/clean_bacc", "test/clean_acc", "test/adv_bacc@4_255", "test/adv_acc@4_255"}

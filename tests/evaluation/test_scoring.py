@@ -1,4 +1,5 @@
-"""predict/evaluate reuse the logits a PGD attack computed on its returned images, but only for the model it attacked."""
+"""predict/evaluate reuse the logits a PGD attack computed on its returned images, but only for the model it
+attacked."""
 
 import pytest
 import torch

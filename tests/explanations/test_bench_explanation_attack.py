@@ -24,8 +24,9 @@ def test_smoke_run_gives_one_ratio_per_explanation_attack(pneumonia_root, tmp_pa
     assert all(row["ratio"] > 0 and row["higher_is_better"] is False for row in rows)
     out = tmp_path / "expl.json"
     with pytest.raises(SystemExit) as exit_code:
-        run_main(lambda: explanation_attack.main(["--root", str(pneumonia_root), "--no-verify-md5", "--batch-size", "4",
-                                                  "--steps", "1", "--repeats", "1", "--warmup", "0", "--json", str(out)]))
+        run_main(lambda: explanation_attack.main(["--root", str(pneumonia_root), "--no-verify-md5", "--batch-size",
+                                                  "4", "--steps", "1", "--repeats", "1", "--warmup", "0",
+                                                  "--json", str(out)]))
     assert exit_code.value.code == 0
     data = json.loads(out.read_text())
     assert set(data["cpu_seconds_per_image"]) == {"pgd", "topk", "targeted"} and data["topk_over_pgd"]["median"] > 0
