@@ -48,14 +48,14 @@ def trial_rows(study: optuna.Study, spec: SweepSpec) -> list[dict[str, Any]]:
 
 
 def headline_metrics(rows: Sequence[dict], spec: SweepSpec) -> list[str]:
-    """The curve's metrics: balanced accuracy clean, under PGD (each epsilon), AutoAttack and MedMNIST-C
-    (mean over corruptions), validation then test, plus the objectives."""
+    """The curve's metrics: balanced accuracy clean, under PGD (each epsilon), AutoAttack, certified (each radius)
+    and MedMNIST-C (mean over corruptions), validation then test, plus the objectives."""
     keys = {MetricKey.parse(o.metric) for o in spec.objectives}
     for row in rows:
         for stage in ("val", "test"):
             for text in row[stage]:
                 key = MetricKey.try_parse(text)
-                if key and key.metric == "bacc" and (key.kind in ("adv", "aa") or key.condition is None
+                if key and key.metric == "bacc" and (key.kind in ("adv", "aa", "cert") or key.condition is None
                                                      and key.kind in ("clean", "corr")):
                     keys.add(key)
     return [str(key) for key in sorted(keys, key=MetricKey.sort_key)]

@@ -75,7 +75,7 @@ def test_multilabel_heads_and_a_missing_sigma_are_refused_at_setup():
 
 
 SECTION = {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "seed": 0, "n_examples": 4, "abstention_rate": 0.25,
-           "radii": {"r0": {"radius": 0.0, "bacc": 0.75, "acc": 0.75}, "r0_5": {"radius": 0.5, "bacc": 0.5,
+           "radii": {"r0": {"radius": 0.0, "bacc": 0.8, "acc": 0.75}, "r0_5": {"radius": 0.5, "bacc": 0.5,
                                                                               "acc": 0.25}},
            "per_example": {"index": [0, 1, 2, 3], "label": [0, 1, 0, 1], "prediction": [0, 1, -1, 1],
                            "radius": [0.6, 0.2, 0.0, 0.1]}}
@@ -84,7 +84,7 @@ SECTION = {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "seed": 0, "n_ex
 def test_the_record_reads_writes_and_keys_its_certified_section():
     record = ResultRecord.from_dict({"record_version": 1, "clean": {"bacc": 0.9}, "certified": SECTION})
     metrics = {str(k): v for k, v in record.metrics().items()}
-    assert metrics["test/cert_bacc@r0"] == 0.75 and metrics["test/cert_acc@r0_5"] == 0.25
+    assert metrics["test/cert_bacc@r0"] == 0.8 and metrics["test/cert_acc@r0_5"] == 0.25
     assert metrics["test/cert_abstain"] == 0.25 and metrics["test/clean_bacc"] == 0.9
     measured = record.measurements()[MetricKey.parse("test/cert_bacc@r0_5")]
     assert measured.n_examples == 4 and measured.settings["n"] == 1000 and measured.settings["radius"] == 0.5
