@@ -131,8 +131,9 @@ class ERM(L.LightningModule):
     def on_fit_start(self) -> None:
         if "trainable_parameters" in self.hparams:
             hp = self.hparams
+            share = 100 * hp.trainable_parameters / hp.total_parameters
             self.print(f"{hp.backbone}: trainable params: {hp.trainable_parameters:,} || all params: "
-                       f"{hp.total_parameters:,} || trainable%: {100 * hp.trainable_parameters / hp.total_parameters:.4f}")
+                       f"{hp.total_parameters:,} || trainable%: {share:.4f}")
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return task_loss(logits, target)
@@ -207,7 +208,8 @@ class ERM(L.LightningModule):
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
         else:
             opt = torch.optim.Adam(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        epochs = self.trainer.max_epochs if self.trainer and self.trainer.max_epochs and self.trainer.max_epochs > 0 else 100
+        trainer = self.trainer
+        epochs = trainer.max_epochs if trainer and trainer.max_epochs and trainer.max_epochs > 0 else 100
         milestones = sorted({max(1, round(m * epochs)) for m in hp.lr_milestones})
         schedule = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=hp.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}

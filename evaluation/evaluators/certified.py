@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import time
 
-import torch
-
 from attacks.smoothing import Smooth, certified_metrics, check_settings
 from core.checks import positive_int
 from core.errors import ConfigError
