@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-#: quick settings cut further for the tests: 16 examples, AutoAttack's apgd-ce only (100 iterations)
-FAST = ["--quick", "--set", "examples=16", "--set", "autoattack.attacks=[apgd-ce]"]
+#: quick settings cut further for the tests: 8 examples, AutoAttack's apgd-ce only (100 iterations), one corruption
+FAST = ["--quick", "--set", "examples=8", "--set", "autoattack.attacks=[apgd-ce]", "--set",
+        "corruption.corruptions=[pixelate]"]
 
 
 def evaluate(checkpoint, out, root, cache, *extra, protocol="breastmnist_28") -> int:
