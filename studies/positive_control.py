@@ -368,7 +368,8 @@ def markdown(settings: Settings, arms: dict, failed: list[str]) -> str:
     lines += ["", "Per seed (AUROC [bootstrap interval over test examples]; the source's test AUROC; D_rand's labels "
               "equal to the originals (chance 50%); the share of its relabelled images the source assigns to their new "
               "label; the mean perturbation L2):", "",
-              "| arm | seed | source test AUROC | labels = originals | assigned | perturbation L2 | test | pattern-only "
+              "| arm | seed | source test AUROC | labels = originals | assigned | perturbation L2 | test "
+              "| pattern-only "
               "| bar-only |", "|---|---|---|---|---|---|---|---|---|"]
     for arm, result in arms.items():
         for r in result["seeds"]:

@@ -52,7 +52,8 @@ def check_datasets(datasets) -> list[dict]:
 
 
 def check_seeds(seeds) -> list[int]:
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+    if not (isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool)
+                                                      for s in seeds)):
         raise ConfigError(f"seeds must be a non-empty list of integers, got {seeds!r}")
     return seeds
 
@@ -62,7 +63,8 @@ def check_training_spec(where: str, spec) -> None:
         raise ConfigError(f"{where} needs a training config: {{config: configs/erm.yaml, overrides: {{...}}}}")
     config = resolve_path(spec["config"])
     if not config.is_file():
-        raise ConfigError(f"{where}.config {spec['config']} not found (relative to the working folder or the repository)")
+        raise ConfigError(f"{where}.config {spec['config']} not found "
+                          "(relative to the working folder or the repository)")
     spec["config"] = str(config)
     if not isinstance(spec.get("overrides") or {}, dict):
         raise ConfigError(f"{where}.overrides must be a mapping of train.py keys to values")

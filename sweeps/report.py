@@ -25,7 +25,8 @@ def write_report(study: optuna.Study, spec: SweepSpec, out: Path, log=print) -> 
     metrics = results.headline_metrics(rows, spec)
     extra = [d.name for d in spec.dimensions if d.name != "epsilon"]
     out.mkdir(parents=True, exist_ok=True)
-    files = [_write_csv(out / "curve.csv", table, metrics, extra), _plot_curve(out / "curve.png", table, metrics, extra, spec),
+    files = [_write_csv(out / "curve.csv", table, metrics, extra),
+             _plot_curve(out / "curve.png", table, metrics, extra, spec),
              _plot_pareto(out / "pareto.png", rows, spec)]
     text = results.format_curve(table, metrics, extra)
     write_text_atomic(out / "curve.md", text + "\n")
@@ -95,7 +96,8 @@ def _plot_pareto(path: Path, rows, spec: SweepSpec) -> Path:
             ax.annotate(results._label(row["epsilon"]), values, fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel(stage_keys[0])
         ax.set_ylabel(stage_keys[1])
-        ax.set_title("validation: Pareto front in red" if stage == "val" else "test (same trials; front chosen on validation)")
+        ax.set_title("validation: Pareto front in red" if stage == "val"
+                     else "test (same trials; front chosen on validation)")
         ax.grid(alpha=0.3)
     path = save_figure(fig, path)
     plt.close(fig)
@@ -109,7 +111,8 @@ def _wandb_summary(spec: SweepSpec, table, metrics, files) -> None:
     from train import wandb_mode
 
     columns = ["epsilon", "epsilon_label", "seeds", *metrics]
-    run = wandb.init(project=spec.wandb_project, group=spec.study, name=f"{spec.study}-summary", job_type="sweep-summary",
+    run = wandb.init(project=spec.wandb_project, group=spec.study, name=f"{spec.study}-summary",
+                     job_type="sweep-summary",
                      dir=str(spec.study_dir), mode=wandb_mode(), reinit="finish_previous")
     try:
         run.log({"curve": wandb.Table(columns=columns, data=[[e.get(c) for c in columns] for e in table]),

@@ -56,7 +56,8 @@ def test_differences_are_paired_draw_by_draw():
     """Two models on the same test images: their draws resample the same examples, so where their predictions agree
     (here: everything but the noise family) every paired difference is exactly 0, and elsewhere it is not."""
     first = _predictions(0, {"gaussian_noise": 0.8, "pixelate": 0.6})
-    second = dict(first, corrupted={**first["corrupted"], "gaussian_noise": first["corrupted"]["gaussian_noise"].flip(1)})
+    flipped = first["corrupted"]["gaussian_noise"].flip(1)
+    second = dict(first, corrupted={**first["corrupted"], "gaussian_noise": flipped})
     a, b = (corruption_drop.drop_draws(p, n=200, seed=0) for p in (first, second))
     paired = corruption_drop.difference(b, a)
     assert all(np.all(paired[m]["draws"] == 0) for m in ("corr_drop@digital", "clean_bacc", "reference_bacc"))

@@ -70,7 +70,8 @@ def _report(path: Path, clean: float, adv: dict, corr=None) -> str:
               "pgd": {label: {"bacc": v, "epsilon": e} for label, (e, v) in adv.items()}}
     if corr:
         report["corruptions"] = {"mean_bacc": sum(corr.values()) / len(corr), "mean_be": 1.0, "mean_rbe": 0.5,
-                                 "clean_bacc": clean, "roundtrip_bacc": clean - 0.01, "rbe_reference": "roundtrip", "corruption_bacc": corr}
+                                 "clean_bacc": clean, "roundtrip_bacc": clean - 0.01, "rbe_reference": "roundtrip",
+                                 "corruption_bacc": corr}
     path.write_text(json.dumps(report))
     return str(path)
 

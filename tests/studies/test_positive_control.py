@@ -151,7 +151,8 @@ def test_the_verdicts_read_seeds_and_the_paired_gain(pattern_test, pattern_probe
 def test_construction_checks_read_label_agreement_and_the_source_assignment(agree, relabelled, assigned, expected):
     from studies.positive_control import construction_failures
 
-    construction = {"labels_agree_with_original": agree, "relabelled": relabelled, "assigned_share_relabelled": assigned}
+    construction = {"labels_agree_with_original": agree, "relabelled": relabelled,
+                    "assigned_share_relabelled": assigned}
     got = construction_failures(construction, 512)
     assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
     # without the pattern nothing below the budget need flip the source: the assignment is not tested
