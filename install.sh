@@ -22,6 +22,6 @@ fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
-# the documentation site's tools, a second call: mkdocs-material and torchattacks pin different requests (pyproject.toml)
+# the docs site's and the page test's tools, a second call: they and torchattacks pin different requests (pyproject)
 .venv/bin/python -m pip install -q -e '.[docs]'
 echo "medrobust installed in .venv: activate with 'source .venv/bin/activate'"
