@@ -11,6 +11,7 @@ import io
 import json
 import math
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,18 @@ from core.errors import ConfigError
 from core.files import write_json_atomic, write_text_atomic
 from evaluation.layout import RunLayout
 FLAT_SECTIONS = ("train", "overrides")  # their keys are dotted train.py keys, not nested mappings
+
+
+@dataclass
+class StudyConfig:
+    """The keys every study config shares (its name, seeds, datasets, common `train` overrides, models); a study's
+    config dataclass adds its own after them."""
+
+    name: str = ""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    datasets: list[dict] = field(default_factory=list)
+    train: dict = field(default_factory=dict)
+    models: dict[str, dict] = field(default_factory=dict)
 
 
 def load_study(cls: type, path: str | Path, overrides: Optional[list[str]] = None):

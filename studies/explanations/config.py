@@ -9,7 +9,7 @@ from typing import ClassVar, Optional, Union
 from attacks.threat_model import format_epsilon, parse_epsilon
 from core.errors import ConfigError
 
-from ..runner import check_datasets, check_seeds, check_training_spec, load_study
+from ..runner import StudyConfig, check_datasets, check_seeds, check_training_spec, load_study
 
 EXPLANATION_KEYS = {"method", "k", "steps", "samples", "val_samples", "val_steps", "every_epoch"}
 CALLBACK = "trainer.callbacks.init_args."
@@ -18,7 +18,7 @@ EXPLANATION_AXIS, NOISE_AXIS = "topk", "topk_random"
 
 
 @dataclass
-class Study:
+class Study(StudyConfig):
     """A parsed, validated explanation study config (see configs/study/explanations_quick.yaml): the YAML's keys are
     its fields (less `source`, the file), checked when it is built (unknown explanation method, k larger than the
     image, a negative radius: one ConfigError line)."""
@@ -26,11 +26,6 @@ class Study:
     DESCRIPTION: ClassVar[str] = ("classification vs explanation robustness (Chen et al. 2403.06013): train, measure "
                                   "both, correlate")
 
-    name: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    datasets: list[dict] = field(default_factory=list)
-    train: dict = field(default_factory=dict)
-    models: dict[str, dict] = field(default_factory=dict)
     epsilon: Union[float, str] = "4/255"
     norm: str = "linf"
     explanation: dict = field(default_factory=dict)

@@ -11,7 +11,7 @@ import numpy as np
 from core.errors import ConfigError
 from datamodules.info import MULTILABEL, dataset_info
 
-from ..runner import check_datasets, check_seeds, check_training_spec, load_study
+from ..runner import StudyConfig, check_datasets, check_seeds, check_training_spec, load_study
 
 STATISTICS = {"bootstrap": 1000, "level": 0.95, "interval": "auto", "seed": 0}
 INTERVALS = ("auto", "examples", "seeds", "seeds_and_examples")  # seeds_and_examples: the former name of seeds
@@ -22,17 +22,12 @@ ROLES = {"standard": "erm", "robust": "pgd_at"}
 
 
 @dataclass
-class Study:
+class Study(StudyConfig):
     """A parsed, validated study config (see configs/study/quick.yaml): the YAML's keys are its fields (less
     `source`, the file), checked when it is built; a studies.framework.Study."""
 
     DESCRIPTION: ClassVar[str] = (
         "the nonrobust-features study: train, construct D_rand/D_det/D_NR/D_R, evaluate, tabulate")
-    name: str = ""
-    seeds: list[int] = field(default_factory=lambda: [0])
-    datasets: list[dict] = field(default_factory=list)
-    train: dict = field(default_factory=dict)
-    models: dict[str, dict] = field(default_factory=dict)
     constructions: dict[str, dict] = field(default_factory=dict)
     construction_defaults: dict = field(default_factory=dict)
     constructed_training: dict = field(default_factory=lambda: {"config": "configs/erm.yaml"})
