@@ -1,5 +1,6 @@
 """An entry's numbers as the leaderboard and the exports show them, read through its record's metric keys: one row
-per entry and threat model (clean, AutoAttack and PGD per epsilon, MedMNIST-C, calibration)."""
+per entry and threat model (clean, AutoAttack and PGD per epsilon, MedMNIST-C, calibration, randomized smoothing's
+certified balanced accuracy per L2 radius)."""
 from __future__ import annotations
 
 import math
@@ -7,7 +8,7 @@ from typing import Any, Optional
 
 from attacks.threat_model import format_epsilon
 from benchmark.entry import Entry
-from lightning_modules.metrics import MetricKey
+from lightning_modules.metrics import MetricKey, parse_radius
 
 CALIBRATION = ("ece", "nll", "brier")
 THREAT_NAMES = {"linf": "Linf", "l2": "L2"}  # RobustBench's threat-model names
@@ -27,6 +28,14 @@ def epsilons(entry: Entry, norm: str) -> list[tuple[str, float]]:
 def headline_epsilon(entry: Entry, norm: str) -> tuple[str, float]:
     """The largest epsilon of a threat model: the one its leaderboard ranks by (8/255 for L-inf, 0.5 for L2)."""
     return epsilons(entry, norm)[-1]
+
+
+def certified_radii(entry: Entry) -> dict[str, float]:
+    """{radius label: L2 radius} of the record's certified section, smallest first ({} without one)."""
+    section = entry.record.certified or {}
+    radii = {label: float(scores.get("radius", parse_radius(label))) for label, scores in
+             (section.get("radii") or {}).items()}
+    return dict(sorted(radii.items(), key=lambda pair: pair[1]))
 
 
 def row(entry: Entry, norm: str) -> dict[str, Any]:
@@ -54,6 +63,11 @@ def row(entry: Entry, norm: str) -> dict[str, Any]:
         get("corr", "bacc"), get("corr", "be"), get("corr", "rbe"), get("corr", "mce"))
     table = record.corruptions or {}
     out["corruptions"] = {name: number(value) for name, value in (table.get("corruption_bacc") or {}).items()}
+    # certified L2 radii hold under every threat model's board: the section is the record's own, not per threat model
+    out["cert_radii"] = certified_radii(entry)
+    out["cert_bacc"] = {label: get("cert", "bacc", label) for label in out["cert_radii"]}
+    out["cert_sigma"] = number((record.certified or {}).get("sigma"))
+    out["cert_abstain"] = get("cert", "abstain")
     out["n_examples"] = (record.provenance.dataset or {}).get("n_examples")
     out["forward_passes"] = (entry.block.get("forward_passes") or {}).get("per_prediction", 1)
     return out

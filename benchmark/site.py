@@ -62,6 +62,7 @@ def _columns(rows: Sequence[dict]) -> list[tuple[str, str, Any]]:
     if epsilons:
         columns += [("aa_acc", f"AA acc {epsilons[-1]}", lambda r: r["aa_acc"]),
                     ("pgd_bacc", f"PGD bacc {epsilons[-1]}", lambda r: r["epsilons"][-1]["pgd_bacc"])]
+    columns += _certified_columns(rows)
     columns += [("corr_bacc", "MedMNIST-C bacc", lambda r: r["corr_bacc"]), ("corr_be", "BE", lambda r: r["corr_be"]),
                 ("corr_rbe", "rBE", lambda r: r["corr_rbe"]), ("corr_mce", "mCE", lambda r: r["corr_mce"]),
                 ("clean_ece", "clean ECE", lambda r: r["clean_ece"]), ("aa_ece", "AA ECE", lambda r: r["aa_ece"]),
@@ -70,6 +71,18 @@ def _columns(rows: Sequence[dict]) -> list[tuple[str, str, Any]]:
                 ("aa_brier", "AA Brier", lambda r: r["aa_brier"]),
                 ("flags", "screen", lambda r: len(r["flags"]))]
     return columns
+
+
+def _certified_columns(rows: Sequence[dict]) -> list[tuple[str, str, Any]]:
+    """Randomized smoothing's certified balanced accuracy at every L2 radius some entry of the board carries, and its
+    sigma; an entry without a certified section (or without that radius) shows an empty cell. None on a board where
+    no entry is certified."""
+    radii = dict(sorted({label: radius for r in rows for label, radius in r["cert_radii"].items()}.items(),
+                        key=lambda pair: pair[1]))
+    if not radii:
+        return []
+    return [(f"cert_bacc@{label}", f"certified bacc L2 {radius:g}", lambda r, label=label: r["cert_bacc"].get(label))
+            for label, radius in radii.items()] + [("cert_sigma", "smoothing sigma", lambda r: r["cert_sigma"])]
 
 
 def _cell(column: str, value: Any, row: dict) -> str:
@@ -119,11 +132,12 @@ def board_page(protocol: str, norm: str, standard: bool, entries: Sequence[Entry
 
 
 def boards(entries: Sequence[Entry]) -> dict[tuple[str, str, bool], list[Entry]]:
-    """{(protocol label, norm, standard): entries}: never two protocol versions, or standard and not, in one board."""
+    """{(board label, norm, standard): entries}: never two protocol versions, two mCE baselines (Entry.board_label), or
+    standard and not, in one board."""
     out: dict[tuple[str, str, bool], list[Entry]] = defaultdict(list)
     for entry in entries:
         for norm in entry.norms():
-            out[(entry.protocol_label, norm, entry.standard)].append(entry)
+            out[(entry.board_label, norm, entry.standard)].append(entry)
     return dict(sorted(out.items(), key=lambda item: (item[0][0], not item[0][2], item[0][1])))
 
 
