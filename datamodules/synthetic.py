@@ -87,3 +87,24 @@ def positive_control_arrays(n: int, size: int = 16, amplitude: float = 4 / 255, 
     images += rng.normal(0.0, noise, images.shape)
     images = np.clip(np.rint(images * 255), 0, 255).astype(np.uint8)
     return images, labels.astype(np.uint8).reshape(-1, 1)
+
+
+def write_positive_control_npz(root: str | Path, amplitude: float, n_train: int = 512, n_val: int = 128,
+                               n_test: int = 256, seed: int = 0, flag: str = "pneumoniamnist", size: int = 28,
+                               **arrays) -> Path:
+    """The positive control's dataset written as `root/<flag>[_size].npz` in the official MedMNIST layout (a binary
+    grey flag), so the study reads it as it reads any dataset: each split drawn by positive_control_arrays with the
+    pattern at `amplitude` per pixel (0: no pattern) and the other `arrays` settings (shape_contrast, noise,
+    shape_agreement, contrast_jitter)."""
+    info = dataset_info(flag)
+    if info.task == MULTILABEL or info.num_classes != 2 or info.n_channels != 1:
+        raise ValueError(f"the positive control is a binary grey dataset; {info.flag} is not")
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    out = {}
+    for i, (split, n) in enumerate((("train", n_train), ("val", n_val), ("test", n_test))):
+        images, labels = positive_control_arrays(n, size, amplitude, amplitude > 0, seed=seed * 10 + i, **arrays)
+        out[f"{split}_images"], out[f"{split}_labels"] = images, labels
+    path = root / npz_name(info.flag, size)
+    np.savez_compressed(path, **out)
+    return path

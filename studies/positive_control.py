@@ -1,385 +1,300 @@
-"""The nonrobust-features study's positive control: can the pipeline see finding 1 when it is true, and only then?
+"""The nonrobust-features study's positive control: the study itself (studies.nonrobust: train.py steps, the
+construction, last-epoch scoring, recalibration and AdaBN on the real validation split, the leakage audit) run on a
+synthetic dataset where finding 1 is true by construction, at the study's own construction budget, with the planted
+pattern's amplitude swept (0: no pattern) to give a detection curve.
 
-A synthetic two-class dataset in the MedMNIST format (datamodules.synthetic.positive_control_arrays) carries its label
-twice: in a large bright bar (robust: erasing it costs far more than the attack budget; it shows the class on 3 of 4
-training images) and in a faint checkerboard whose sign is the class (nonrobust: an L2 perturbation below the budget
-flips it). A standard small CNN trained on it is the source; D_rand is built from it with the project's construction
-(constructions.build: targeted L2 PGD towards a random label, relabelled); a fresh small CNN trained on D_rand is
-scored on the real test split and on probes that carry only the pattern (no bar) or only the bar.
+The dataset (datamodules.synthetic.write_positive_control_npz, the MedMNIST npz layout of a binary grey flag) carries
+its label twice: in a large bright bar (robust: erasing it costs far more than the budget; it shows the class on a
+share of the training images) and in a faint checkerboard whose sign is the class (nonrobust: an L2 perturbation of
+2 * amplitude * size flips it, below the budget). Each amplitude is one run of the nonrobust study, config and all,
+with its own data folder; the seed redraws source, construction, leakage model and D_rand model together.
 
-Every seed redraws the data, the source, the construction and the D_rand model, so the seed is the unit of
-replication: each number is a mean over seeds with a t interval over seeds (per-seed bootstrap intervals over test
-examples are in results.json). The control passes when
-- with the pattern, the D_rand model's test AUROC is above chance (finding 1 seen where it is true), and so is its
-  AUROC on pattern-only probes (what it learned is the pattern);
-- without the pattern (the control arm), its test AUROC is not above chance (no finding where there is none).
-The bar-only AUROC is reported, not tested: a model trained on labels independent of the bar still prefers one
-orientation by chance (a per-seed AUROC near 0 or 1 on bar-only probes, of random sign), and small perturbations
-along the bar can carry a little of the label (robust-feature leakage, Goh 2019, in the Distill discussion of Ilyas
-et al.): the control arm's mean says how much.
+The control passes when
+- every constructed set is sound (studies.nonrobust.leakage.failures: D_rand's labels independent of the originals;
+  with the pattern, the source assigns the relabelled images to their new label): checked before training on it;
+- at every amplitude from `detect_from` up, the D_rand model's test AUROC net of leakage is above chance (interval over
+  seeds, a t interval; with one seed the bootstrap over test examples): the pattern is detected;
+- at amplitude 0 it is not above chance: without a nonrobust feature, finding 1 does not read as "holds" once the
+  leakage baseline is taken off (the uncorrected AUROC is reported beside it).
 
     python -m studies reproduce configs/study/positive_control.yaml --out runs/study/positive_control
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar, Optional
 
-import numpy as np
-import torch
-
 from core.errors import ConfigError
 from core.files import write_json_atomic, write_text_atomic
-from evaluation.statistics import percentile_interval, seed_interval
+from datamodules.info import MULTILABEL, dataset_info
 
 from . import measures
-from .runner import load_study
+from .nonrobust.config import Study as NonrobustStudy, construction_kind
+from .nonrobust.leakage import NET, ConstructionBroken
+from .runner import load_study, write_csv
 
-ARMS = ("pattern", "control")  # with the faint pattern; without it
-PROBES = ("test", "pattern_only", "bar_only")
-
-
-@dataclass(frozen=True)
-class Settings:
-    """One positive-control run (defaults: about two minutes on a 2-core CPU)."""
-
-    size: int = 28
-    n_train: int = 512
-    n_test: int = 256
-    amplitude: float = 2 / 255        # pattern amplitude per pixel; flipping it costs L2 2 * amplitude * size
-    shape_contrast: float = 0.5
-    noise: float = 2 / 255
-    shape_agreement: float = 0.75      # share of training images whose bar shows their class: the pattern is needed
-    contrast_jitter: float = 0.5       # bar contrast drawn from [0.5, 1] x shape_contrast
-    epsilon: float = 0.5               # the construction's L2 budget (Ilyas et al.'s CIFAR-10 value)
-    steps: int = 10
-    epochs: int = 20                   # the source's and the D_rand model's
-    width: int = 16                    # the project's small CNN (lightning_modules.models.SmallCNN) at this width
-    batch_size: int = 64
-    lr: float = 3e-3
-    seed: int = 0                      # the first seed; seeds seed, seed + 1, ...
-    seeds: int = 5
-    level: float = 0.95
-    bootstrap: int = 200
-
-    def check(self) -> "Settings":
-        """ConfigError (one line) for a setting the control cannot be built with."""
-        for name in ("size", "n_train", "n_test", "steps", "epochs", "width", "batch_size", "bootstrap", "seeds"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"positive control: {name} must be a positive integer, got {value!r}")
-        for name in ("amplitude", "shape_contrast", "noise", "epsilon", "lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"positive control: {name} must be a positive number, got {value!r}")
-        if self.seeds < 2:
-            raise ConfigError(f"positive control: seeds {self.seeds}: the interval over seeds needs at least 2 "
-                              "(3 or more for a useful one)")
-        if not 0.5 <= self.level < 1:
-            raise ConfigError(f"positive control: level must lie in [0.5, 1), got {self.level!r}")
-        if self.size < 8:
-            raise ConfigError(f"positive control: size {self.size} px leaves no room for the bar; use 8 or more")
-        if min(self.n_train, self.n_test) < 32:
-            raise ConfigError("positive control: n_train and n_test need at least 32 images each")
-        if self.bootstrap < 100:
-            raise ConfigError(f"positive control: bootstrap needs at least 100 draws, got {self.bootstrap}")
-        flip = self.flip_l2
-        if flip >= self.epsilon:
-            raise ConfigError(f"positive control: the pattern (amplitude {self.amplitude:.4f}, flipped by L2 "
-                              f"{flip:.3f}) is not below the attack budget epsilon {self.epsilon}: lower amplitude "
-                              "or raise epsilon")
-        if not 0 <= self.contrast_jitter < 1:
-            raise ConfigError(f"positive control: contrast_jitter must lie in [0, 1), got {self.contrast_jitter!r}")
-        if not 0.5 <= self.shape_agreement <= 1:
-            raise ConfigError(f"positive control: shape_agreement must lie in [0.5, 1], got {self.shape_agreement!r}")
-        if self.amplitude + 0.3 + self.shape_contrast > 1.0:
-            raise ConfigError("positive control: background 0.3 + shape_contrast + amplitude must stay within 1")
-        return self
-
-    @property
-    def flip_l2(self) -> float:
-        """The L2 size of the perturbation that turns one class's pattern into the other's."""
-        return 2 * self.amplitude * self.size
+#: write_positive_control_npz's settings a config may give under `synthetic:`, and their defaults
+SYNTHETIC = {"n_train": 512, "n_val": 128, "n_test": 256, "seed": 0, "shape_contrast": 0.5, "noise": 2 / 255,
+             "shape_agreement": 0.75, "contrast_jitter": 0.5}
+#: the D_rand model's measures the curve reports: (column, what), verdicts on the first two
+CURVE = (("auroc", "test AUROC"), (NET, "test AUROC net of leakage"), ("leakage_auroc", "leakage AUROC"),
+         ("leakage_share", "leakage share"), ("source_assigned_relabelled", "source assigns new label"),
+         ("bacc_recal", "bacc, recalibrated"), ("bacc_adabn", "bacc, AdaBN"))
 
 
-def settings_from(mapping: dict) -> Settings:
-    names = {f.name for f in fields(Settings)}
-    unknown = sorted(set(mapping) - names)
-    if unknown:
-        raise ConfigError(f"positive control: unknown setting(s) {', '.join(unknown)}: use {', '.join(sorted(names))}")
-    try:
-        return Settings(**mapping).check()
-    except TypeError as err:
-        raise ConfigError(f"positive control: {err}") from None
-
-
-# ---- one seed of one arm ----------------------------------------------------------------------------------------
-def _images(settings: Settings, n: int, seed: int, pattern: bool, **kw):
-    from datamodules.synthetic import positive_control_arrays
-
-    kw.setdefault("shape_agreement", settings.shape_agreement)
-    kw.setdefault("contrast_jitter", settings.contrast_jitter)
-    images, labels = positive_control_arrays(n, settings.size, settings.amplitude, pattern, settings.shape_contrast,
-                                             settings.noise, seed, **kw)
-    return torch.from_numpy(images)[:, None], torch.from_numpy(labels[:, 0].astype(np.int64))
-
-
-def train_small_cnn(images: torch.Tensor, labels: torch.Tensor, settings: Settings, seed: int):
-    """A standard (ERM) small CNN of lightning_modules.models at `settings.width`, trained with Adam on the images."""
-    from lightning_modules.models import SmallCNN
-
-    torch.manual_seed(seed)
-    model = SmallCNN(1, 2, width=settings.width)
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.lr)
-    x, y = to_float(images), labels
-    generator = torch.Generator().manual_seed(seed)
-    model.train()
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), settings.batch_size):
-            batch = order[start:start + settings.batch_size]
-            loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    return model.eval()
-
-
-def run_arm(settings: Settings, pattern: bool, seed: int, build=None) -> dict:
-    """One arm at one seed: a source model; D_rand built from it; its construction checked (construction_failures);
-    then, unless the construction is broken, a fresh model trained on D_rand and its AUROC against the real labels (with
-    a bootstrap interval over examples) on the real test split and on pattern-only and bar-only probes. `build`
-    replaces constructions.build (the tests break the construction)."""
-    from constructions import Settings as ConstructionSettings, build as construct
-    from evaluation.runs import score
-    from evaluation.scoring import predict
-
-    build = build or construct
-    s = seed * 10
-    train_x, train_y = _images(settings, settings.n_train, s, pattern)
-    test_x, test_y = _images(settings, settings.n_test, s + 2, pattern)
-    probe = settings.n_test // 2
-    probes = {"test": (test_x, test_y), "pattern_only": _images(settings, probe, s + 3, True, shape=False),
-              "bar_only": _images(settings, probe, s + 4, False, shape_agreement=1.0)}
-    source = train_small_cnn(train_x, train_y, settings, s)
-    run = dict(task="multiclass", num_classes=2)
-
-    def auroc(net, x, y) -> dict:
-        predictions = {"task": "multiclass", "num_classes": 2, "targets": y,
-                       "variants": {"default": predict(net, x, **run)}}
-        entry = measures.draws(predictions, settings.bootstrap, s)["auroc"]
-        low, high = percentile_interval(entry["draws"], settings.level)
-        return {"value": entry["value"], "low": low, "high": high}
-
-    out = {"seed": seed, "source": {"test": auroc(source, test_x, test_y),
-                                    "pattern_only": auroc(source, *probes["pattern_only"]),
-                                    "train_acc": score(predict(source, train_x, **run), train_y, "multiclass", 2,
-                                                       ("acc",))["acc"]}}
-    step = 2.5 * settings.epsilon / settings.steps
-    made = build("d_rand", source, train_x, train_y, 2,
-                 ConstructionSettings(epsilon=settings.epsilon, step=step, steps=settings.steps, scale=False,
-                                      batch_size=256), seed=s + 5, progress=False)
-    relabelled = made.labels != train_y
-    assigned = predict(source, made.images, **run).argmax(1) == made.labels
-    construction = {"labels_agree_with_original": float((~relabelled).float().mean()),
-                    "relabelled": int(relabelled.sum()),
-                    "assigned_share_relabelled": float(assigned[relabelled].float().mean()) if relabelled.any()
-                    else float("nan"),
-                    "perturbation_l2": float((made.images - to_float(train_x)).flatten(1).norm(dim=1).mean())}
-    out["d_rand"] = {"construction": construction}
-    broken = construction_failures(construction, settings.n_train, pattern)
-    if broken:  # no model is trained on a construction known to be broken
-        out["d_rand"]["broken"] = broken
-        return out
-    model = train_small_cnn(made.images, made.labels, settings, s + 5)
-    out["d_rand"].update({name: auroc(model, x, y) for name, (x, y) in probes.items()})
-    return out
-
-
-def construction_failures(construction: dict, n_train: int, pattern: bool = True) -> list[str]:
-    """What D_rand's construction must satisfy before a model is trained on it (empty: nothing broken).
-
-    Its labels are drawn independently of the images' classes: they agree with the originals at chance (two-sided
-    binomial, p < 0.001). With the pattern, its images carry their new labels: the source assigns the relabelled
-    images to their new label above chance (one-sided binomial, p < 0.001), as the pattern is flipped within the
-    budget; without the perturbation it would assign them to the old one. Without the pattern nothing below the
-    budget need flip the source (that is the control), so the share is reported, not tested."""
-    out = []
-    agree = construction["labels_agree_with_original"]
-    if abs(agree - 0.5) > 3.3 * math.sqrt(0.25 / n_train):
-        out.append(f"D_rand's labels equal the original labels on {agree:.1%} of its images; D_rand draws them "
-                   "independently of the originals (chance: 50%)")
-    relabelled, assigned = construction["relabelled"], construction["assigned_share_relabelled"]
-    if pattern and relabelled and not assigned - 0.5 > 3.1 * math.sqrt(0.25 / relabelled):
-        out.append(f"the source assigns {assigned:.1%} of D_rand's {relabelled} relabelled images to their new label "
-                   "(chance: 50%): the perturbation does not carry the new label")
-    return out
-
-
-def to_float(images: torch.Tensor) -> torch.Tensor:
-    from datamodules.tensors import to_unit_range
-
-    return to_unit_range(images.clone()).float()
-
-
-# ---- over seeds -------------------------------------------------------------------------------------------------
-def over_seeds(values: list[float], level: float, chance: float = 0.5) -> dict:
-    """Mean, sd and a t interval over seeds (the seed redraws data, source, construction and model), and the verdict
-    against `chance` (AUROC 0.5; 0 for a difference); evaluation.statistics.seed_interval owns the interval."""
-    stats = seed_interval(values, level)
-    return {**stats, "values": np.asarray(values, dtype=float).tolist(),
-            "verdict": measures.verdict(stats["low"], stats["high"], chance)}
-
-
-def run(settings: Settings, arms=ARMS, build=None, log=None) -> dict:
-    """{arm: {'seeds': [run_arm per seed], 'summary': {probe: over_seeds(...)}}} for the chosen arms. An arm stops at
-    the first seed whose construction is broken (its summary is then None: there is no model to summarise)."""
-    out = {}
-    for arm in arms:
-        per_seed = []
-        for seed in range(settings.seed, settings.seed + settings.seeds):
-            if log:
-                log(f"[positive control] {arm}, seed {seed}: source, D_rand, model on D_rand")
-            per_seed.append(run_arm(settings, arm == "pattern", seed, build))
-            if "broken" in per_seed[-1]["d_rand"]:
-                if log:
-                    log(f"[positive control] {arm}, seed {seed}: construction broken; the arm stops here")
-                break
-        broken = any("broken" in r["d_rand"] for r in per_seed)
-        summary = None if broken else {probe: over_seeds([r["d_rand"][probe]["value"] for r in per_seed],
-                                                         settings.level) for probe in PROBES}
-        out[arm] = {"seeds": per_seed, "summary": summary, "level": settings.level, "n_train": settings.n_train}
-    return out
-
-
-def failures(arms: dict) -> list[str]:
-    """What the control requires of the arms given, as failures (empty: it passes).
-
-    On every seed, D_rand's construction is sound (construction_failures: labels independent of the originals,
-    images that carry their new labels). With the pattern, the D_rand model's test AUROC and its AUROC on
-    pattern-only probes are above chance over seeds (finding 1 is seen where it is true, and what was learned is the
-    pattern). Without the pattern, the D_rand model's test AUROC is lower, seed by seed (the arms share every image
-    but the pattern): a t interval on the paired differences above 0. The control is not required to sit at chance:
-    at this budget the perturbation carries a little of the bar itself (robust-feature leakage), and its AUROC is
-    reported as what that leakage is worth."""
-    out = []
-    for arm, result in arms.items():
-        for r in result["seeds"]:
-            out += [f"{arm} arm, seed {r['seed']}: {f}" for f in r["d_rand"].get("broken", [])]
-    summaries = {arm: result["summary"] for arm, result in arms.items() if result["summary"] is not None}
-    if "pattern" in summaries:
-        d_rand = summaries["pattern"]
-        if d_rand["test"]["verdict"] != measures.HOLDS:
-            out.append(f"with the pattern, the D_rand model's test AUROC {_fmt(d_rand['test'])} is not above chance: "
-                       "finding 1 is not seen where it is true")
-        if d_rand["pattern_only"]["verdict"] != measures.HOLDS:
-            out.append(f"with the pattern, the D_rand model's AUROC on pattern-only probes "
-                       f"{_fmt(d_rand['pattern_only'])} is not above chance: it did not learn the pattern")
-    if "pattern" in summaries and "control" in summaries:
-        gain = pattern_gain(arms)
-        if gain["low"] <= 0:
-            out.append(f"the D_rand model's test AUROC with the pattern minus without it, {_fmt(gain)} (paired by "
-                       "seed), is not above 0: the pipeline's finding does not come from the nonrobust pattern")
-    return out
-
-
-def pattern_gain(arms: dict) -> dict:
-    """The D_rand model's test AUROC with the pattern minus without it, seed by seed, over seeds (t interval)."""
-    with_pattern = arms["pattern"]["summary"]["test"]["values"]
-    without = arms["control"]["summary"]["test"]["values"]
-    level = arms["pattern"].get("level", 0.95)
-    return over_seeds([a - b for a, b in zip(with_pattern, without)], level, chance=0.0)
-
-
-def _fmt(entry: dict) -> str:
-    if "mean" in entry:
-        return f"{entry['mean']:.3f} ± {entry['sd']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-    return f"{entry['value']:.3f} [{entry['low']:.3f}, {entry['high']:.3f}]"
-
-
-# ---- as a study: python -m studies reproduce configs/study/positive_control.yaml --------------------------------
 @dataclass
-class Study:
-    """A positive-control study config: its YAML keys are name and settings (Settings' fields)."""
+class Study(NonrobustStudy):
+    """The positive control's config (configs/study/positive_control.yaml): a nonrobust-features study config (its
+    datasets entry names the flag whose layout the synthetic files take; their root is written per amplitude) plus
+    the synthetic data's settings, the amplitudes swept and the smallest amplitude that must be detected."""
 
-    DESCRIPTION: ClassVar[str] = "the positive control of the nonrobust-features study (synthetic, a few minutes)"
-
-    name: str = ""
-    settings: Settings = field(default_factory=Settings)
-    source: Path = Path("positive_control.yaml")
+    DESCRIPTION: ClassVar[str] = ("the positive control of the nonrobust-features study: its real pipeline on "
+                                  "synthetic data, pattern amplitude swept")
+    amplitudes: list = field(default_factory=lambda: [0.0, 2 / 255])
+    detect_from: Optional[float] = None
+    synthetic: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.settings is None or isinstance(self.settings, dict):
-            self.settings = settings_from(self.settings or {})
-        elif not isinstance(self.settings, Settings):
-            raise ConfigError(f"settings must be a mapping, got {self.settings!r}")
-        self.name = str(self.name or Path(self.source).stem)
+        self.synthetic = check_synthetic(self.synthetic or {})
+        self.datasets = self.datasets or [{"flag": "pneumoniamnist"}]
+        super().__post_init__()
+        if len(self.datasets) != 1:
+            raise ConfigError("positive control: one datasets entry (the flag whose layout the synthetic files take)")
+        info = dataset_info(self.datasets[0]["flag"])
+        if info.task == MULTILABEL or info.num_classes != 2 or info.n_channels != 1:
+            raise ConfigError(f"positive control: the synthetic data are binary and grey; {info.flag} is not")
+        self.amplitudes, self.detect_from = check_amplitudes(self.amplitudes, self.detect_from, self.d_rand_budget,
+                                                             self.datasets[0].get("size", 28))
+
+    @property
+    def d_rand(self) -> str:
+        """The construction the control reads: the one D_rand set with a leakage model."""
+        names = [n for n, s in self.constructions.items() if construction_kind(n, s) == "d_rand" and s.get("leakage")]
+        if len(names) != 1:
+            raise ConfigError("positive control: constructions needs exactly one d_rand set with a leakage model "
+                              "({d_rand: {source: erm, leakage: robust_l2, epsilon: 1.0, ...}}), got "
+                              f"{len(names)}")
+        return names[0]
+
+    @property
+    def d_rand_budget(self) -> float:
+        spec = {**self.construction_defaults, **self.constructions[self.d_rand]}
+        from constructions import Settings
+
+        return float(spec.get("epsilon", Settings().epsilon))
+
+    def arm(self, amplitude: float, root: Path) -> NonrobustStudy:
+        """The nonrobust study of one amplitude: the data under `root`; with the pattern, its D_rand must carry the new
+        labels to the source (the pattern is flipped within the budget), checked before training."""
+        dataset = {**self.datasets[0], "root": str(root), "verify_md5": False}
+        spec = {**self.constructions[self.d_rand], "require_assigned": amplitude > 0}
+        keys = {f.name: getattr(self, f.name) for f in fields(NonrobustStudy) if f.init}
+        keys.update(datasets=[dataset], constructions={**self.constructions, self.d_rand: spec},
+                    endpoints=self.given_endpoints)
+        return NonrobustStudy(**keys)
+
+    @property
+    def given_endpoints(self) -> dict:
+        """The endpoints as the config gave them (the parent checks them into a plan): D_rand's net measure."""
+        plan = self.endpoints
+        return {"primary": {e.model: e.measure for e in plan["primary"]}, "correction": plan["correction"]} \
+            if plan["declared"] else None
 
     def reproduce(self, out: Path, log=print) -> list[dict]:
-        """Run (or reuse) every step under `out` and write the results (studies.framework.Study)."""
+        """Run (or reuse) every amplitude's study under `out` and write the detection curve and the verdict."""
         return reproduce(self, Path(out), log)
+
+
+def check_synthetic(given: dict) -> dict:
+    """synthetic: write_positive_control_npz's settings (SYNTHETIC), checked."""
+    if not isinstance(given, dict) or set(given) - set(SYNTHETIC):
+        raise ConfigError(f"positive control: synthetic takes {', '.join(SYNTHETIC)}, got {given!r}")
+    out = {**SYNTHETIC, **given}
+    for name in ("n_train", "n_val", "n_test"):
+        n = out[name]
+        if isinstance(n, bool) or not isinstance(n, int) or n < 32:
+            raise ConfigError(f"positive control: synthetic.{name} needs at least 32 images, got {n!r}")
+    for name in ("shape_contrast", "noise", "shape_agreement", "contrast_jitter"):
+        value = out[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            raise ConfigError(f"positive control: synthetic.{name} must be a number >= 0, got {value!r}")
+    if not 0.5 <= out["shape_agreement"] <= 1:
+        raise ConfigError(f"positive control: synthetic.shape_agreement must lie in [0.5, 1], got "
+                          f"{out['shape_agreement']!r}")
+    if not 0 <= out["contrast_jitter"] < 1:
+        raise ConfigError(f"positive control: synthetic.contrast_jitter must lie in [0, 1), got "
+                          f"{out['contrast_jitter']!r}")
+    return out
+
+
+def check_amplitudes(amplitudes, detect_from, budget: float, size: int) -> tuple[list[float], float]:
+    """The amplitudes swept (0, the control, and at least one pattern whose flip, L2 2 * a * size, is below the
+    construction's budget) and the smallest that must be detected (default: the smallest above 0)."""
+    if not isinstance(amplitudes, list) or not amplitudes:
+        raise ConfigError(f"positive control: amplitudes must be a list of pattern amplitudes, got {amplitudes!r}")
+    values = sorted({_number("amplitudes", a) for a in amplitudes})
+    if values[0] < 0 or 0.0 not in values or len(values) < 2:
+        raise ConfigError("positive control: amplitudes needs 0 (the control: no pattern) and at least one amplitude "
+                          f"above 0, none negative; got {amplitudes!r}")
+    for a in values:
+        if 2 * a * size >= budget:
+            raise ConfigError(f"positive control: the pattern at amplitude {a:.4f} is flipped by L2 "
+                              f"{2 * a * size:.3f}, not below the construction's budget {budget}: lower it")
+    detect = values[1] if detect_from is None else _number("detect_from", detect_from)
+    if detect not in values[1:]:
+        raise ConfigError(f"positive control: detect_from must be one of the amplitudes above 0, got {detect_from!r}")
+    return values, detect
+
+
+def _number(name: str, value) -> float:
+    from attacks.threat_model import parse_epsilon
+
+    try:
+        return float(parse_epsilon(value, "l2")) if isinstance(value, str) else float(value)
+    except (TypeError, ValueError, ConfigError):
+        raise ConfigError(f"positive control: {name} takes numbers (2/255 works), got {value!r}") from None
 
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:
     return load_study(Study, path, overrides)
 
 
-def reproduce(study: Study, out: Path, log=print) -> list[dict]:
-    from .runner import write_csv
+# ---- the sweep ---------------------------------------------------------------------------------------------------
+def arm_folder(out: Path, amplitude: float) -> Path:
+    return out / f"amplitude_{amplitude * 255:g}_255"
 
+
+def run_arm(study: Study, amplitude: float, out: Path, log=print) -> dict:
+    """One amplitude: its data written (once), then the nonrobust study run on it; {'rows': the D_rand model's
+    results rows} or {'broken': the audit's line} when its construction fails the audit."""
+    from datamodules.synthetic import write_positive_control_npz
+
+    from .nonrobust.pipeline import reproduce as run_study
+
+    folder = arm_folder(out, amplitude)
+    root = folder / "data"
+    entry = study.datasets[0]
+    if not any(root.glob("*.npz")):
+        write_positive_control_npz(root, amplitude, flag=entry["flag"], size=entry.get("size", 28), **study.synthetic)
+    try:
+        rows = run_study(study.arm(amplitude, root), folder, log=lambda line: log(f"[amplitude {amplitude:.4f}] "
+                                                                                  + line))
+    except ConstructionBroken as err:
+        return {"broken": str(err)}
+    return {"rows": [r for r in rows if r["model"] == study.d_rand]}
+
+
+def summarise(rows: list[dict], level: float, over_seeds: bool) -> dict:
+    """{column: {mean, sd, low, high, seeds[, verdict]}} of the D_rand model over seeds: a t interval over seeds
+    (evaluation.statistics.seed_interval), or with one seed its bootstrap interval over test examples; a verdict
+    against chance (AUROC 0.5) for the two AUROCs."""
+    from evaluation.statistics import seed_interval
+
+    out = {}
+    for column, _ in CURVE:
+        values = [r.get(column) for r in rows if isinstance(r.get(column), (int, float))]
+        if not values:
+            continue
+        if over_seeds and len(values) > 1 or f"{column}_low" not in rows[0]:
+            stats = seed_interval(values, level)
+        else:
+            stats = {"mean": values[0], "sd": 0.0, "low": rows[0][f"{column}_low"], "high": rows[0][f"{column}_high"],
+                     "seeds": 1}
+        if column in ("auroc", NET):
+            stats["verdict"] = measures.verdict(stats["low"], stats["high"], 0.5)
+        out[column] = stats
+    return out
+
+
+def failures(curve: dict, detect_from: float) -> list[str]:
+    """What the control requires of the curve ({amplitude: {'summary': summarise(...)} or {'broken': line}}), as
+    failures (empty: it passes): module docstring."""
+    out = []
+    for amplitude, arm in curve.items():
+        if "broken" in arm:
+            out.append(f"amplitude {amplitude:.4f}: {arm['broken']}")
+            continue
+        net = arm["summary"].get(NET)
+        if net is None:
+            out.append(f"amplitude {amplitude:.4f}: no AUROC net of leakage (the D_rand set names no leakage model)")
+        elif amplitude == 0 and net["verdict"] == measures.HOLDS:
+            out.append(f"without the pattern (amplitude 0), the D_rand model's test AUROC net of leakage {_fmt(net)} "
+                       "is above chance: the leakage correction does not remove what robust features carry")
+        elif amplitude >= detect_from and net["verdict"] != measures.HOLDS:
+            out.append(f"with the pattern at amplitude {amplitude:.4f}, the D_rand model's test AUROC net of leakage "
+                       f"{_fmt(net)} is not above chance: finding 1 is not seen where it is true")
+    return out
+
+
+def over_seeds(values: list[float], level: float, chance: float = 0.5) -> dict:
+    """Mean, sd and a t interval over seeds, and the verdict against `chance` (evaluation.statistics.seed_interval
+    owns the interval)."""
+    from evaluation.statistics import seed_interval
+
+    stats = seed_interval(values, level)
+    return {**stats, "values": [float(v) for v in values], "verdict": measures.verdict(stats["low"], stats["high"],
+                                                                                       chance)}
+
+
+def reproduce(study: Study, out: Path, log=print) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
-    arms = run(study.settings, log=log)
-    failed = failures(arms)
-    rows = [{"arm": arm, "seed": r["seed"], "probe": probe,
-             **{f"auroc{suffix}": r["d_rand"][probe][key] for suffix, key in (("", "value"), ("_low", "low"),
-                                                                               ("_high", "high"))}}
-            for arm, result in arms.items() for r in result["seeds"] if "broken" not in r["d_rand"]
-            for probe in PROBES]
-    write_json_atomic(out / "results.json", {"settings": asdict(study.settings), "arms": arms, "failures": failed,
-                                             "passed": not failed})
+    level = study.statistics["level"]
+    curve, rows = {}, []
+    for amplitude in study.amplitudes:
+        arm = run_arm(study, amplitude, out, log)
+        if "rows" in arm:
+            arm["summary"] = summarise(arm["rows"], level, study.over_seeds)
+            for r in arm["rows"]:
+                rows.append({"amplitude": amplitude, "seed": r["seed"],
+                             **{k: r[k] for column, _ in CURVE for k in (column, f"{column}_low", f"{column}_high")
+                                if k in r}})
+            rows += [{"amplitude": amplitude, "seed": measures.SUMMARY_SEED,
+                      **{f"{column}{suffix}": stats[key] for column, stats in arm["summary"].items()
+                         for suffix, key in (("", "mean"), ("_low", "low"), ("_high", "high"))},
+                      "n_seeds": len(arm["rows"])}]
+        curve[amplitude] = arm
+    failed = failures(curve, study.detect_from)
+    summary = {a: ({"broken": arm["broken"]} if "broken" in arm else {"summary": arm["summary"]})
+               for a, arm in curve.items()}
+    write_json_atomic(out / "results.json", {"amplitudes": study.amplitudes, "detect_from": study.detect_from,
+                                             "curve": {f"{a:.6f}": s for a, s in summary.items()},
+                                             "failures": failed, "passed": not failed})
     write_csv(rows, out / "results.csv")
-    write_text_atomic(out / "results.md", markdown(study.settings, arms, failed))
+    write_text_atomic(out / "results.md", markdown(study, summary, failed))
     log(("passed" if not failed else "FAILED: " + "; ".join(failed)) + f" ({out / 'results.md'})")
     return rows
 
 
-def markdown(settings: Settings, arms: dict, failed: list[str]) -> str:
-    lines = ["# Positive control: finding 1 where it is true by construction, and not where it is not", "",
-             f"{settings.size} px, {settings.n_train} training images; pattern amplitude {settings.amplitude:.4f} "
-             f"(flipped by L2 {settings.flip_l2:.3f}) below the construction's budget L2 {settings.epsilon}; "
-             f"{settings.steps} PGD steps; {settings.seeds} seeds, each redrawing data, source, constructed sets and "
-             f"models. Cells: AUROC against the real labels, mean ± sd over seeds [{settings.level:.0%} t interval "
-             "over seeds]. Tested: with the pattern, test and pattern-only AUROC above chance; the test AUROC with the "
-             "pattern minus without it (paired by seed) above 0. The control arm's own AUROC is the robust-feature "
-             "leakage of the construction at this budget (reported, not tested).", "",
-             "| arm | D_rand test AUROC | pattern-only probes | bar-only probes | verdict (test AUROC) |",
-             "|---|---|---|---|---|"]
-    for arm, result in arms.items():
-        summary = result["summary"]
-        lines.append(f"| {arm} | construction broken (below) | | | |" if summary is None else
-                     f"| {arm} | {_fmt(summary['test'])} | {_fmt(summary['pattern_only'])} | "
-                     f"{_fmt(summary['bar_only'])} | {summary['test']['verdict']} |")
-    if all(arms.get(arm, {}).get("summary") for arm in ARMS):
-        gain = pattern_gain(arms)
-        lines += ["", f"D_rand test AUROC with the pattern minus without it, paired by seed: {_fmt(gain)} "
-                  f"({'above 0' if gain['low'] > 0 else 'not above 0'})."]
-    lines += ["", "Per seed (AUROC [bootstrap interval over test examples]; the source's test AUROC; D_rand's labels "
-              "equal to the originals (chance 50%); the share of its relabelled images the source assigns to their new "
-              "label; the mean perturbation L2):", "",
-              "| arm | seed | source test AUROC | labels = originals | assigned | perturbation L2 | test "
-              "| pattern-only "
-              "| bar-only |", "|---|---|---|---|---|---|---|---|---|"]
-    for arm, result in arms.items():
-        for r in result["seeds"]:
-            d, c = r["d_rand"], r["d_rand"]["construction"]
-            cells = " | ".join(_fmt(d[probe]) if probe in d else "not trained" for probe in PROBES)
-            lines.append(f"| {arm} | {r['seed']} | {_fmt(r['source']['test'])} | {c['labels_agree_with_original']:.3f} "
-                         f"| {c['assigned_share_relabelled']:.3f} | {c['perturbation_l2']:.3f} | {cells} |")
-    lines += ["", "**Passed**: the pipeline sees useful nonrobust features where they exist, and not where they do not."
-              if not failed else "**Failed**:\n" + "\n".join(f"- {f}" for f in failed)]
+def markdown(study: Study, curve: dict, failed: list[str]) -> str:
+    spec = {**study.construction_defaults, **study.constructions[study.d_rand]}
+    size = study.datasets[0].get("size", 28)
+    how = ("t interval over seeds" if study.over_seeds else "bootstrap interval over test examples")
+    lines = ["# Positive control: the nonrobust-features study on data where finding 1 is true by construction", "",
+             f"The study's own pipeline (studies.nonrobust) on synthetic {size} px data "
+             f"({study.synthetic['n_train']} training images), D_rand at L2 {spec.get('epsilon')} "
+             f"({spec.get('steps')} steps of {spec.get('step')}), leakage model `{spec.get('leakage')}`; seeds "
+             f"{study.seeds}. Cells: D_rand model on the real test split, mean ± sd [{study.statistics['level']:.0%} "
+             f"{how}]; the net AUROC takes off the leakage baseline (studies.nonrobust.leakage). The pattern must be "
+             f"detected (net AUROC above chance) from amplitude {study.detect_from * 255:g}/255 up, and not at 0.", "",
+             "| amplitude | flipped by L2 | " + " | ".join(name for _, name in CURVE) + " | verdict (AUROC) "
+             "| verdict (net of leakage) |", "|---|---|" + "---|" * (len(CURVE) + 2)]
+    for amplitude, arm in curve.items():
+        head = f"| {amplitude * 255:g}/255 | {2 * amplitude * size:.3f} | "
+        if "broken" in arm:
+            lines.append(head + "construction broken (below) |" + " |" * (len(CURVE) + 1))
+            continue
+        s = arm["summary"]
+        lines.append(head + " | ".join(_fmt(s[c]) if c in s else "-" for c, _ in CURVE) + " | "
+                     + " | ".join(s[c]["verdict"] if c in s else "-" for c in ("auroc", NET)) + " |")
+    lines += ["", "**Passed**: the pipeline detects the nonrobust pattern where it is planted, and, net of leakage, "
+              "not where it is not." if not failed else "**Failed**:\n" + "\n".join(f"- {f}" for f in failed)]
     return "\n".join(lines) + "\n"
+
+
+def _fmt(stats: dict) -> str:
+    return measures.describe(stats, 0.5)
 
 
 DESCRIPTION = Study.DESCRIPTION

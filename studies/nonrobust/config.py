@@ -128,6 +128,9 @@ def check_statistics(given: dict, seeds: list[int]) -> dict:
 
 def check_recalibration(given: dict, datasets: list[dict]) -> dict:
     """recalibration: {split: val}: the real split a bias (and the AdaBN statistics) are fitted on; never test (the
+        if spec.get("leakage") is not None and spec["leakage"] not in models:
+            raise ConfigError(f"constructions.{name}.leakage must name one of the models (an L2-robust model trained "
+                              f"at the construction's budget), got {spec['leakage']!r}")
     split every number is reported on), never train (a constructed model's training split is the constructed set)."""
     from datamodules.npz import SPLITS
 
@@ -167,8 +170,10 @@ def construction_kind(name: str, spec: dict) -> str:
 
 
 #: keys of a construction entry that are not constructions.Settings (`reuse: NAME`: train on the set built for
-#: entry NAME, for knobs of the constructed model only: epochs, normalisation)
-CONSTRUCTION_META = ("source", "kind", "training", "reuse")
+#: entry NAME, for knobs of the constructed model only: epochs, normalisation; `leakage: MODEL`: the L2-robust model
+#: that measures robust-feature leakage, studies.nonrobust.leakage; `require_assigned: true`: the source must assign
+#: the relabelled images to their new label above chance, else the set is broken)
+CONSTRUCTION_META = ("source", "kind", "training", "reuse", "leakage", "require_assigned")
 
 
 #: A model trained on a constructed set is scored at its last epoch, as Ilyas et al. do. Its real-validation balanced

@@ -15,6 +15,7 @@ from evaluation.layout import StepLayout
 from .. import corruption_drop, measures
 from ..runner import done, train_step, write_csv
 from .config import CONSTRUCTION_META, STATISTICS, Study, construction_kind, constructed_training
+from . import leakage
 from .figures import figures
 from .results import cell_statistics, corruption_cells, drop_columns, result_row, roles_of
 from .tables import results_markdown
@@ -100,12 +101,15 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                 log(f"[{flag} seed {seed}] construct {name} from {spec['source']}"
                     + (" (reused)" if npz.is_file() else ""))
                 construct_step(npz, spec.get("reuse") or name, trained[spec["source"]], study, dataset, seed)
+                audit = leakage.audit_step(npz, name, spec, trained)  # a broken set stops here, before training
                 extra = {"data.train_npz": str(npz), "data.verify_md5": False}
                 step = base / StepLayout.trained_on(name)
                 log(f"[{flag} seed {seed}] train on {name}" + (" (reused)" if done(step) else ""))
                 summary = train_step(step, constructed_training(study, name), study.train, dataset, seed, extra=extra)
                 kind = construction_kind(name, spec)
                 measured = measure_step(step, summary, study, kind, npz.with_suffix(".json"))
+                measured["diagnostics"] = {**(measured["diagnostics"] or {}), **leakage.diagnostics(audit)}
+                leakage.net_of_leakage(measured, audit, kind)
                 draws.setdefault((flag, name), []).append(measured["measures"])
                 rows.append(result_row(dataset, name, "constructed", seed, summary, measured, kind))
             write_results(rows, out, draws, study, corruption_draws)  # partial results after every dataset and seed

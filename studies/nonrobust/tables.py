@@ -21,6 +21,9 @@ DIAGNOSTICS = (("train_acc_constructed", "train acc on its constructed set"),
                ("mean_p1_constructed", "mean p(class 1), constructed train"),
                ("mean_p1_real_test", "mean p(class 1), real test"),
                ("prob_shift_tv", "shift of mean probabilities (TV)"),
+               ("labels_agree_with_original", "new labels = originals"),
+               ("leakage_share", "leakage: robust model assigns relabelled images to the new label"),
+               ("leakage_auroc", "leakage: robust model's AUROC vs the new labels"),
                ("bacc_vs_new_label", "bacc vs D_det label (y+1) mod C"))
 
 

@@ -1,170 +1,218 @@
-"""The positive control's settings: a control that cannot be built ends in one error line, exit 2, nothing written."""
+"""The positive control: the nonrobust study's own pipeline on synthetic data with a planted nonrobust pattern. It
+passes when intact, and fails when the pattern is removed, when the construction leaves the labels as the originals,
+and when the perturbation is dropped. One tiny control (one seed, two amplitudes) is run once for the file; the broken
+constructions are built from its source models and caught by the audit before any model is trained on them."""
+import json
+import math
 from pathlib import Path
 
+import numpy as np
 import pytest
+import yaml
 
+from studies import measures
 from studies.cli import main
-from studies.positive_control import Settings, load
+from studies.nonrobust.leakage import NET
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "configs" / "study" / "positive_control.yaml"
+PATTERN = 4 / 255
+# one seed (intervals over test examples), 256 training images, 3 epochs: the shipped config's pipeline, smaller
+TINY = ["seeds=[0]", "amplitudes=[0, 4/255]", "detect_from=4/255", "synthetic.n_train=320", "synthetic.n_val=64",
+        "synthetic.n_test=128", "train.trainer.max_epochs=6", "constructed_training.overrides.trainer.max_epochs=6",
+        "models.robust_l2.overrides.model.init_args.steps=3", "statistics.bootstrap=200",
+        "statistics.interval=examples", "train.trainer.callbacks.init_args.test_steps=2"]
 
 
-def test_shipped_config_loads_and_its_pattern_is_below_the_budget():
-    study = load(CONFIG)
-    assert study.settings.flip_l2 < study.settings.epsilon and study.settings.size >= 8
+@pytest.fixture(autouse=True)
+def at_repo(monkeypatch):
+    monkeypatch.chdir(REPO)  # the config names training configs relative to the repository
+
+
+def test_the_shipped_control_runs_the_quick_study_construction_with_an_l2_leakage_model_at_its_budget():
+    from studies.nonrobust import load as load_study
+    from studies.positive_control import load
+
+    control, quick = load(CONFIG), load_study(REPO / "configs" / "study" / "quick.yaml")
+    budget = {k: quick.constructions["d_rand"][k] for k in ("epsilon", "step", "steps", "scale")}
+    assert {k: control.constructions["d_rand"][k] for k in budget} == budget
+    robust = control.models[control.constructions["d_rand"]["leakage"]]
+    assert yaml.safe_load(Path(robust["config"]).read_text())["model"]["class_path"].endswith("PGDAT")
+    assert robust["overrides"]["model.init_args.norm"] == "l2"
+    assert robust["overrides"]["model.init_args.epsilon"] == budget["epsilon"]
+    assert control.amplitudes[0] == 0 and len(control.amplitudes) >= 3 and len(control.seeds) >= 3
+    assert all(2 * a * 28 < budget["epsilon"] for a in control.amplitudes)
+    assert control.train["data.augment"] is False  # a shifted checkerboard is the other class's
 
 
 @pytest.mark.parametrize("override, message", [
-    ("settings.amplitude=0.1", "is not below the attack budget epsilon 0.5"),
-    ("settings.size=4", "size 4 px leaves no room for the bar"),
-    ("settings.n_train=8", "need at least 32 images"),
-    ("settings.seeds=1", "the interval over seeds needs at least 2"),
-    ("settings.epsilon=0", "epsilon must be a positive number"),
-    ("settings.shape_agreement=0.2", "shape_agreement must lie in [0.5, 1]"),
-    ("settings.colour=red", "unknown setting(s) colour"),
-    ("settings.bootstrap=10", "at least 100 draws"),
+    ("amplitudes=[1/255, 2/255]", "amplitudes needs 0 (the control"),
+    ("amplitudes=[0]", "amplitudes needs 0 (the control"),
+    ("amplitudes=[0, 0.1]", "not below the construction's budget 1.0"),
+    ("detect_from=3/255", "detect_from must be one of the amplitudes above 0"),
+    ("synthetic.n_train=8", "needs at least 32 images"),
+    ("synthetic.colour=red", "synthetic takes"),
+    ("constructions.d_rand.leakage=nobody", "leakage must name one of the models"),
+    ("datasets=[{flag: dermamnist}]", "binary and grey; dermamnist is not"),
 ])
 def test_a_control_that_cannot_be_built_is_one_error_line_and_exit_2(tmp_path, capsys, override, message):
     out = tmp_path / "out"
     code = main(["reproduce", str(CONFIG), "--out", str(out), "--set", override])
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("error: positive control") and message in err[0], err
+    assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
     assert not out.exists()
 
 
-def test_settings_defaults_are_buildable():
-    assert Settings().check().flip_l2 < Settings().epsilon
-
-
-# ---- the pipeline's own test: finding 1 is seen where it is true, and the construction's breakages fail it --------
-# End to end at the shipped settings (5 seeds x 2 arms of 28 px training): about 13 s per arm and seed on an idle
-# 2-core CPU; a broken construction stops its arm at the first seed (about 8 s). The verdict logic is also checked
-# on fixed numbers below.
+# ---- the tiny control, run once --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def shipped():
-    """The shipped control's settings and its pattern arm, run once for the tests below."""
-    from studies.positive_control import run
+def tiny(tmp_path_factory):
+    """The tiny control's study and out folder, run once (every step kept there for the tests below)."""
+    import os
 
-    settings = load(CONFIG).settings
-    return settings, run(settings, arms=("pattern",))
+    from studies.positive_control import load
 
-
-def _broken(how):
-    """constructions.build, broken one way: the new labels dropped, or the perturbation dropped."""
-    from constructions import build
-    from studies.positive_control import to_float
-
-    def broken_build(kind, source, images, labels, num_classes, settings, **kw):
-        made = build(kind, source, images, labels, num_classes, settings, **kw)
-        if how == "labels left as the originals":
-            made.labels = labels.clone()
-        else:
-            made.images = to_float(images)
-        return made
-
-    return broken_build
+    here = os.getcwd()
+    os.chdir(REPO)
+    try:
+        study = load(CONFIG, TINY)
+        out = tmp_path_factory.mktemp("positive_control")
+        study.reproduce(out, log=lambda _: None)
+    finally:
+        os.chdir(here)
+    return study, out, json.loads((out / "results.json").read_text())
 
 
-def test_the_shipped_positive_control_passes(shipped):
-    from studies.positive_control import failures, run
-
-    settings, pattern = shipped
-    arms = {**pattern, **run(settings, arms=("control",))}
-    assert failures(arms) == [], failures(arms)
-    test = arms["pattern"]["summary"]["test"]
-    assert test["seeds"] == settings.seeds and test["low"] > 0.5
+def _curve(saved: dict) -> dict:
+    return {float(a): arm for a, arm in saved["curve"].items()}
 
 
-@pytest.mark.parametrize("how, arm, message", [
-    # clean images with random labels: the source assigns the relabelled images to their old label
-    ("perturbation dropped", "pattern", "the perturbation does not carry the new label"),
-    # original labels on perturbed images: the AUROCs alone could still pass (the bar predicts 3 of 4 test labels),
-    # the labels' agreement with the originals cannot
-    ("labels left as the originals", "control", "equal the original labels on 100.0%"),
-])
-def test_a_broken_construction_fails_the_control_before_any_model_is_trained(shipped, how, arm, message):
-    from studies.positive_control import failures, run
+def test_the_intact_control_passes_through_the_study_pipeline(tiny):
+    from studies.positive_control import arm_folder
 
-    settings, _ = shipped
-    arms = run(settings, arms=(arm,), build=_broken(how))
-    got = failures(arms)
-    assert any(message in f for f in got), got
-    assert len(arms[arm]["seeds"]) == 1 and "test" not in arms[arm]["seeds"][0]["d_rand"]
-    assert arms[arm]["summary"] is None
-
-
-def test_reproduce_writes_results_and_says_whether_it_passed(tmp_path, monkeypatch, shipped):
-    """The study command's files, from a run whose arms are the module fixture's (no second training)."""
-    import json
-
-    from studies import positive_control
-
-    settings, pattern = shipped
-    monkeypatch.setattr(positive_control, "run", lambda s, log=None: {**pattern, "control": pattern["pattern"]})
-    positive_control.reproduce(positive_control.Study("pc", settings, CONFIG), tmp_path, log=lambda _: None)
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert saved["passed"] is False and "does not come from the nonrobust pattern" in saved["failures"][0]
-    assert "**Failed**" in (tmp_path / "results.md").read_text()
-    assert (tmp_path / "results.csv").read_text().count("\n") == 1 + 2 * settings.seeds * 3
+    study, out, saved = tiny
+    assert saved["passed"], saved["failures"]
+    curve = _curve(saved)
+    pattern, control = curve[PATTERN]["summary"], curve[0.0]["summary"]
+    assert pattern[NET]["verdict"] == measures.HOLDS and control[NET]["verdict"] != measures.HOLDS
+    # the net measure is the AUROC less the leakage model's excess over chance on the constructed set
+    for arm in (pattern, control):
+        assert arm[NET]["mean"] == pytest.approx(arm["auroc"]["mean"] - (arm["leakage_auroc"]["mean"] - 0.5))
+        assert 0 <= arm["leakage_share"]["mean"] <= 1
+    assert pattern["source_assigned_relabelled"]["mean"] > 0.9  # the pattern is flipped within the budget
+    # the study's own steps and tables: a real-pipeline run per amplitude, D_rand scored at its last epoch
+    base = arm_folder(out, PATTERN) / "pneumoniamnist_28" / "seed_0"
+    result = json.loads((base / "train_d_rand" / "result.json").read_text())
+    assert result["best_epoch"] == 5
+    audit = json.loads((base / "constructed" / "d_rand.audit.json").read_text())
+    assert abs(audit["labels_agree_with_original"] - 0.5) < 0.15 and audit["leakage_model"] == "robust_l2"
+    assert "AUROC net of leakage" in (arm_folder(out, PATTERN) / "results.md").read_text()
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("amplitude,seed,auroc,auroc_low,auroc_high,auroc_net_of_leakage") and len(rows) == 5
+    assert "**Passed**" in (out / "results.md").read_text()
 
 
-def _arms(pattern_test, pattern_probe, control_test):
-    """Arm results as positive_control.run returns them (sound constructions), from per-seed AUROCs."""
-    from studies.positive_control import over_seeds
-
-    def arm(test, probe):
-        seeds = [{"seed": i, "d_rand": {"construction": {}}} for i in range(len(test))]
-        return {"summary": {"test": over_seeds(test, 0.95), "pattern_only": over_seeds(probe, 0.95),
-                            "bar_only": over_seeds([0.5] * len(test), 0.95)}, "level": 0.95,
-                "seeds": seeds, "n_train": 512}
-
-    return {"pattern": arm(pattern_test, pattern_probe), "control": arm(control_test, [0.5] * len(control_test))}
-
-
-MEASURED = ([0.722, 1.000, 0.989, 0.942, 0.945], [0.741, 1.0, 1.0, 0.998, 0.750], [0.422, 0.529, 0.717, 0.698, 0.581])
-
-
-@pytest.mark.parametrize("pattern_test, pattern_probe, control_test, expected", [
-    # measured at the shipped settings (runs/study/positive_control, README): passes
-    (*MEASURED, []),
-    # nothing learned in either arm
-    ([0.52, 0.47, 0.55, 0.49, 0.51], [0.50, 0.48, 0.53, 0.52, 0.49], [0.50, 0.52, 0.47, 0.55, 0.49],
-     ["test AUROC", "pattern-only probes", "does not come from the nonrobust pattern"]),
-    # the pattern arm is above chance but no better than the control: the finding is leakage, not the pattern
-    (MEASURED[0], MEASURED[1], [0.70, 0.98, 0.99, 0.95, 0.93], ["does not come from the nonrobust pattern"]),
-])
-def test_the_verdicts_read_seeds_and_the_paired_gain(pattern_test, pattern_probe, control_test, expected):
+def test_the_control_fails_when_the_pattern_is_removed(tiny):
+    """The arm that must detect the pattern, run on data without it (the amplitude-0 arm's study)."""
     from studies.positive_control import failures
 
-    got = failures(_arms(pattern_test, pattern_probe, control_test))
-    assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
+    _, _, saved = tiny
+    got = failures({PATTERN: _curve(saved)[0.0]}, PATTERN)
+    assert len(got) == 1 and "finding 1 is not seen where it is true" in got[0], got
 
 
-@pytest.mark.parametrize("agree, relabelled, assigned, expected", [
-    (0.49, 261, 0.99, []),                                           # measured at the shipped settings: sound
-    (1.0, 0, float("nan"), ["equal the original labels on 100.0%"]),   # labels left as the originals
-    (0.5, 256, 0.01, ["does not carry the new label"]),               # perturbation dropped
-    (0.5, 256, 0.56, ["does not carry the new label"]),               # within chance of 50%
-    (0.9, 51, 0.99, ["equal the original labels on 90.0%"]),          # labels mostly kept
+def _break(how):
+    """constructions.construct_file, broken one way after the real build: labels left as the originals, or the
+    perturbation dropped (the original images under the new labels)."""
+    import constructions
+    from constructions.dataset import sidecar_path
+
+    build = constructions.construct_file
+
+    def broken(kind, ckpt, flag, out, **kw):
+        sidecar = build(kind, ckpt, flag, out, **kw)
+        with np.load(out) as made, np.load(json.loads(sidecar_path(out).read_text())["official_file"]) as official:
+            arrays = {key: made[key] for key in made.files}
+            n = len(arrays["train_labels"])
+            key = "train_labels" if how == "labels" else "train_images"
+            arrays[key] = official[key][:n]
+        np.savez(out, **arrays)
+        return sidecar
+
+    return broken
+
+
+@pytest.mark.parametrize("how, message", [
+    ("labels", "D_rand's labels equal the original labels on 100.0%"),
+    ("images", "the perturbation does not carry the new label"),
 ])
-def test_construction_checks_read_label_agreement_and_the_source_assignment(agree, relabelled, assigned, expected):
-    from studies.positive_control import construction_failures
+def test_a_broken_construction_fails_the_control_before_a_model_is_trained_on_it(tiny, monkeypatch, how, message):
+    """A second D_rand from the tiny control's own source (every earlier step reused), broken: the audit ends that
+    amplitude's study before training on it, and the control fails."""
+    import constructions
+    from studies.positive_control import arm_folder, failures, load, run_arm
 
-    construction = {"labels_agree_with_original": agree, "relabelled": relabelled,
-                    "assigned_share_relabelled": assigned}
-    got = construction_failures(construction, 512)
-    assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
-    # without the pattern nothing below the budget need flip the source: the assignment is not tested
-    got = construction_failures(construction, 512, pattern=False)
-    expected = [e for e in expected if "new label" not in e]
-    assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
+    _, out, _ = tiny
+    monkeypatch.setattr(constructions, "construct_file", _break(how))
+    study = load(CONFIG, [*TINY, f"constructions.d_{how}={{kind: d_rand, source: erm, epsilon: 1.0, step: 0.2, "
+                                 "steps: 20, scale: false, require_assigned: true}"])
+    arm = run_arm(study, PATTERN, out, log=lambda _: None)
+    assert message in arm["broken"], arm
+    assert not (arm_folder(out, PATTERN) / "pneumoniamnist_28" / "seed_0" / f"train_d_{how}").exists()
+    got = failures({PATTERN: arm}, PATTERN)
+    assert len(got) == 1 and message in got[0]
 
 
-def test_a_broken_seed_is_reported_and_no_summary_is_read():
+# ---- the verdicts and the audit on fixed numbers ----------------------------------------------------------------
+def _summary(net, auroc=None):
+    low, high = net
+    return {"summary": {NET: {"mean": (low + high) / 2, "sd": 0.0, "low": low, "high": high, "seeds": 3,
+                              "verdict": measures.verdict(low, high, 0.5)},
+                        "auroc": {"mean": 0.6, "sd": 0.0, "low": 0.55, "high": 0.65, "seeds": 3,
+                                  "verdict": measures.HOLDS}}}
+
+
+@pytest.mark.parametrize("curve, expected", [
+    ({0.0: _summary((0.45, 0.56)), PATTERN: _summary((0.8, 0.95))}, []),
+    # the control arm still reads as finding 1 after the correction
+    ({0.0: _summary((0.52, 0.61)), PATTERN: _summary((0.8, 0.95))}, ["leakage correction does not remove"]),
+    # the pattern is not detected
+    ({0.0: _summary((0.45, 0.56)), PATTERN: _summary((0.48, 0.7))}, ["not seen where it is true"]),
+    # below detect_from the curve is reported, not tested
+    ({0.0: _summary((0.45, 0.56)), 1 / 255: _summary((0.4, 0.6)), PATTERN: _summary((0.8, 0.95))}, []),
+    ({0.0: {"broken": "constructions.d_rand is broken: labels kept"}, PATTERN: _summary((0.8, 0.95))},
+     ["amplitude 0.0000: constructions.d_rand is broken"]),
+])
+def test_the_verdicts_read_the_net_auroc_against_chance(curve, expected):
     from studies.positive_control import failures
 
-    arms = _arms(*MEASURED)
-    arms["control"] = {"seeds": [{"seed": 0, "d_rand": {"construction": {}, "broken": ["labels kept"]}}],
-                       "summary": None, "level": 0.95, "n_train": 512}
-    assert failures(arms) == ["control arm, seed 0: labels kept"]
+    got = failures(curve, PATTERN)
+    assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
+
+
+@pytest.mark.parametrize("agree, relabelled, assigned, require, expected", [
+    (0.49, 130, 0.99, True, []),                                              # sound
+    (1.0, 0, math.nan, True, ["equal the original labels on 100.0%"]),        # labels left as the originals
+    (0.5, 128, 0.01, True, ["does not carry the new label"]),                 # perturbation dropped
+    (0.5, 128, 0.56, True, ["does not carry the new label"]),                 # within chance of 50%
+    (0.5, 128, 0.01, False, []),                                              # the control arm: not required
+    (0.9, 26, 0.99, True, ["equal the original labels on 90.0%"]),            # labels mostly kept
+])
+def test_the_audit_reads_label_agreement_and_the_source_assignment(agree, relabelled, assigned, require, expected):
+    from studies.nonrobust.leakage import failures
+
+    result = {"kind": "d_rand", "n": 256, "num_classes": 2, "labels_agree_with_original": agree,
+              "relabelled": relabelled, "source_assigned_relabelled": assigned}
+    got = failures(result, require)
+    assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
+
+
+def test_the_net_auroc_takes_the_leakage_excess_off_every_draw_for_d_rand_only():
+    from studies.nonrobust.leakage import net_of_leakage
+
+    def measured():
+        return {"measures": {"auroc": {"value": 0.8, "draws": np.array([0.7, 0.9])}}}
+
+    got = net_of_leakage(measured(), {"leakage_auroc": 0.6}, "d_rand")["measures"][NET]
+    assert got["value"] == pytest.approx(0.7) and got["draws"] == pytest.approx([0.6, 0.8])
+    assert NET not in net_of_leakage(measured(), {"leakage_auroc": 0.6}, "d_det")["measures"]
+    assert NET not in net_of_leakage(measured(), {}, "d_rand")["measures"]
