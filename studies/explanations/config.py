@@ -13,6 +13,13 @@ from ..runner import StudyConfig, check_datasets, check_seeds, check_training_sp
 
 EXPLANATION_KEYS = {"method", "k", "steps", "samples", "val_samples", "val_steps", "every_epoch"}
 CALLBACK = "trainer.callbacks.init_args."
+#: the study's AutoAttack block: evaluation.evaluators.settings.AutoAttackSettings' fields (less `enabled`: every
+#: model is attacked) and the margin by which PGD may exceed AutoAttack before a model is flagged
+AUTOATTACK_DEFAULTS = {"version": "custom", "attacks": ["apgd-ce", "apgd-t", "square"], "samples": None,
+                       "square_queries": 1000, "masking_margin": 0.02}
+#: the callback's flat AutoAttack keys (evaluation.evaluators.settings.LEGACY_KEYS) for each field of the block
+AUTOATTACK_CALLBACK_KEYS = {"version": "autoattack_version", "attacks": "autoattack_attacks",
+                            "samples": "autoattack_samples", "square_queries": "square_queries"}
 #: the explanation-robustness measure on the study's y axis, and the one under random noise beside it
 EXPLANATION_AXIS, NOISE_AXIS = "topk", "topk_random"
 
@@ -21,7 +28,8 @@ EXPLANATION_AXIS, NOISE_AXIS = "topk", "topk_random"
 class Study(StudyConfig):
     """A parsed, validated explanation study config (see configs/study/explanations_quick.yaml): the YAML's keys are
     its fields (less `source`, the file), checked when it is built (unknown explanation method, k larger than the
-    image, a negative radius: one ConfigError line)."""
+    image, a negative radius: one ConfigError line). `autoattack`: the AutoAttack every model is tested with beside
+    PGD (AUTOATTACK_DEFAULTS) and the PGD - AutoAttack margin above which a model is flagged."""
 
     DESCRIPTION: ClassVar[str] = ("classification vs explanation robustness (Chen et al. 2403.06013): train, measure "
                                   "both, correlate")
@@ -30,6 +38,7 @@ class Study(StudyConfig):
     norm: str = "linf"
     explanation: dict = field(default_factory=dict)
     compare: dict[str, str] = field(default_factory=dict)
+    autoattack: dict = field(default_factory=dict)
     examples: int = 3
     bootstrap: int = 1000
     source: Path = Path("study.yaml")
@@ -76,6 +85,7 @@ class Study(StudyConfig):
             if a not in models or b not in models:
                 raise ConfigError(f"compare.{a}: {b} must both be models of the study ({', '.join(models)})")
         self.compare, self.train = dict(compare), dict(self.train or {})
+        self.autoattack = _autoattack_block(self.autoattack, self.train)
         self.examples = _positive_int("examples", self.examples)
         self.bootstrap = _positive_int("bootstrap", self.bootstrap)
         self.name = str(self.name or Path(self.source).stem)
@@ -90,7 +100,9 @@ class Study(StudyConfig):
                 f"{CALLBACK}explanation_test_steps": e["steps"], f"{CALLBACK}explanation_test_samples": e["samples"],
                 f"{CALLBACK}explanation_epoch": bool(e.get("every_epoch", False)),
                 f"{CALLBACK}explanation_samples": e.get("val_samples", 32),
-                f"{CALLBACK}explanation_steps": e.get("val_steps", 5)}
+                f"{CALLBACK}explanation_steps": e.get("val_steps", 5),
+                f"{CALLBACK}autoattack": True,
+                **{f"{CALLBACK}{key}": self.autoattack[name] for name, key in AUTOATTACK_CALLBACK_KEYS.items()}}
 
     def reproduce(self, out: Path, log=print) -> list[dict]:
         """Run (or reuse) every step under `out` and write the results (studies.explanations.pipeline)."""
@@ -105,6 +117,44 @@ def _positive_int(name: str, value, allow_none: bool = False):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigError(f"{name} must be a positive integer{' or null' if allow_none else ''}, got {value!r}")
     return value
+
+
+def _autoattack_block(block, train: dict) -> dict:
+    """The study's `autoattack` block with its defaults, checked by the AutoAttack evaluator itself (attack names)
+    and here (counts, margin); AutoAttack keys under `train` are refused: the block is their one place."""
+    from attacks.autoattack import VERSIONS
+    from evaluation.evaluators.adversarial import AdversarialEvaluator, AutoAttackEvaluator
+    from evaluation.evaluators.settings import AdversarialSettings, AutoAttackSettings
+
+    if block is not None and not isinstance(block, dict):
+        raise ConfigError(f"autoattack is a mapping of {', '.join(AUTOATTACK_DEFAULTS)}, got {block!r}")
+    aa = {**AUTOATTACK_DEFAULTS, **(block or {})}
+    extra = sorted(set(aa) - set(AUTOATTACK_DEFAULTS))
+    if extra:
+        raise ConfigError(f"unknown autoattack key(s) {', '.join(extra)}: use {', '.join(AUTOATTACK_DEFAULTS)}")
+    clash = sorted(k for k in train if k.startswith(CALLBACK)
+                   and (k.removeprefix(CALLBACK).startswith("autoattack") or k.endswith("square_queries")))
+    if clash:
+        raise ConfigError(f"train: {', '.join(clash)}: the study sets AutoAttack in its own autoattack block "
+                          f"({', '.join(AUTOATTACK_DEFAULTS)})")
+    if aa["version"] not in VERSIONS:
+        raise ConfigError(f"autoattack.version must be one of {', '.join(VERSIONS)}, got {aa['version']!r}")
+    if aa["version"] == "standard":
+        aa["attacks"] = None  # the standard version fixes its attacks
+    elif not isinstance(aa["attacks"], list) or not aa["attacks"]:
+        raise ConfigError(f"autoattack.attacks is a list of attacks, got {aa['attacks']!r}")
+    _positive_int("autoattack.samples", aa["samples"], allow_none=True)
+    _positive_int("autoattack.square_queries", aa["square_queries"], allow_none=True)
+    margin = aa["masking_margin"]
+    if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not 0 <= margin < 1:
+        raise ConfigError(f"autoattack.masking_margin is a balanced-accuracy difference in [0, 1), got {margin!r}")
+    settings = AutoAttackSettings(version=aa["version"], attacks=aa["attacks"], samples=aa["samples"],
+                                  square_queries=aa["square_queries"])
+    try:
+        AutoAttackEvaluator(settings, AdversarialEvaluator(AdversarialSettings()))  # it refuses unknown attacks
+    except ConfigError as err:
+        raise ConfigError(f"autoattack.attacks: {err}") from None
+    return aa
 
 
 def load(path: str | Path, overrides: Optional[list[str]] = None) -> Study:

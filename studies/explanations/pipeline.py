@@ -12,13 +12,13 @@ from evaluation.layout import StepLayout
 from ..runner import done, train_step, write_csv
 from .config import Study
 from .figures import maps_figure, scatter_figure
-from .results import analyse, result_row
+from .results import analyse, result_row, seed_summary
 from .tables import results_markdown
 
 def write_results(rows: list[dict], study: Study, out: Path, figures: bool = True) -> dict:
     analysis = analyse(rows, study)
-    write_csv([{k: v for k, v in r.items() if k not in ("report", "best_checkpoint")} for r in rows],
-              out / "results.csv")
+    per_seed = [{k: v for k, v in r.items() if k not in ("report", "best_checkpoint")} for r in rows]
+    write_csv(per_seed + seed_summary(rows), out / "results.csv")
     write_text_atomic(out / "results.md", results_markdown(rows, analysis, study))
     if figures:
         scatter_figure(rows, analysis, out)

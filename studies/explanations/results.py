@@ -9,6 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from attacks.threat_model import epsilon_label, format_epsilon
+from core.errors import ConfigError
 from datamodules.info import dataset_info
 from evaluation.layout import RunLayout
 from evaluation.record import read_record
@@ -50,7 +51,13 @@ def result_row(dataset: dict, model: str, spec: dict, seed: int, summary: dict, 
     aa = record.autoattack.get(label) if record is not None else None
     row["adv_bacc"] = tested.get(MetricKey("test", "adv", "bacc", label))
     row["aa_bacc"] = tested.get(MetricKey("test", "aa", "bacc", label))
+    if row["aa_bacc"] is None:
+        raise ConfigError(f"{info.flag} {model} seed {seed}: {summary.get('report')} has no AutoAttack number at "
+                          f"{format_epsilon(epsilon)}: the study attacks every model with AutoAttack (its autoattack "
+                          "block); delete that step folder to test it again")
     row["aa_examples"] = (aa.settings.get("info") or {}).get("n_examples") if aa else None
+    row["aa_attacks"] = "+".join((aa.settings.get("info") or {}).get("planned") or []) if aa else None
+    row["pgd_minus_aa"] = row["adv_bacc"] - row["aa_bacc"] if row["adv_bacc"] is not None else None
     # the headline classification robustness: AutoAttack where it ran on the whole test split, else PGD
     whole = aa and row["aa_examples"] == record.provenance.dataset.get("n_examples")
     row["robust_bacc"] = row["aa_bacc"] if whole else row["adv_bacc"]
@@ -63,6 +70,24 @@ def result_row(dataset: dict, model: str, spec: dict, seed: int, summary: dict, 
     row["report"] = summary.get("report")
     row["best_checkpoint"] = summary.get("best_checkpoint")
     return row
+
+
+def seed_summary(rows: list[dict]) -> list[dict]:
+    """One results.csv row per dataset and model with seed = `all` (studies.measures.summary_rows: means over
+    seeds), and the t interval over seeds (evaluation.statistics.seed_interval) of PGD's and AutoAttack's robust
+    bacc and of their difference in `<measure>_low` / `<measure>_high`."""
+    from evaluation.statistics import seed_interval
+
+    from ..measures import summary_rows
+
+    plain = [{k: v for k, v in r.items() if k not in ("report", "best_checkpoint")} for r in rows]
+    out = summary_rows(plain, keys=("dataset", "size", "model", "training"))
+    for row in out:
+        sel = [r for r in plain if all(r.get(k) == row.get(k) for k in ("dataset", "size", "model", "training"))]
+        for column in ("adv_bacc", "aa_bacc", "pgd_minus_aa"):
+            stats = seed_interval([r.get(column) for r in sel])
+            row[column], row[f"{column}_low"], row[f"{column}_high"] = stats["mean"], stats["low"], stats["high"]
+    return out
 
 
 def correlation(x: list[float], y: list[float], n: int = 10000, seed: int = 0, level: float = 0.95) -> dict:
@@ -95,9 +120,10 @@ def model_means(rows: list[dict], columns: tuple[str, ...]) -> list[dict]:
 
 def paired_difference(rows_a: dict, rows_b: dict, epsilon: float, n: int = 1000, seed: int = 0) -> dict:
     """Model a minus model b on the same test examples, with 95% paired bootstrap intervals
-    (evaluation.statistics.paired_bootstrap, one random stream for both measures): explanation top-k under attack
-    (the reports' per-example values) and PGD balanced accuracy (per-example predictions of the reports' PGD,
-    evaluation.runs.test_predictions)."""
+    (evaluation.statistics.paired_bootstrap, one random stream for all measures): explanation top-k under attack
+    (the reports' per-example values), PGD balanced accuracy (per-example predictions of the reports' PGD,
+    evaluation.runs.test_predictions) and AutoAttack balanced accuracy (the reports' per-example AutoAttack
+    predictions; absent from reports written before they were kept)."""
     import torch
 
     from evaluation.runs import score, test_predictions
@@ -116,22 +142,27 @@ def paired_difference(rows_a: dict, rows_b: dict, epsilon: float, n: int = 1000,
         out["expl"] = {"value": got["value"], "ci": [got["low"], got["high"]], "n": len(diff)}
     predictions = [test_predictions(RunLayout.of_checkpoint(row["best_checkpoint"]).root, row["best_checkpoint"])
                    for row in (rows_a, rows_b)]
-    probs = []
-    for p in predictions:
-        adv = [s for s in p["scores"] if s[0] == "adv" and s[1] is not None and math.isclose(s[1], epsilon)]
-        if not adv:
-            return out
-        probs.append(adv[0][2])
-    targets, task, classes = predictions[0]["targets"], predictions[0]["task"], predictions[0]["num_classes"]
+    adv = [[s for s in p["scores"] if s[0] == "adv" and s[1] is not None and math.isclose(s[1], epsilon)]
+           for p in predictions]
+    task, classes = predictions[0]["task"], predictions[0]["num_classes"]
 
-    def bacc(model: int):
-        def on(index: np.ndarray) -> float:
-            i = torch.from_numpy(index)
-            return score(probs[model][i], targets[i], task, classes, ("bacc",))["bacc"]
-        return on
+    def paired_bacc(probs: list, targets) -> dict:
+        def bacc(model: int):
+            def on(index: np.ndarray) -> float:
+                i = torch.from_numpy(index)
+                return score(probs[model][i], targets[i], task, classes, ("bacc",))["bacc"]
+            return on
 
-    got = paired_bootstrap(bacc(0), bacc(1), len(targets), n, rng)
-    out["adv"] = {"value": got["value"], "ci": [got["low"], got["high"]], "n": int(len(targets))}
+        got = paired_bootstrap(bacc(0), bacc(1), len(targets), n, rng)
+        return {"value": got["value"], "ci": [got["low"], got["high"]], "n": int(len(targets))}
+
+    if all(adv):
+        out["adv"] = paired_bacc([a[0][2] for a in adv], predictions[0]["targets"])
+    aa = [read_record(row["report"]).autoattack.get(label) for row in (rows_a, rows_b)]
+    kept = [(s.settings.get("per_example") if s is not None else None) for s in aa]
+    if all(kept) and kept[0]["index"] == kept[1]["index"]:  # the same seeded test subset
+        onehot = [torch.nn.functional.one_hot(torch.tensor(k["prediction"]), classes).float() for k in kept]
+        out["aa"] = paired_bacc(onehot, torch.tensor(kept[0]["label"]))
     return out
 
 
@@ -162,18 +193,49 @@ def analyse(rows: list[dict], study: Study) -> dict:
                 if ra is None or rb is None:
                     continue
                 diff = paired_difference(ra, rb, study.epsilon, study.bootstrap, seed)
-                moved_expl, moved_adv = _excludes_zero(diff.get("expl")), _excludes_zero(diff.get("adv"))
-                if moved_expl and not moved_adv:
-                    verdict = "moved explanation robustness without classification robustness"
-                elif moved_expl and moved_adv:
-                    verdict = "moved both"
-                elif moved_adv:
-                    verdict = "moved classification robustness only"
-                else:
-                    verdict = "moved neither (both intervals include 0)"
+                on = "aa" if diff.get("aa") else "adv"  # the claim rests on the stronger attack where it has one
+                verdict = move_verdict(_excludes_zero(diff.get("expl")), _excludes_zero(diff.get(on)))
+                if on == "aa" and diff.get("adv"):
+                    pgd = move_verdict(_excludes_zero(diff.get("expl")), _excludes_zero(diff.get("adv")))
+                    verdict += "" if pgd == verdict else f" (on PGD alone: {pgd})"
+                elif on == "adv":
+                    verdict += " (on PGD: the reports keep no per-example AutoAttack predictions)"
                 compare.append({"a": a, "b": b, "seed": seed, **diff, "verdict": verdict})
         out[dataset] = {"correlation": c, "correlation_verdict": verdict_text(c),
-                        "sanity": sanity, "compare": compare}
+                        "sanity": sanity, "compare": compare,
+                        "masking": masking_check(sel, study.autoattack["masking_margin"])}
+    return out
+
+
+def move_verdict(moved_expl: Optional[bool], moved_adv: Optional[bool]) -> str:
+    """What the regularised model moved, from whether each paired interval excludes 0."""
+    if moved_expl and not moved_adv:
+        return "moved explanation robustness without classification robustness"
+    if moved_expl and moved_adv:
+        return "moved both"
+    if moved_adv:
+        return "moved classification robustness only"
+    return "moved neither (both intervals include 0)"
+
+
+def masking_check(rows: list[dict], margin: float) -> list[dict]:
+    """Per model (means over its seeds): PGD and AutoAttack robust bacc, PGD - AutoAttack, whether AutoAttack is
+    below PGD (expected: it is the stronger attack), and `flagged` when PGD exceeds AutoAttack by more than `margin`
+    (PGD overestimates robustness: possible gradient masking). A row without both numbers fails in one line."""
+    for r in rows:
+        if r.get("adv_bacc") is None or r.get("aa_bacc") is None:
+            raise ConfigError(f"{r.get('dataset', '')} {r['model']} seed {r.get('seed')}: no "
+                              f"{'PGD' if r.get('adv_bacc') is None else 'AutoAttack'} robust bacc; the masking check "
+                              "needs both for every model")
+    out = []
+    for m in model_means(rows, ("adv_bacc", "aa_bacc")):
+        gap = m["adv_bacc"] - m["aa_bacc"]
+        order = "AutoAttack below PGD" if gap > 1e-9 else "AutoAttack equal to PGD" if gap >= -1e-9 else \
+            "AutoAttack above PGD"
+        gaps = [r["adv_bacc"] - r["aa_bacc"] for r in rows if r["model"] == m["model"]]
+        training = next(r.get("training", "") for r in rows if r["model"] == m["model"])
+        out.append({"model": m["model"], "training": training, "pgd": m["adv_bacc"], "aa": m["aa_bacc"],
+                    "gap": gap, "max_seed_gap": max(gaps), "order": order, "flagged": gap > margin, "margin": margin})
     return out
 
 
