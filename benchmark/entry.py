@@ -54,6 +54,14 @@ class Entry:
         return f"{self.protocol['name']}@{self.protocol['version']}"
 
     @property
+    def board_label(self) -> str:
+        """The protocol label plus the mCE baseline (`pneumoniamnist_28@1a2b3c4d5e6f+mce-0badc0de`): what a board
+        is keyed by, so entries whose mCE is measured against different baselines never share a table."""
+        from benchmark.baseline import board_suffix
+
+        return self.protocol_label + board_suffix(self.block.get("mce_baseline"))
+
+    @property
     def standard(self) -> bool:
         return bool(self.protocol.get("standard"))
 

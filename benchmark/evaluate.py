@@ -15,6 +15,7 @@ from typing import Any, Optional
 import torch
 
 from attacks.threat_model import epsilon_label, parse_epsilon
+from benchmark.baseline import SELF, baseline_identity, name_in_table, own_baseline
 from benchmark.entry import BLOCK, ENTRY_VERSION, Entry
 from benchmark.protocol import Protocol
 from benchmark.screen import chance_bacc, masking_screen
@@ -26,7 +27,8 @@ from evaluation.evaluators import (
     EvaluationRun, RobustnessSettings, Scorer,
 )
 from evaluation.record import ResultRecord, with_provenance
-from evaluation.reports import package_versions, timestamp
+from evaluation.reports import timestamp
+from lightning_modules.settings import setting
 
 #: the datamodule settings a checkpoint's model input depends on (taken from the checkpoint)
 INPUT_SETTINGS = ("as_rgb", "resize")
@@ -89,7 +91,8 @@ def robustness_settings(protocol: Protocol, norm: str, corruption: bool, cache: 
                                       attacks=s["autoattack"]["attacks"],
                                       square_queries=s["autoattack"]["square_queries"]),
         corruption=CorruptionSettings(epoch=False, report=corruption, corruptions=s["corruption"]["corruptions"],
-                                      cache=cache, workers=workers, baseline=baseline if corruption else None),
+                                      cache=cache, workers=workers,
+                                      baseline=baseline if corruption and baseline != SELF else None),
         confidence=ConfidenceSettings(enabled=True, bins=s["confidence"]["bins"]),
         batch_size=s["batch_size"], seed=s["seed"],
     )
@@ -103,13 +106,9 @@ def _evaluators(settings: RobustnessSettings):
     return callback
 
 
-def _threat_model(norm: str, epsilons: list[float]) -> dict:
-    return {"norm": norm, "epsilons": epsilons, "epsilon_labels": [epsilon_label(e) for e in epsilons]}
-
-
 def default_name(model, sha256: str) -> str:
     """`ERM-small_cnn-1a2b3c4d`: class, architecture and the start of the checkpoint's hash."""
-    arch = str(dict(model.hparams).get("arch", "model")).replace("/", "_")
+    arch = str(setting(model.hparams, "arch", "model")).replace("/", "_")
     return f"{type(model).__name__}-{arch}-{sha256[:8]}"
 
 
@@ -135,6 +134,7 @@ def evaluate_checkpoint(checkpoint, protocol: Protocol, root: Optional[str] = No
                  for i, norm in enumerate(norms)}
     for callback in callbacks.values():
         callback.check_settings(model, dm)  # unknown corruptions, an unusable baseline: before any scoring
+    identity = baseline_identity(baseline, protocol.label)
     data_md5 = file_md5(dm.npz_path())
     official = data_md5 == expected_md5(protocol.flag, protocol.size)
     sha256 = file_digest(path)
@@ -154,14 +154,18 @@ def evaluate_checkpoint(checkpoint, protocol: Protocol, root: Optional[str] = No
     finally:
         hook.remove()
     primary, *others = norms
+    if baseline == SELF:
+        identity = own_baseline(reports[primary], name, sha256, path.name)
+    elif identity is not None:
+        name_in_table(reports[primary], identity)
     screen = masking_screen({norm: reports[norm] for norm in norms}, large, chance_bacc(dm.task, dm.num_classes),
                             protocol.settings["screen"])
     reasons = ([] if protocol.standard else [f"protocol overrides: {', '.join(protocol.overrides)}"]) + \
         ([] if official else [f"test data MD5 {data_md5} is not the official {protocol.flag} file's"])
     block = {
         "entry_version": ENTRY_VERSION, "name": name, "protocol": {**protocol.to_dict(), "standard": not reasons},
-        "nonstandard": reasons, "additional_data": additional_data,
-        "model": {"class": type(model).__name__, "architecture": str(dict(model.hparams).get("arch", "unknown"))},
+        "nonstandard": reasons, "additional_data": additional_data, "mce_baseline": identity,
+        "model": {"class": type(model).__name__, "architecture": str(setting(model.hparams, "arch", "unknown"))},
         "threat_models": {norm: {k: reports[norm][k] for k in ("threat_model", "pgd", "autoattack")}
                           for norm in others},
         "screen": screen,
@@ -185,20 +189,13 @@ def _timed(counter: _ForwardCounter, work) -> tuple[Any, float, int]:
 
 
 def _report(callback, model, dm) -> dict:
-    """The callback's test report for one threat model, without a Trainer (see callbacks.robustness)."""
-    split = dm.split("test")
+    """The callback's test report for one threat model, without a Trainer (callbacks.robustness owns its header and
+    scoring); the data folder and the seconds are left out, so the entry's bytes do not depend on where or when."""
     run = _Run(model, dm, callback.scorer)
-    report = {
-        "checkpoint": None,
-        "model": {"class": type(model).__name__, "hparams": dict(model.hparams)},
-        "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test", "n_examples": len(split)},
-        "datamodule": {k: dm.hparams[k] for k in ("as_rgb", "resize", "subsample_test", "subsample_seed")},
-        "threat_model": _threat_model(callback.norm, callback.epsilons),
-        "seed": callback.seed,
-        "versions": package_versions(),
-    }
-    for evaluator in callback.evaluators:
-        evaluator.report_section(run, report)
+    report = callback.report_header(run, None)
+    del report["datamodule"]["root"]
+    report = callback.score_report(run, report)
+    del report["seconds"]
     return report
 
 

@@ -46,7 +46,7 @@ def model_info(entry: Entry, threat: str) -> dict[str, Any]:
         info.update(eps=None, corruptions_acc=_percent(scores["corr_bacc"]))
         ours.update(corruptions_metric="balanced accuracy (MedMNIST-C, mean over corruptions and severities)",
                     corr_bacc=scores["corr_bacc"], corr_be=scores["corr_be"], corr_rbe=scores["corr_rbe"],
-                    corr_mce=scores["corr_mce"])
+                    corr_mce=scores["corr_mce"], mce_baseline=entry.block.get("mce_baseline"))
     else:
         info.update(eps=scores["eps"], autoattack_acc=_percent(scores["aa_acc"]))
         ours.update(autoattack_bacc=scores["aa_bacc"],

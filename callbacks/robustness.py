@@ -25,6 +25,9 @@ from evaluation.layout import RunLayout, report_beside
 from evaluation.record import ResultRecord, merge_record, with_provenance, write_record
 from evaluation.reports import package_versions, timestamp
 
+#: the DataModule settings a test report records: where the images came from and which of them were scored
+REPORT_DATAMODULE = ("root", "as_rgb", "resize", "train_npz", "subsample_test", "subsample_seed")
+
 
 class RobustnessCallback(Callback):
     """Logs `val/adv_bacc@4_255` (and accuracy) on a fixed, seeded validation subset every
@@ -147,28 +150,36 @@ class RobustnessCallback(Callback):
             pl_module.log(key, value, prog_bar=key.startswith("val/adv_bacc"), rank_zero_only=True)
 
     # ---- test-time report ------------------------------------------------------------------------
-    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        run = self._run(trainer, pl_module)
-        dm = run.dm
-        split = dm.split("test")
-        started = time.time()
-        report = {
-            "created": timestamp(),
-            "checkpoint": trainer.ckpt_path,
-            "model": {"class": type(pl_module).__name__, "hparams": dict(pl_module.hparams)},
-            "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test", "n_examples": len(split)},
-            "datamodule": {k: dm.hparams[k]
-                           for k in ("root", "as_rgb", "train_npz", "subsample_test", "subsample_seed")},
+    def report_header(self, run: EvaluationRun, checkpoint) -> dict:
+        """What a test report says it scored: checkpoint, model, dataset, DataModule settings, threat model, seed and
+        versions (the one copy: the callback's report and a benchmark entry both start from it)."""
+        dm, model = run.dm, run.model
+        return {
+            "checkpoint": checkpoint,
+            "model": {"class": type(model).__name__, "hparams": dict(model.hparams)},
+            "dataset": {"flag": dm.flag, "size": dm.size, "task": dm.task, "split": "test",
+                        "n_examples": len(dm.split("test"))},
+            "datamodule": {k: dm.hparams[k] for k in REPORT_DATAMODULE},
             "threat_model": {"norm": self.norm, "epsilons": self.epsilons,
                              "epsilon_labels": [epsilon_label(e) for e in self.epsilons]},
             "seed": self.seed,
             "versions": package_versions(),
         }
+
+    def score_report(self, run: EvaluationRun, report: dict) -> dict:
+        """`report` with every evaluator's section added, and `seconds` (the scoring before calibration)."""
+        started = time.time()
         with torch.inference_mode(False):
             for evaluator in self.evaluators:
                 if evaluator is self.calibration:
                     report["seconds"] = round(time.time() - started, 1)
                 evaluator.report_section(run, report)
+        return report
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        run = self._run(trainer, pl_module)
+        dm = run.dm
+        report = self.score_report(run, {"created": timestamp(), **self.report_header(run, trainer.ckpt_path)})
         self.report = report
         if trainer.is_global_zero:
             path = self._report_path(trainer)
