@@ -9,7 +9,8 @@ Which one a number needs follows from what varies when the experiment is repeate
   covers about 79% at a nominal 95% (a resample shrinks their variance by 2/3, and the tails are single seeds);
   tests/evaluation/test_statistics.py simulates both;
 - across a handful of models: `correlation_interval` (Fisher z) and `spearman_permutation_p`;
-- across several pre-registered endpoints: `holm`.
+- across several pre-registered endpoints: `holm`, on the p-values dual to those intervals (`seed_p_value`,
+  `bootstrap_p_value`).
 """
 from __future__ import annotations
 
@@ -80,6 +81,33 @@ def seed_interval(values, level: float = 0.95) -> dict:
     half = float(stats.t.ppf((1 + level) / 2, n - 1)) * sd / math.sqrt(n)
     return {"mean": mean, "sd": sd, "low": mean - half, "high": mean + half, "seeds": n}
 
+
+
+def seed_p_value(values, null: float = 0.0) -> float:
+    """Two-sided p-value of the one-sample Student t test over per-seed estimates against `null` (chance, or 0 for
+    a paired difference): the test dual to `seed_interval` (p <= 1 - level exactly when that interval excludes
+    `null`), so Holm's correction can be applied to it. NaN with fewer than 2 seeds; with no spread over seeds, 0
+    when every seed differs from `null` and 1 when every seed equals it."""
+    from scipy import stats
+
+    x = np.array([v for v in values if v is not None], dtype=float)
+    x = x[np.isfinite(x)]
+    if len(x) < 2:
+        return math.nan
+    if float(x.std(ddof=1)) == 0.0:
+        return 1.0 if float(x.mean()) == null else 0.0
+    return float(stats.ttest_1samp(x, null).pvalue)
+
+
+def bootstrap_p_value(draws, null: float = 0.0) -> float:
+    """Two-sided p-value of bootstrap draws against `null`: twice the smaller share of draws on either side of it
+    (capped at 1), the test dual to `percentile_interval` (p < 1 - level about when that interval excludes
+    `null`). For a one-seed study, whose interval is over test examples. NaN when no draw is defined."""
+    x = np.asarray(draws, dtype=float)
+    x = x[np.isfinite(x)]
+    if not len(x):
+        return math.nan
+    return float(min(1.0, 2 * min(np.mean(x <= null), np.mean(x >= null))))
 
 # ---- across models --------------------------------------------------------------------------------------------
 def correlation_interval(r: float, n: int, level: float = 0.95, spearman: bool = False) -> tuple[float, float]:

@@ -11,7 +11,7 @@ interval too.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import torch
@@ -25,6 +25,13 @@ FAMILY_OF_MODULE = {"noise": "noise", "compression": "digital", "filter": "blur"
                     "microscopy": "task-specific"}
 ALL = "all"
 CACHE_VERSION = 1  # what the cached predictions mean (evaluation.cache keys on it)
+
+
+def measure_names() -> list[str]:
+    """Every measure drop_draws can give, whatever the dataset's families: clean and reference balanced accuracy,
+    and per family (and `all`) the corrupted balanced accuracy and its drop (what a config's endpoint may name)."""
+    every = [*dict.fromkeys(FAMILY_OF_MODULE.values()), ALL]
+    return ["clean_bacc", "reference_bacc", *(f"corr_{m}@{f}" for m in ("bacc", "drop") for f in every)]
 
 
 def families(flag: str) -> dict[str, str]:
@@ -115,6 +122,17 @@ def drop_draws(predictions: dict, n: int = 1000, seed: int = 0) -> dict[str, dic
         out[f"corr_bacc@{family}"] = corrupted
         out[f"corr_drop@{family}"] = corrupted - reference
     return {name: {"value": float(values[0]), "draws": values[1:]} for name, values in out.items()}
+
+
+def at_matched_clean(curve: Sequence[tuple[float, float]], clean: float) -> Optional[float]:
+    """Corrupted balanced accuracy read off a robust-model curve, [(clean, corrupted) balanced accuracy] at several
+    training epsilons in increasing order, at clean balanced accuracy `clean`: linear between the first two adjacent
+    epsilons whose clean accuracies bracket it. None when `clean` lies outside the curve's range (not reachable:
+    no epsilon on the curve has that clean accuracy, and the curve is not extrapolated)."""
+    for (c0, k0), (c1, k1) in zip(curve, curve[1:]):
+        if min(c0, c1) <= clean <= max(c0, c1):
+            return k0 if c1 == c0 else k0 + (clean - c0) / (c1 - c0) * (k1 - k0)
+    return None
 
 
 def difference(a: dict, b: dict) -> dict[str, dict[str, Any]]:

@@ -12,6 +12,7 @@ from core.errors import ConfigError
 from datamodules.info import MULTILABEL, dataset_info
 
 from ..runner import StudyConfig, check_datasets, check_seeds, check_training_spec, load_study
+from .endpoints import check_endpoints
 
 STATISTICS = {"bootstrap": 1000, "level": 0.95, "interval": "auto", "seed": 0}
 INTERVALS = ("auto", "examples", "seeds", "seeds_and_examples")  # seeds_and_examples: the former name of seeds
@@ -35,6 +36,13 @@ class Study(StudyConfig):
     statistics: dict = field(default_factory=lambda: dict(STATISTICS))
     recalibration: dict = field(default_factory=lambda: {"split": "val"})
     roles: dict[str, str] = field(default_factory=dict)  # filled from ROLES
+    #: {MODEL: BASE}: each a paired difference MODEL - BASE of every measure, paired by seed (scale knobs)
+    comparisons: dict[str, str] = field(default_factory=dict)
+    #: robust models at several training epsilons, in increasing order: finding 2 at the standard model's clean
+    #: balanced accuracy, read off their curve
+    matched_accuracy: list[str] = field(default_factory=list)
+    #: {primary: {MODEL: MEASURE}, correction: holm}: checked into the plan studies.nonrobust.endpoints gives
+    endpoints: Optional[dict] = None
 
     def __post_init__(self) -> None:
         models = self.models = self.models or {}
@@ -56,6 +64,9 @@ class Study(StudyConfig):
         self.statistics = check_statistics(self.statistics or {}, self.seeds)
         self.recalibration = check_recalibration(self.recalibration or {}, self.datasets)
         self.roles = check_roles(self.roles or {}, models)
+        self.comparisons = check_comparisons(self.comparisons or {}, [*models, *self.constructions])
+        self.matched_accuracy = check_matched_accuracy(self.matched_accuracy or [], models, self.roles)
+        self.endpoints = check_endpoints(self.endpoints, self.kinds(), self.differences(), self.finding_2())
         self.name = str(self.name or Path(self.source).stem)
         self.train, self.construction_defaults = dict(self.train or {}), dict(self.construction_defaults or {})
 
@@ -65,6 +76,34 @@ class Study(StudyConfig):
         seeds or more), rather than over test examples."""
         return self.statistics["interval"] in ("seeds", "seeds_and_examples") or (
             self.statistics["interval"] == "auto" and len(self.seeds) > 1)
+
+    def kinds(self) -> dict[str, str]:
+        """Every model (`real`) and constructed set (its kind: d_rand, ...) of the study."""
+        return {**{m: "real" for m in self.models},
+                **{name: construction_kind(name, spec) for name, spec in self.constructions.items()}}
+
+    def differences(self) -> dict[str, str]:
+        """Every paired difference `a - b` the study tabulates, and where it comes from: `roles` (finding 2's robust
+        minus standard model, when the study has both) or `comparisons`."""
+        out = {difference_of(self.roles): "roles"} if set(self.roles.values()) <= set(self.models) else {}
+        return {**out, **{difference_of({"robust": a, "standard": b}): "comparisons"
+                           for a, b in self.comparisons.items()}}
+
+    def pairs(self) -> dict[str, tuple[str, str]]:
+        """{`a - b`: (a, b)} of every paired difference (differences, and any other the endpoints name)."""
+        pairs = {difference_of(self.roles): (self.roles["robust"], self.roles["standard"])}
+        pairs.update({difference_of({"robust": a, "standard": b}): (a, b) for a, b in self.comparisons.items()})
+        pairs = {name: pair for name, pair in pairs.items() if name in self.differences()}
+        return {**pairs, **(self.endpoints or {}).get("pairs", {})}
+
+    def corrupted(self) -> set[str]:
+        """The models tested under MedMNIST-C (`corruptions: true`)."""
+        return {m for m, spec in self.models.items() if spec.get("corruptions")}
+
+    def finding_2(self) -> Optional[str]:
+        """The name of finding 2's difference when the study measures it (both role models under MedMNIST-C)."""
+        pair = {self.roles["robust"], self.roles["standard"]}
+        return difference_of(self.roles) if pair <= self.corrupted() else None
 
     def reproduce(self, out: Path, log=print) -> list[dict]:
         """Run (or reuse) every step under `out` and write the results (studies.nonrobust.pipeline)."""
@@ -89,6 +128,9 @@ def check_constructions(constructions: dict, models: dict) -> dict:
                               f"(a set named otherwise says which with kind: d_rand)")
         if not isinstance(spec.get("training") or {}, dict):
             raise ConfigError(f"constructions.{name}.training must be a mapping of train.py keys to values")
+        if spec.get("leakage") is not None and spec["leakage"] not in models:
+            raise ConfigError(f"constructions.{name}.leakage must name one of the models (an L2-robust model trained "
+                              f"at the construction's budget), got {spec['leakage']!r}")
         reuse = spec.get("reuse")
         order = list(constructions)
         if reuse is not None and (reuse not in constructions or order.index(reuse) >= order.index(name)
@@ -106,6 +148,38 @@ def check_roles(given: dict, models: dict) -> dict:
         if name not in models:
             raise ConfigError(f"roles.{role} must name one of the models ({', '.join(models)}), got {name!r}")
     return {**ROLES, **given}
+
+
+def difference_of(roles: dict) -> str:
+    """The cell name of a paired difference, robust minus standard model: `pgd_at - erm`."""
+    return f"{roles['robust']} - {roles['standard']}"
+
+
+def check_comparisons(given, names: list[str]) -> dict:
+    """comparisons: {MODEL: BASE}, each naming a model or constructed set of the study (MODEL - BASE, paired by
+    seed)."""
+    if not isinstance(given, dict):
+        raise ConfigError(f"comparisons maps a model to the base it is compared with ({{d_rand_all: d_rand}}), got "
+                          f"{given!r}")
+    for model, base in given.items():
+        for what, name in (("", model), (f".{model}", base)):
+            if name not in names:
+                raise ConfigError(f"comparisons{what}: {name!r} is not a model or constructed set of this study "
+                                  f"(choose from {', '.join(names)})")
+    return given
+
+
+def check_matched_accuracy(given, models: dict, roles: dict) -> list[str]:
+    """matched_accuracy: [MODEL, ...]: at least two robust models tested under MedMNIST-C, in increasing training
+    epsilon (not the standard model, the one they are matched to)."""
+    if not isinstance(given, list) or (given and len(given) < 2):
+        raise ConfigError(f"matched_accuracy lists at least two robust models in increasing training epsilon, got "
+                          f"{given!r}")
+    for name in given:
+        if name not in models or name == roles["standard"] or not models[name].get("corruptions"):
+            raise ConfigError(f"matched_accuracy: {name!r} must be a model with corruptions: true other than the "
+                              f"standard model {roles['standard']!r} (models: {', '.join(models)})")
+    return given
 
 
 def check_statistics(given: dict, seeds: list[int]) -> dict:
@@ -128,9 +202,6 @@ def check_statistics(given: dict, seeds: list[int]) -> dict:
 
 def check_recalibration(given: dict, datasets: list[dict]) -> dict:
     """recalibration: {split: val}: the real split a bias (and the AdaBN statistics) are fitted on; never test (the
-        if spec.get("leakage") is not None and spec["leakage"] not in models:
-            raise ConfigError(f"constructions.{name}.leakage must name one of the models (an L2-robust model trained "
-                              f"at the construction's budget), got {spec['leakage']!r}")
     split every number is reported on), never train (a constructed model's training split is the constructed set)."""
     from datamodules.npz import SPLITS
 

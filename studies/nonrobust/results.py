@@ -6,19 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from datamodules.info import MULTILABEL, dataset_info
 from evaluation.record import read_record
 from evaluation.statistics import percentile_interval
 from lightning_modules.metrics import MetricKey
 
 from .. import corruption_drop, measures
-from .config import ROLES, STATISTICS, Study
-
-
-def difference_of(roles: dict) -> str:
-    """The cell name of finding 2's paired difference, robust minus standard model: `pgd_at - erm`."""
-    return f"{roles['robust']} - {roles['standard']}"
-
+from .config import ROLES, STATISTICS, Study, difference_of
 
 DIFFERENCE = difference_of(ROLES)
 
@@ -87,32 +83,82 @@ def drop_columns(drops: dict, level: float) -> dict:
     return out
 
 
+def measure_cell(per_seed: list[dict], level: float, over_seeds: bool) -> dict:
+    """studies.measures.cell of one measure over a cell's seeds, with what its endpoint test needs: `over` (seeds or
+    examples), the per-seed `values`, and the mean over seeds of the bootstrap `draws` (an interval over examples)."""
+    out = measures.cell(per_seed, level, over_seeds)
+    out["over"] = "seeds" if over_seeds and len(per_seed) > 1 else "examples"
+    out["values"] = [m["value"] for m in per_seed]
+    if out["over"] == "examples":
+        out["draws"] = np.stack([m["draws"] for m in per_seed]).mean(axis=0)
+    return out
+
+
+def paired(per_model: dict, pairs: dict) -> dict:
+    """{(dataset, 'a - b'): per-seed a - b draw by draw} for every pair {name: (a, b)} both of whose models were
+    measured on the same seeds of a dataset: paired by seed and, within a seed, over the same resampled test
+    examples (every model's draws resample the same indices: the paired bootstrap over examples)."""
+    out = {}
+    for dataset in dict.fromkeys(key[0] for key in per_model):
+        for name, (a, b) in pairs.items():
+            first, second = per_model.get((dataset, a)), per_model.get((dataset, b))
+            if first and second and len(first) == len(second):
+                out[(dataset, name)] = [corruption_drop.difference(x, y) for x, y in zip(first, second)]
+    return out
+
+
+def pairs_of(study: Optional[Study]) -> dict:
+    """{`a - b`: (a, b)}: the study's paired differences (finding 2's robust minus standard model without one)."""
+    if study is not None:
+        return study.pairs()
+    return {DIFFERENCE: (ROLES["robust"], ROLES["standard"])}
+
+
 def corruption_cells(corruption_draws: dict, study: Optional[Study] = None) -> dict:
     """{(dataset, model): {measure: cell}} of finding 2's measures, and {(dataset, 'pgd_at - erm'): ...} (robust
     minus standard model) from the paired per-seed differences when both models were measured on the same seeds."""
     level = study.statistics["level"] if study else STATISTICS["level"]
     over_seeds = study.over_seeds if study else True
     roles = roles_of(study)
-    per_model = dict(corruption_draws)
-    for dataset in {key[0] for key in corruption_draws}:
-        standard = corruption_draws.get((dataset, roles["standard"]))
-        robust = corruption_draws.get((dataset, roles["robust"]))
-        if standard and robust and len(standard) == len(robust):
-            per_model[(dataset, difference_of(roles))] = [corruption_drop.difference(a, e)
-                                                          for a, e in zip(robust, standard)]
-    return {key: {m: measures.cell([d[m] for d in per_seed], level, over_seeds) for m in per_seed[0]}
+    pair = {difference_of(roles): (roles["robust"], roles["standard"])}
+    per_model = {**corruption_draws, **paired(corruption_draws, pair)}
+    return {key: {m: measure_cell([d[m] for d in per_seed], level, over_seeds) for m in per_seed[0]}
             for key, per_seed in per_model.items()}
 
 
 def cell_statistics(draws: dict, study: Optional[Study] = None) -> dict:
-    """{(dataset, model): {measure: mean, sd, interval, seeds}} from every seed's bootstrap draws."""
+    """{(dataset, model): {measure: mean, sd, interval, seeds}} from every seed's bootstrap draws, and the same for
+    every paired difference `a - b` of the study (finding 2's pair, `comparisons`)."""
     level = study.statistics["level"] if study else STATISTICS["level"]
     over_seeds = study.over_seeds if study else True
     out = {}
-    for key, per_seed in draws.items():
+    for key, per_seed in {**draws, **paired(draws, pairs_of(study))}.items():
         names = [m for m in measures.MEASURES if all(m in d for d in per_seed)]
-        out[key] = {m: measures.cell([d[m] for d in per_seed], level, over_seeds) for m in names}
+        out[key] = {m: measure_cell([d[m] for d in per_seed], level, over_seeds) for m in names}
     return out
+
+
+def matched_accuracy(rows: list[dict], dataset: str, standard: str, curve: list[str], level: float) -> dict:
+    """Finding 2 at matched clean accuracy on `dataset`, seed by seed: the robust models' curve of (clean, corrupted)
+    balanced accuracy over training epsilon (`curve`, increasing) read at the standard model's clean balanced
+    accuracy (corruption_drop.at_matched_clean), minus the standard model's corrupted balanced accuracy.
+    {'per_seed': {seed: difference or None (not reachable)}, 'cell': t interval over the reachable seeds}."""
+    from evaluation.statistics import seed_interval
+
+    def of(model, seed):
+        return next((r for r in rows if r["dataset"] == dataset and r["model"] == model and r["seed"] == seed
+                     and r.get("corr_bacc") is not None), None)
+
+    per_seed = {}
+    for seed in dict.fromkeys(r["seed"] for r in rows if r["dataset"] == dataset and r["model"] == standard):
+        base, points = of(standard, seed), [of(m, seed) for m in curve]
+        if base is None or None in points:
+            continue
+        read = corruption_drop.at_matched_clean([(r["clean_bacc"], r["corr_bacc"]) for r in points],
+                                                base["clean_bacc"])
+        per_seed[seed] = None if read is None else read - base["corr_bacc"]
+    reachable = [v for v in per_seed.values() if v is not None]
+    return {"per_seed": per_seed, "cell": seed_interval(reachable, level) if reachable else None}
 
 
 # ---- naming and ordering models in tables and figures --------------------------------------------------------

@@ -42,16 +42,18 @@ def results_markdown(rows: list[dict], cells: Optional[dict] = None, study: Opti
     lines = [f"# Study reproduction: measures on the real test split (seeds {seeds})", ""]
     if cells:
         lines += [f"Each cell: mean ± sd over seeds [{stats['level']:.0%} interval: {how}]. Chance: AUROC 0.5, "
-                  "balanced accuracy 1 / classes.", ""]
+                  "balanced accuracy 1 / classes. Verdicts are given for the pre-registered primary endpoints only "
+                  "(Findings, Holm-adjusted); every table is descriptive.", ""]
     for d in dict.fromkeys(r["dataset"] for r in rows):
         lines += measures_table(rows, cells, d)
+    lines += differences_table(cells)
     lines += diagnostics_table(rows, cells)
     lines += robust_table(rows)
     lines += corruption_tables(rows, roles)
     lines += drop_table(drops or {}, roles)
     if cells:
         lines += ["", WHY]
-    lines += ["", findings(rows, cells, drops, roles)]
+    lines += ["", findings(rows, cells, drops, roles, study)]
     return "\n".join(lines) + "\n"
 
 
@@ -75,6 +77,24 @@ def measures_table(rows: list[dict], cells: dict, d: str) -> list[str]:
         values = [measures.describe(c[m], chance) if m in c else note[m] for m, _ in TABLE_MEASURES]
         n = len([r for r in rows if r["model"] == model and r["dataset"] == d])
         lines.append(f"| {model} | {trained_on(rows, model)} | {n} | " + " | ".join(values) + " |")
+    return lines + [""]
+
+
+def differences_table(cells: dict) -> list[str]:
+    """Every paired difference `a - b` (finding 2's pair, the config's comparisons: scale knobs against their base
+    row) of every measure, paired by seed and over the same test examples within a seed; descriptive."""
+    names = [key for key in cells if " - " in key[1]]
+    if not names:
+        return []
+    lines = ["## Paired differences (descriptive)", "",
+             "a - b, paired by seed (with one seed: over the same resampled test examples); 0: no difference.", "",
+             "| dataset | a - b | seeds | " + " | ".join(name for _, name in TABLE_MEASURES) + " |",
+             "|---|---|---|" + "---|" * len(TABLE_MEASURES)]
+    for d, name in names:
+        c = cells[(d, name)]
+        seeds = next(iter(c.values()))["seeds"] if c else 0
+        lines.append(f"| {d} | {name} | {seeds} | " + " | ".join(
+            measures.describe(c[m], 0.0) if m in c else "-" for m, _ in TABLE_MEASURES) + " |")
     return lines + [""]
 
 

@@ -47,7 +47,6 @@ def test_finding_2_compares_the_models_the_roles_name():
     for row, corr in zip(rows, (0.5, 0.7, 0.1, 0.2)):
         row["corr_bacc"] = corr
     text = findings(rows, roles={"standard": "base", "robust": "tough"})
-    assert "base -> tough: clean 0.900 -> 0.800" in text and "finding 2 (AT trades clean accuracy for corruption " \
-        "robustness) holds" in text
+    assert "base -> tough: clean 0.900 -> 0.800" in text and "point estimates only (descriptive" in text
     assert "ERM -> PGD-AT: clean 0.700 -> 0.600" in findings(rows)
     assert DIFFERENCE == "pgd_at - erm" and corruption_cells({}) == {}
