@@ -12,6 +12,7 @@ from datamodules.info import MULTILABEL
 from datamodules.tensors import fixed_subset, to_unit_range
 from evaluation.evaluators.base import EvaluationRun, EvaluatorBase, ScoredSet
 from evaluation.evaluators.settings import AdversarialSettings, AutoAttackSettings
+from evaluation.scoring import predict
 from lightning_modules.metrics import metric_key
 
 METRICS = ("bacc", "acc")
@@ -119,4 +120,9 @@ class AutoAttackEvaluator(EvaluatorBase):
         )
         clean = run.scorer.score(run.model, x, y, None)
         scores = run.scorer.score(run.model, x_adv, y, None, confidence=True)
-        return {**scores, "clean_bacc_same_examples": clean["bacc"], "epsilon": eps, "info": info}
+        out = {**scores, "clean_bacc_same_examples": clean["bacc"], "epsilon": eps, "info": info}
+        if dm.task != MULTILABEL and run.world_size == 1:  # per example: what a paired comparison of two models needs
+            probs = predict(run.model, x_adv, dm.task, dm.num_classes, batch_size=run.scorer.batch_size)
+            out["per_example"] = {"index": index.tolist(), "label": y.reshape(len(y), -1)[:, 0].long().tolist(),
+                                  "prediction": probs.argmax(1).tolist()}
+        return out

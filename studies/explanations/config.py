@@ -17,9 +17,8 @@ CALLBACK = "trainer.callbacks.init_args."
 #: model is attacked) and the margin by which PGD may exceed AutoAttack before a model is flagged
 AUTOATTACK_DEFAULTS = {"version": "custom", "attacks": ["apgd-ce", "apgd-t", "square"], "samples": None,
                        "square_queries": 1000, "masking_margin": 0.02}
-#: the callback's flat AutoAttack keys (evaluation.evaluators.settings.LEGACY_KEYS) for each field of the block
-AUTOATTACK_CALLBACK_KEYS = {"version": "autoattack_version", "attacks": "autoattack_attacks",
-                            "samples": "autoattack_samples", "square_queries": "square_queries"}
+#: the block's fields that are the callback's AutoAttack settings (its `autoattack` group)
+AUTOATTACK_SETTINGS = ("version", "attacks", "samples", "square_queries")
 #: the explanation-robustness measure on the study's y axis, and the one under random noise beside it
 EXPLANATION_AXIS, NOISE_AXIS = "topk", "topk_random"
 
@@ -101,8 +100,9 @@ class Study(StudyConfig):
                 f"{CALLBACK}explanation_epoch": bool(e.get("every_epoch", False)),
                 f"{CALLBACK}explanation_samples": e.get("val_samples", 32),
                 f"{CALLBACK}explanation_steps": e.get("val_steps", 5),
-                f"{CALLBACK}autoattack": True,
-                **{f"{CALLBACK}{key}": self.autoattack[name] for name, key in AUTOATTACK_CALLBACK_KEYS.items()}}
+                # the grouped spelling: a flat `autoattack_samples null` reaches jsonargparse as the string "None"
+                f"{CALLBACK}autoattack": {"enabled": True,
+                                          **{name: self.autoattack[name] for name in AUTOATTACK_SETTINGS}}}
 
     def reproduce(self, out: Path, log=print) -> list[dict]:
         """Run (or reuse) every step under `out` and write the results (studies.explanations.pipeline)."""

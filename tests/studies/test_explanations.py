@@ -96,11 +96,11 @@ def test_every_model_is_tested_with_autoattack_at_the_study_epsilon():
     quick, full = load_study(QUICK), load_study(REPO / "configs" / "study" / "explanations.yaml")
     for study, queries in ((quick, 1000), (full, 5000)):
         overrides = study.callback_overrides()
-        assert overrides[f"{CALLBACK}autoattack"] is True and overrides[f"{CALLBACK}epsilons"] == ["4/255"]
-        assert overrides[f"{CALLBACK}autoattack_samples"] is None  # the same test images as PGD
-        assert overrides[f"{CALLBACK}square_queries"] == queries and study.autoattack["masking_margin"] == 0.02
-        assert overrides[f"{CALLBACK}autoattack_attacks"] == ["apgd-ce", "apgd-t", "square"]  # binary: apgd-ce + square
-    assert load_study(QUICK, ["autoattack.samples=64"]).callback_overrides()[f"{CALLBACK}autoattack_samples"] == 64
+        assert overrides[f"{CALLBACK}epsilons"] == ["4/255"] and study.autoattack["masking_margin"] == 0.02
+        assert overrides[f"{CALLBACK}autoattack"] == {  # the callback's AutoAttackSettings group, as one mapping
+            "enabled": True, "version": "custom", "attacks": ["apgd-ce", "apgd-t", "square"],  # binary: apgd-ce+square
+            "samples": None, "square_queries": queries}  # samples None: the same test images as PGD
+    assert load_study(QUICK, ["autoattack.samples=64"]).callback_overrides()[f"{CALLBACK}autoattack"]["samples"] == 64
 
 
 def _row(model, seed, pgd, aa, expl, folder, autoattack=True):
