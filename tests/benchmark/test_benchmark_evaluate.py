@@ -53,11 +53,15 @@ def test_the_entry_is_a_result_record_with_protocol_provenance_and_screen(quick_
 
 
 def test_same_checkpoint_and_seed_give_the_same_bytes(quick_entry, tmp_path):
-    light = [*FAST, "--set", "threat_models.l2=[]", "--set", "autoattack.attacks=[square]", "--name", "again"]
+    light = [*FAST, "--set", "threat_models.l2=[]", "--set", "autoattack.attacks=[square]", "--name", "again",
+             "--baseline", "self"]
     for out in ("first", "second"):
         assert evaluate(quick_entry.checkpoint, tmp_path / out, quick_entry.root, quick_entry.cache, *light) == 0
     first, second = (tmp_path / out / "again.entry.json" for out in ("first", "second"))
     assert first.read_bytes() == second.read_bytes()
+    entry = read_entry(first)  # its own mCE baseline (the tiny model errs on no corruption: the table says why)
+    assert entry.block["mce_baseline"] == {"name": "again", "checkpoint_sha256": file_digest(quick_entry.checkpoint)}
+    assert entry.record.mce["baseline"] == "again" and "no error" in entry.record.mce["error"]
     assert (tmp_path / "first" / "again.timing.json").is_file()  # wall time and date live beside, not inside
 
 
