@@ -117,6 +117,7 @@ class AutoAttackEvaluator(EvaluatorBase):
             run.model, x, y, eps, norm=self.adversarial.norm, version=self.settings.version, attacks=self.attacks,
             num_classes=dm.num_classes, multilabel=dm.task == MULTILABEL, seed=self.seed,
             batch_size=run.scorer.batch_size, n_queries_square=self.settings.square_queries,
+            multilabel_steps=self.settings.multilabel_steps, multilabel_restarts=self.settings.multilabel_restarts,
         )
         clean = run.scorer.score(run.model, x, y, None)
         scores = run.scorer.score(run.model, x_adv, y, None, confidence=True)

@@ -39,7 +39,8 @@ class AutoAttackSettings:
     """AutoAttack at test time on `samples` test images (None: all), at each of the adversarial epsilons.
 
     version: 'custom' (the `attacks` list) or 'standard' (apgd-ce, apgd-t, fab-t, square; about 2 s per image on a
-    CPU). square_queries: cap on Square's queries, when Square runs.
+    CPU). square_queries: cap on Square's queries, when Square runs. multilabel_steps, multilabel_restarts: the
+    PGD-BCE attack that replaces AutoAttack on multi-label heads (attacks.autoattack), whose losses are single-label.
     """
 
     enabled: bool = True
@@ -47,6 +48,8 @@ class AutoAttackSettings:
     attacks: Optional[Sequence[str]] = ("apgd-ce", "apgd-t")
     samples: Optional[int] = 500
     square_queries: Optional[int] = None
+    multilabel_steps: int = 100
+    multilabel_restarts: int = 5
 
 
 @dataclass(frozen=True)
