@@ -13,6 +13,8 @@ Figures (each a ratio of paired, interleaved repeats: the median with the range)
   explanation explanation attacks / PGD per image at the same steps (reported); the per-epoch explanation check /
               a PGD-AT epoch (goal <= 10%)
   certify     randomized-smoothing CERTIFY / plain prediction of the same noise samples, images/s (goal >= 0.9x)
+  protocol    one benchmark evaluation / its parts (clean, PGD, AutoAttack, MedMNIST-C, confidence, screen) run
+              separately, CPU s (goal <= 1.0x)
 """
 from __future__ import annotations
 
@@ -26,7 +28,8 @@ from pathlib import Path
 
 from bench.common import DEFAULT_ROOT, Parser, existing_dir, figure, format_table, met_text, not_measured, run_main
 
-FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora", "explanation", "certify")
+FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora", "explanation", "certify",
+           "protocol")
 
 
 def machine() -> dict:
@@ -132,7 +135,9 @@ def explanation_figures(root: str, verify_md5: bool, quick: bool, smoke: bool, w
 
 def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdir: Path, log=print) -> list[dict]:
     """Every requested figure; a benchmark that fails gives a row saying so, and the others still run."""
-    from bench import attack_speed, callback_cost, certify_speed, gpu, lora_step, medmnist_c_build, overhead
+    from bench import (
+        attack_speed, callback_cost, certify_speed, gpu, lora_step, medmnist_c_build, overhead, protocol_cost,
+    )
 
     runners = {
         "data": lambda: data_figures(root, verify_md5, quick, smoke, workdir, log),
@@ -145,6 +150,7 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
         "lora": lambda: lora_step.run_figures(quick, smoke, log=log),
         "explanation": lambda: explanation_figures(root, verify_md5, quick, smoke, workdir, log),
         "certify": lambda: certify_speed.run_figures(quick, smoke, log=log),
+        "protocol": lambda: protocol_cost.run_figures(quick, smoke, log=log),
     }
     rows = []
     for name in names:
