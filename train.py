@@ -67,13 +67,15 @@ class MedRobustCLI(LightningCLI):
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Test the best checkpoint after fit.")
 
     def parse_arguments(self, parser: LightningArgumentParser, args) -> None:
-        """Configs and arguments written for the flat RobustnessCallback (`epsilons`, `autoattack_samples`, ...) are
-        grouped first (evaluation.evaluators.settings), so they run with the same meaning."""
-        from evaluation.evaluators.settings import upgrade_cli_args
+        """Configs and arguments written for the flat RobustnessCallback (`epsilons`, `autoattack_samples`, ...) or the
+        flat model (`arch`, `lr`, `finetune`, ...) are grouped first (evaluation.evaluators.settings,
+        lightning_modules.settings), so they run with the same meaning."""
+        from evaluation.evaluators.settings import upgrade_cli_args as grouped_callback_args
+        from lightning_modules.settings import upgrade_cli_args as grouped_model_args
 
         given = sys.argv[1:] if args is None else args
         if isinstance(given, (list, tuple)):
-            upgraded = upgrade_cli_args(given)
+            upgraded = grouped_model_args(grouped_callback_args(given))
             if upgraded != list(given):
                 self.config = parser.parse_args(upgraded)
                 return

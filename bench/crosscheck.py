@@ -75,10 +75,12 @@ def check_hparams(report: dict, model) -> None:
     def plain(value):  # as the report's JSON stores it (tuples become lists, objects strings)
         return json.loads(json.dumps(value, default=str))
 
-    recorded = report["model"].get("hparams") or {}
-    differ = [f"{key} {plain(model.hparams[key])!r} vs {plain(recorded[key])!r}"
-              for key in sorted(set(recorded) & set(model.hparams))
-              if plain(model.hparams[key]) != plain(recorded[key])]
+    from lightning_modules.settings import flat_hparams  # grouped or flat (reports written before the grouping)
+
+    recorded, current = flat_hparams(report["model"].get("hparams") or {}), flat_hparams(model.hparams)
+    differ = [f"{key} {plain(current[key])!r} vs {plain(recorded[key])!r}"
+              for key in sorted(set(recorded) & set(current))
+              if plain(current[key]) != plain(recorded[key])]
     if differ:
         raise BenchError(f"the checkpoint is not the model the report scored: {'; '.join(differ)} "
                          "(checkpoint vs report)")

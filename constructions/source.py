@@ -14,6 +14,7 @@ from core.errors import ConfigError
 from core.files import file_digest
 from datamodules.info import DatasetInfo
 from evaluation.checkpoints import load_module, read_checkpoint
+from lightning_modules.settings import setting
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Source:
 
     def summary(self) -> dict:
         return {"path": str(self.path), "sha256": self.sha256, "training": self.training,
-                "arch": self.hparams.get("arch"), "flag": self.flag, "size": self.size}
+                "arch": setting(self.hparams, "arch"), "flag": self.flag, "size": self.size}
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -105,6 +105,24 @@ def load_yaml_mapping(path: str | Path, what: str) -> dict:
     return raw
 
 
+def upgraded_config_arg(value: str, upgrade: Callable[[Any], tuple[Any, bool]], what: str) -> str:
+    """A train.py `--config` value (a file or YAML text) as given, or as YAML text when `upgrade` (a config ->
+    (config, changed)) rewrote the deprecated `what` in it; the file itself is not touched."""
+    import warnings
+
+    try:
+        text = value if "\n" in value else (Path(value).read_text() if Path(value).is_file() else None)
+        raw = yaml.safe_load(text) if text is not None else None
+    except (OSError, ValueError, yaml.YAMLError):
+        return value  # jsonargparse reports the file's own problem
+    config, changed = upgrade(raw)
+    if not changed:
+        return value
+    warnings.warn(f"{value if text is not value else 'the config'}: {what} are deprecated; `train.py ... "
+                  "--print_config` prints the grouped form", DeprecationWarning, stacklevel=3)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
 def cli_value(value: Any) -> str:
     """A value as LightningCLI reads it from the command line (lists and mappings as JSON)."""
     return value if isinstance(value, str) else json.dumps(value)

@@ -2,8 +2,9 @@
 
 The model class comes from the checkpoint itself: `medrobust_class` (written by ERM.on_save_checkpoint), else
 LightningCLI's `_class_path` hyperparameter, else the most specific project class whose constructor takes every
-saved hyperparameter. Every problem is one line: DataError for a missing or unreadable file, ConfigError for a
-checkpoint of another dataset, class count, input channels, task or model class than the run's.
+saved hyperparameter. Hyperparameters of the flat constructor (old checkpoints: `arch`, `lr`, ...) are grouped
+first (lightning_modules.settings). Every problem is one line: DataError for a missing or unreadable file,
+ConfigError for a checkpoint of another dataset, class count, input channels, task or model class than the run's.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any, Mapping, Optional
 import torch
 
 from core.errors import ConfigError, DataError
+from lightning_modules.settings import upgrade_init_args
 
 CLASS_KEY = "medrobust_class"
 MODULE_CLASSES = ("lightning_modules.erm.ERM", "lightning_modules.adversarial.PGDAT",
@@ -83,7 +85,7 @@ def checkpoint_class(checkpoint: dict, path: str | os.PathLike = "the checkpoint
         return _import(stored)
     # the class with the fewest constructor arguments that takes every saved one (ERM < PGDAT < TRADES), so
     # arguments added since the checkpoint was written (with defaults) do not matter
-    saved = set(hyperparameters(checkpoint))
+    saved = set(upgrade_init_args(hyperparameters(checkpoint)))  # a flat checkpoint's keys under their groups
     fits = sorted(((len(_init_parameters(cls)), class_path(cls), cls) for cls in map(_import, MODULE_CLASSES)
                    if saved <= _init_parameters(cls)), key=lambda fit: fit[:2])
     if not saved or not fits or (len(fits) > 1 and fits[0][0] == fits[1][0]):
@@ -123,7 +125,7 @@ def load_module(path: str | os.PathLike, expect: Optional[Mapping[str, Any]] = N
         check_checkpoint(checkpoint, expect, path)
     cls = checkpoint_class(checkpoint, path)
     try:
-        model = cls(**hyperparameters(checkpoint))
+        model = cls(**upgrade_init_args(hyperparameters(checkpoint)))
         model.load_state_dict(checkpoint["state_dict"])
     except (TypeError, RuntimeError) as err:  # constructor arguments or weights that do not fit the class
         detail = (str(err).strip().splitlines() or [""])[0][:200]

@@ -204,7 +204,7 @@ def create(arch: str, in_channels: int, num_classes: int, pretrained: Pretrained
         reason = "no network" if url else "timm lists no published weights for it"
     where = f"download {url} and save it as {local}" if url else f"put a weights file at {local}"
     raise ConfigError(f"pretrained weights of {arch} cannot be had here ({reason}): {where} "
-                      f"(or set model.init_args.pretrained to its path)")
+                      f"(or set model.init_args.finetuning.pretrained to its path)")
 
 
 def normalization(model: nn.Module, in_channels: int) -> tuple[list[float], list[float]]:
@@ -227,8 +227,8 @@ def check_input_size(model: nn.Module, arch: str, in_channels: int, size: int) -
         patch = getattr(embed, "patch_size", (16,))[0]
         raise ConfigError(
             f"{arch} takes {fixed} px input, the data gives {size} px: set data.resize: {fixed}, or build it for "
-            f"{size} px with model.init_args.model_kwargs: {{img_size: {size}, patch_size: <a divisor of {size}>}}"
-            f" (its patch size is {patch})")
+            f"{size} px with model.init_args.network.model_kwargs: "
+            f"{{img_size: {size}, patch_size: <a divisor of {size}>}} (its patch size is {patch})")
     was_training = model.training
     try:
         with torch.no_grad():

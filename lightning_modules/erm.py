@@ -1,7 +1,7 @@
 """Empirical risk minimisation: the base LightningModule that adversarial training subclasses."""
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence, Union
+from typing import Optional
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ from .metrics import make_metrics, metric_key, probabilities, task_loss
 from .backbones import is_timm, parameter_counts
 from .losses import LossTerm, build_loss_terms
 from .models import build_model
+from .settings import FinetuningSettings, NetworkSettings, OptimizationSettings, grouped, setting
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 #: what a timm model records about itself in its hparams (so the test report shows it); not constructor arguments,
@@ -32,76 +33,59 @@ class ERM(L.LightningModule):
 
     def __init__(
         self,
-        arch: str = "small_cnn",
         num_classes: int = 2,
         in_channels: int = 1,
         task: str = "binary",
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
-        momentum: float = 0.9,
-        lr_milestones: Sequence[float] = (0.5, 0.75),
-        lr_gamma: float = 0.1,
-        norm_mean: Union[float, Sequence[float], None] = None,
-        norm_std: Union[float, Sequence[float], None] = None,
-        channels_last: bool = False,
-        compile: bool = False,
         input_size: Optional[int] = None,
-        pretrained: Union[bool, str] = False,
-        finetune: str = "full",
-        lora_rank: int = 8,
-        lora_alpha: Optional[float] = None,
-        lora_dropout: float = 0.0,
-        lora_targets: Optional[list[str]] = None,
-        model_kwargs: Optional[dict[str, Any]] = None,
+        network: NetworkSettings = NetworkSettings(),
+        optimization: OptimizationSettings = OptimizationSettings(),
+        finetuning: FinetuningSettings = FinetuningSettings(),
         loss_terms: Optional[list[LossTerm]] = None,
         noise_sigma: float = 0.0,
+        **flat,
     ):
         """
         Args:
-            arch: small_cnn, resnet18_28 (3x3 stem, no max-pool), resnet18 or resnet50; or any timm model as
-                timm/NAME (timm/resnet50, timm/convnext_tiny, timm/vit_small_patch16_224).
             num_classes, in_channels, task: set from the DataModule by train.py.
-            optimizer: adam, adamw or sgd; lr, weight_decay and momentum (sgd) go with it.
-            lr_milestones: fractions of max_epochs at which the learning rate is multiplied by lr_gamma.
-            norm_mean, norm_std: the normalization layer inside the model (inputs stay in [0, 1]); None: 0.5 for the
-                built-in archs, the backbone's own (timm.data.resolve_data_config) for timm ones.
-            channels_last: keep conv weights (and so activations) in channels-last memory format: faster with
-                bf16 autocast on recent GPUs (`trainer.precision: bf16-mixed`); no effect on results.
-            compile: run the model's forward through `torch.compile` (training, attacks and evaluation alike);
-                checkpoints keep the plain parameter names. Pays off on a GPU for long runs.
             input_size: the model's input layer resizes batches to this many pixels on their device (linked from
                 data.resize by train.py); attacks and epsilon stay on the images the DataModule serves.
-            pretrained: timm only: false (random weights), true (the published weights) or a weights file
-                (safetensors or a state dict). Checkpoints hold every weight: reloading needs no weights file.
-            finetune: timm only: full, linear (a linear probe: only the classifier trains, the backbone frozen in
-                eval mode) or lora (PEFT LoRA adapters of lora_rank on lora_targets, plus the classifier).
-            lora_rank, lora_alpha (default: the rank), lora_dropout: the LoraConfig.
-            lora_targets: attention (the Linear layers of attention blocks), conv (ungrouped Conv2d layers) or
-                layer names as PEFT matches them; default: attention when the backbone has it, else conv.
-            model_kwargs: more keywords for timm.create_model (img_size, patch_size, drop_path_rate, ...).
+            network: the classifier (arch, norm_mean, norm_std, channels_last, compile, model_kwargs);
+                lightning_modules.settings documents every group and holds the defaults.
+            optimization: optimizer, lr, weight_decay, momentum, lr_milestones, lr_gamma.
+            finetuning: timm backbones: pretrained, mode (full, linear or lora), lora_rank, lora_alpha, lora_dropout,
+                lora_targets. Checkpoints hold every weight: reloading needs no weights file.
             loss_terms: regularisers added to the method's loss, each logged as train/NAME
                 ([{class_path: lightning_modules.losses.ExplanationPenalty, init_args: {weight: 1.0}}]).
             noise_sigma: Gaussian noise augmentation for randomized smoothing (Cohen et al. 2019), in [0, 1] pixel
                 units and unclamped (attacks.smoothing.gaussian_noise): every training-mode forward pass sees its
                 input plus N(0, sigma^2), i.e. the clean batch for ERM, the attacked batch for PGD-AT and FGSM-RS,
                 both for TRADES (attacks and their references run in eval mode, noise-free). 0: off.
+            flat: the earlier flat keywords (arch, lr, pretrained, finetune, ...), as old checkpoints saved them,
+                mapped into their groups by lightning_modules.settings.LEGACY_KEYS (deprecated).
         """
         super().__init__()
         self.save_hyperparameters()
-        if optimizer not in OPTIMIZERS:
-            raise ConfigError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
-        if not all(0 < m <= 1 for m in lr_milestones):
-            raise ConfigError(f"lr_milestones are fractions of max_epochs in (0, 1], got {list(lr_milestones)}")
+        settings = grouped(dict(network=network, optimization=optimization, finetuning=finetuning), flat,
+                           owner=type(self).__name__)
+        for key in flat:
+            self.hparams.pop(key, None)
+        self.hparams.update(settings.hparams())
+        self.settings = settings
+        net, opt, tune = settings.network, settings.optimization, settings.finetuning
+        if opt.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {opt.optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
+        if not all(0 < m <= 1 for m in opt.lr_milestones):
+            raise ConfigError(f"lr_milestones are fractions of max_epochs in (0, 1], got {list(opt.lr_milestones)}")
         self.task = task
         self.noise_sigma = noise_level(noise_sigma)
         self.loss_terms = build_loss_terms(loss_terms)
-        timm_options = dict(pretrained=pretrained, finetune=finetune, model_kwargs=model_kwargs)
-        if is_timm(arch):
-            timm_options.update(lora_rank=lora_rank, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
-                                lora_targets=lora_targets)
-        self.model = build_model(arch, in_channels, num_classes, norm_mean, norm_std, input_size, **timm_options)
-        if is_timm(arch):
+        timm_options = dict(pretrained=tune.pretrained, finetune=tune.mode, model_kwargs=net.model_kwargs)
+        if is_timm(net.arch):
+            timm_options.update(lora_rank=tune.lora_rank, lora_alpha=tune.lora_alpha, lora_dropout=tune.lora_dropout,
+                                lora_targets=tune.lora_targets)
+        self.model = build_model(net.arch, in_channels, num_classes, net.norm_mean, net.norm_std, input_size,
+                                 **timm_options)
+        if is_timm(net.arch):
             trainable, total = parameter_counts(self.model)
             self.hparams.update(backbone=self.model[1].description, trainable_parameters=trainable,
                                 total_parameters=total)
@@ -112,9 +96,9 @@ class ERM(L.LightningModule):
 
     def configure_model(self) -> None:
         """The opt-in fast paths, applied once when the Trainer sets the model up (fit, test, predict)."""
-        if self.hparams.get("channels_last"):
+        if self.settings.network.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        if self.hparams.get("compile") and "forward" not in vars(self.model):
+        if self.settings.network.compile and "forward" not in vars(self.model):
             # an instance attribute, not a submodule: state_dict keys stay those of the plain model
             self.model.forward = torch.compile(self.model.forward)
 
@@ -187,20 +171,20 @@ class ERM(L.LightningModule):
         """Record the class, so evaluation.checkpoints.load_module rebuilds the right module from the file alone."""
         checkpoint["medrobust_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
         saved = checkpoint.get("hyper_parameters")
-        if isinstance(saved, dict) and is_timm(saved.get("arch", "")):
+        if isinstance(saved, dict) and is_timm(setting(saved, "arch", "")):
             for key in MODEL_FACTS:
                 saved.pop(key, None)
             # every weight is in the state dict: rebuilding the model must not need (or download) the weights file
-            checkpoint[PRETRAINED_KEY] = saved.get("pretrained", False)
-            saved["pretrained"] = False
+            checkpoint[PRETRAINED_KEY] = setting(saved, "pretrained", False)
+            saved["finetuning"] = {**saved.get("finetuning", {}), "pretrained": False}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         """The weights the model started from, as the run recorded them (the checkpoint rebuilds it without)."""
         if PRETRAINED_KEY in checkpoint:
-            self.hparams["pretrained"] = checkpoint[PRETRAINED_KEY]
+            self.hparams["finetuning"] = {**self.hparams["finetuning"], "pretrained": checkpoint[PRETRAINED_KEY]}
 
     def configure_optimizers(self):
-        hp = self.hparams
+        hp = self.settings.optimization
         params = [p for p in self.parameters() if p.requires_grad]  # a frozen backbone's weights stay out
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=True)

@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
+from core.config import upgraded_config_arg
 from core.errors import ConfigError
 from datamodules.medmnist_c.cache import DEFAULT_CACHE
 from lightning_modules.calibration import DEFAULT_BINS
@@ -281,28 +282,9 @@ def upgrade_cli_args(args: Sequence[str]) -> list[str]:
                 i += step
                 continue
         if key in ("--config", "-c") and value is not None:
-            out += [key, _upgraded_config_file(value)]
+            out += [key, upgraded_config_arg(value, upgrade_config, "RobustnessCallback flat settings")]
             i += step
             continue
         out.append(arg)
         i += 1
     return out
-
-
-def _upgraded_config_file(value: str) -> str:
-    """A `--config` value: the path itself, or the grouped YAML text when the file has flat callback keys."""
-    from pathlib import Path
-
-    import yaml
-
-    path = Path(value)
-    try:
-        raw = yaml.safe_load(path.read_text()) if path.is_file() else None
-    except (OSError, yaml.YAMLError):
-        return value  # jsonargparse reports the file's own problem
-    config, changed = upgrade_config(raw)
-    if not changed:
-        return value
-    warnings.warn(f"{value}: RobustnessCallback flat settings are deprecated; `train.py ... --print_config` prints "
-                  "the grouped form", DeprecationWarning, stacklevel=2)
-    return yaml.safe_dump(config, sort_keys=False)

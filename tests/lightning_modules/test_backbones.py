@@ -11,6 +11,7 @@ from core.errors import ConfigError, DataError
 from lightning_modules.adversarial import FGSMRS, PGDAT, TRADES
 from lightning_modules.erm import ERM
 from lightning_modules.models import Normalize, classifier_layer, features
+from lightning_modules.settings import setting
 
 pytest.importorskip("timm")
 pytest.importorskip("peft")
@@ -160,13 +161,13 @@ def test_lora_pgd_at_checkpoint_reloads_without_the_weights_file(tmp_path):
     trainer.save_checkpoint(tmp_path / "lora.ckpt")
     weights.unlink()
     saved = torch.load(tmp_path / "lora.ckpt", map_location="cpu", weights_only=False)
-    assert saved["hyper_parameters"]["pretrained"] is False and saved["medrobust_pretrained"] == str(weights)
+    assert setting(saved["hyper_parameters"], "pretrained") is False and saved["medrobust_pretrained"] == str(weights)
     assert "trainable_parameters" not in saved["hyper_parameters"]
     assert any("lora_A" in k for k in saved["state_dict"])
     reloaded = load_module(tmp_path / "lora.ckpt", expect={"model_class": "PGDAT", "num_classes": 2})
     x = torch.rand(4, 1, 28, 28)
     assert torch.equal(_logits(reloaded, x), _logits(model, x))
-    assert reloaded.hparams.pretrained == str(weights)
+    assert setting(reloaded.hparams, "pretrained") == str(weights)
     assert reloaded.hparams.trainable_parameters == model.hparams.trainable_parameters
 
 
@@ -274,6 +275,6 @@ def test_lora_pgd_at_fit_through_train_py_reports_the_backbone(lora_args, tmp_pa
         "false", "--trainer.callbacks.init_args.corruption_epoch", "false"))
     (report,) = Path(result.run_dir).glob("checkpoints/best-*.robustness.json")
     hparams = json.loads(report.read_text())["model"]["hparams"]
-    assert hparams["finetune"] == "lora" and hparams["input_size"] == 28
+    assert setting(hparams, "finetune") == "lora" and hparams["input_size"] == 28
     assert 0 < hparams["trainable_parameters"] < hparams["total_parameters"]
     assert "LoRA r=2" in hparams["backbone"] and "test/adv_bacc@4_255" in result.metrics
