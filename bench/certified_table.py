@@ -21,11 +21,15 @@ def parse_args(argv=None):
 
 
 def _epochs(record) -> str:
-    """"best of max_epochs" from the record's training config and checkpoint name (best-epoch=003: epoch 4)."""
+    """max_epochs and the certified checkpoint's epoch from the record's training config and checkpoint name
+    (best-epoch=003: epoch 4): "30 (final)" when it is the last epoch, "10 (best: 4)" when an earlier one."""
     config = record.provenance.config or {}
     total = (config.get("trainer") or {}).get("max_epochs")
     best = re.search(r"epoch=(\d+)", Path(record.provenance.checkpoint or "").name)
-    return f"{total}" + (f" (best: {int(best.group(1)) + 1})" if best else "")
+    if not best:
+        return f"{total}"
+    epoch = int(best.group(1)) + 1
+    return f"{total} (final)" if epoch == total else f"{total} (best: {epoch})"
 
 
 def table(paths) -> str:

@@ -85,14 +85,15 @@ def best_epoch(epochs: Sequence[dict], best_checkpoint=None, monitor: Optional[s
     return int(chosen["epoch"]), {k: v for k, v in chosen.items() if k.startswith("val/")}
 
 
-def checkpoint_choice(run_dir) -> tuple[Optional[Path], str, str]:
+def checkpoint_choice(run_dir) -> tuple[Optional[Path], Optional[str], str]:
     """(best checkpoint, monitor, mode) of a run: the path from last.ckpt's ModelCheckpoint state, the monitor
-    and mode from the run's saved config (train.py's defaults where it has none)."""
+    and mode from the run's saved config (train.py's defaults where it has none; monitor None where the config
+    says null: the last epoch is the one kept and tested)."""
     run_dir = Path(run_dir)
     monitor, mode = MONITOR, MODE
     try:
         saved = run_config(run_dir).get("checkpoint") or {}
-        monitor, mode = saved.get("monitor") or monitor, saved.get("mode") or mode
+        monitor, mode = saved.get("monitor", monitor), saved.get("mode") or mode
     except ConfigError:
         pass
     best = None

@@ -55,6 +55,18 @@ def test_tiny_smoothing_fit_reports_certified_metrics_of_its_radii(synthetic_roo
     assert report["model"]["hparams"]["noise_sigma"] == 0.25
 
 
+def test_the_smoothing_config_certifies_its_last_epoch(synthetic_root, tmp_path):
+    """checkpoint.monitor null: the final model is tested and certified. At lr 0 the BatchNorm-free small_cnn_gn
+    scores every epoch alike on clean validation images, so the val/clean_bacc monitor would keep epoch 0 (a tie
+    is no improvement), as it did on BreastMNIST at sigma 0.25 and 0.5."""
+    root = synthetic_root("pneumoniamnist", n_train=16, n_val=8, n_test=8)
+    out = tmp_path / "run"
+    result = train.run(tiny_args(root, out, "--trainer.max_epochs", "2", "--model.init_args.arch", "small_cnn_gn",
+                                 "--model.init_args.lr", "0"))
+    assert result.best_epoch == 1 and result.best_checkpoint.name == "best-epoch=001.ckpt"
+    assert [p.name for p in (out / "checkpoints").glob("*.robustness.json")] == ["best-epoch=001.robustness.json"]
+
+
 @pytest.mark.parametrize("extra, message", [
     (["certified.sigma", "0"], "sigma must be a number > 0"),
     (["certified.n0", "50", "--trainer.callbacks.init_args.certified.n", "50"], "n0 (selection samples) must be"),

@@ -8,8 +8,8 @@ from bench import certified_table
 from evaluation.record import ResultRecord, write_record
 
 
-def _record(tmp_path, flag: str, sigma: float, bacc_r0: float, certified: bool = True):
-    data = {"checkpoint": f"/runs/{flag}/checkpoints/best-epoch=003.ckpt",
+def _record(tmp_path, flag: str, sigma: float, bacc_r0: float, certified: bool = True, epoch: int = 3):
+    data = {"checkpoint": f"/runs/{flag}/checkpoints/best-epoch={epoch:03d}.ckpt",
             "dataset": {"flag": flag, "size": 28, "n_examples": 624},
             "config": {"trainer": {"max_epochs": 10}}, "clean": {"bacc": 0.625, "acc": 0.7}}
     if certified:
@@ -30,6 +30,12 @@ def test_the_table_holds_each_records_numbers_sorted_by_dataset_and_sigma(tmp_pa
     cells = rows[0].split(" | ")
     assert cells[2:9] == ["10 (best: 4)", "250 of 624", "0.625", "0.812", "0.575", "0.008", "1.65"]
     assert str(paths[1]) in cells[9]
+
+
+def test_a_record_of_the_last_epoch_says_final(tmp_path):
+    """configs/smoothing.yaml certifies the final model (checkpoint.monitor null): epoch 10 of 10 reads "final"."""
+    head, rule, row = certified_table.table([_record(tmp_path, "breastmnist", 0.25, 0.8, epoch=9)]).splitlines()
+    assert row.split(" | ")[2] == "10 (final)"
 
 
 def test_a_record_without_certified_section_is_refused_in_one_line(tmp_path, capsys):

@@ -63,3 +63,16 @@ def test_logged_epochs_merge_csv_versions_of_a_resumed_run(tmp_path):
     assert epoch == 1 and val == {"val/clean_bacc": 0.8}  # the best epoch came before the resume
     result = runs.read_run(tmp_path)
     assert result.best_epoch == 1 and result.metrics == {"val/clean_bacc": 0.8, "test/clean_bacc": 0.75}
+
+
+def test_a_run_saved_with_monitor_null_reads_back_its_last_epoch(tmp_path):
+    """checkpoint.monitor null (configs/smoothing.yaml: the final model is certified) keeps the last epoch; read back
+    without a readable checkpoint, the run's best epoch is its last, not the best val/clean_bacc."""
+    folder = tmp_path / "csv" / "version_0"
+    folder.mkdir(parents=True)
+    (folder / "metrics.csv").write_text("epoch,step,val/clean_bacc\n0,5,0.9\n1,10,0.6\n")
+    (folder / "config.yaml").write_text("checkpoint:\n  monitor: null\n  mode: max\n")
+    assert runs.checkpoint_choice(tmp_path) == (None, None, "max")
+    assert runs.read_run(tmp_path).best_epoch == 1
+    (folder / "config.yaml").write_text("checkpoint:\n  mode: max\n")  # no monitor saved: train.py's default
+    assert runs.read_run(tmp_path).best_epoch == 0
