@@ -86,7 +86,7 @@ def primary_section(results: list[dict], plan: dict, level: float) -> list[str]:
     for r in results:
         e, d = r["endpoint"], r["dataset"]
         name = title(e.model) if " - " not in e.model else " - ".join(title(m) for m in e.model.split(" - "))
-        what = f"finding {e.finding} ({ep.FINDINGS[e.finding]})" if e.finding else "endpoint"
+        what = f"finding {e.finding} ({ep.FINDINGS[e.finding]})" if e.finding else "the endpoint"
         label = ep.measure_label(e.measure)
         if not r["cell"]:
             out.append(f"- {d}, {name}: {label}: not measured in this run, so no verdict on {what}.")
