@@ -73,9 +73,9 @@ def build(variant: str, args):
     from lightning_modules.adversarial import PGDAT
 
     torch.manual_seed(0)
-    module = PGDAT(arch=args.arch, in_channels=args.channels, num_classes=2, input_size=args.size, finetune=variant,
-                   lora_rank=args.rank, lora_targets=args.targets, steps=args.steps, epsilon="4/255",
-                   optimizer="adamw", lr=1e-3).to(args.device)
+    module = PGDAT(network={"arch": args.arch}, in_channels=args.channels, num_classes=2, input_size=args.size,
+                   finetuning={"mode": variant, "lora_rank": args.rank, "lora_targets": args.targets},
+                   optimization={"optimizer": "adamw", "lr": 1e-3}, steps=args.steps, epsilon="4/255").to(args.device)
     module._trainer = SimpleNamespace(max_epochs=1, current_epoch=0)  # what configure_optimizers reads
     optimizer = module.configure_optimizers()["optimizer"]
     module._trainer = None

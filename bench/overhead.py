@@ -52,7 +52,7 @@ def lightning_epoch(kind: str, settings: dict, workdir: Path) -> tuple[float, in
     import train
 
     timer = _epoch_timer()
-    args = ["fit", "--model", METHODS[kind].class_path, "--model.init_args.arch", settings["arch"],
+    args = ["fit", "--model", METHODS[kind].class_path, "--model.init_args.network.arch", settings["arch"],
             "--data.flag", settings["flag"], "--data.root", settings["root"],
             "--data.verify_md5", str(settings["verify_md5"]).lower(), "--data.batch_size", str(settings["batch_size"]),
             "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu", "--trainer.devices", "1",

@@ -65,7 +65,8 @@ def test_the_erm_config_runs_unchanged_on_multilabel_chestmnist(synthetic_root, 
             f"{callback}val_steps", "1", f"{callback}test_steps", "1", f"{callback}test_restarts", "1",
             f"{callback}autoattack_samples", "8",
             "--trainer.callbacks.init_args.autoattack.multilabel_steps", "2",
-            "--trainer.callbacks.init_args.autoattack.multilabel_restarts", "1", f"{callback}corruptions", "[brightness_up]",
+            "--trainer.callbacks.init_args.autoattack.multilabel_restarts", "1",
+            f"{callback}corruptions", "[brightness_up]",
             f"{callback}corruption_val_samples", "8", f"{callback}corruption_report", "false"]
     monkeypatch.setattr(sys, "argv", ["train.py"])  # LightningCLI warns about pytest's own arguments
     monkeypatch.chdir(Path(train.__file__).parent)  # configs/erm.yaml as a user types it
