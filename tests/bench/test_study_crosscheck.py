@@ -21,7 +21,8 @@ def _harder_npz(root: Path, flag: str, n: tuple[int, int, int]) -> None:
     """A synthetic npz with 30 % of the labels redrawn and val/test images 40 grey levels brighter than train."""
     from datamodules.synthetic import write_synthetic_npz
 
-    path = write_synthetic_npz(root, flag, 28, n_train=n[0], n_val=n[1], n_test=n[2])
+    # data seed 7: at seed 0 the synthetic labels share D_rand's seed-0 draw, which the construction audit refuses
+    path = write_synthetic_npz(root, flag, 28, n_train=n[0], n_val=n[1], n_test=n[2], seed=7)
     rng = np.random.default_rng(1)
     arrays = dict(np.load(path))
     k = int(arrays["train_labels"].max()) + 1
