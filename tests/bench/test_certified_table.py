@@ -45,3 +45,27 @@ def test_a_record_without_certified_section_is_refused_in_one_line(tmp_path, cap
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error:") and "no certified section" in err[0]
+
+
+def test_intervals_resample_the_certified_examples_and_hold_the_records_value(tmp_path):
+    """--intervals: the point estimate is recomputed from the per-example radii (equal to the record's), the interval
+    comes from resampling those examples, and it is degenerate exactly where every draw gives the same value."""
+    labels = [0] * 20 + [1] * 20
+    predictions = [0] * 15 + [1] * 5 + [1] * 12 + [-1] * 8  # class 0: 15 of 20 right; class 1: 12 of 20, 8 abstained
+    radii = [0.6] * 10 + [0.1] * 5 + [0.3] * 5 + [0.6] * 12 + [0.0] * 8
+    data = {"checkpoint": "/runs/b/checkpoints/best-epoch=009.ckpt",
+            "dataset": {"flag": "breastmnist", "size": 28, "n_examples": 40}, "config": {},
+            "certified": {"sigma": 0.25, "n0": 100, "n": 1000, "alpha": 0.001, "n_examples": 40,
+                          "abstention_rate": 0.2, "seconds_per_image": 1.0,
+                          "radii": {"r0": {"radius": 0.0, "bacc": 0.675, "acc": 0.675},
+                                    "r0_5": {"radius": 0.5, "bacc": 0.55, "acc": 0.55},
+                                    "r1": {"radius": 1.0, "bacc": 0.0, "acc": 0.0}},
+                          "per_example": {"index": list(range(40)), "label": labels, "prediction": predictions,
+                                          "radius": radii}}}
+    path = write_record(tmp_path / "b.robustness.json", ResultRecord.from_dict(data))
+    head, rule, *rows = certified_table.intervals([path], draws=200).splitlines()
+    cells = [row.strip("| ").split(" | ") for row in rows]
+    assert [c[2:4] for c in cells] == [["0", "0.675"], ["0.5", "0.550"], ["1", "0.000"]]
+    low, high = (float(v) for v in cells[0][4].strip("[]").split(", "))
+    assert low < 0.675 < high and high - low > 0.1
+    assert cells[2][4] == "[0.00, 0.00]"
