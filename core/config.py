@@ -2,7 +2,9 @@
 mapping, the one loader of config dataclasses (study configs), and how their config paths resolve."""
 from __future__ import annotations
 
+import dataclasses
 import json
+from collections.abc import Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, Callable, Collection, Iterable, Optional, TypeVar
@@ -121,6 +123,46 @@ def upgraded_config_arg(value: str, upgrade: Callable[[Any], tuple[Any, bool]], 
     warnings.warn(f"{value if text is not value else 'the config'}: {what} are deprecated; `train.py ... "
                   "--print_config` prints the grouped form", DeprecationWarning, stacklevel=3)
     return yaml.safe_dump(config, sort_keys=False)
+
+
+def settings_group(cls: type, name: str, value: Any, owner: str) -> dict[str, Any]:
+    """A settings group given as its dataclass `cls`, a mapping or None, as a dict of its fields; a value of another
+    kind or an unknown field fails in one line naming `owner` (the model, the RobustnessCallback)."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    if value is None:
+        return {}
+    if isinstance(value, cls):
+        return dataclasses.asdict(value)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{owner} {name}: a mapping of {', '.join(names)}, got {value!r}")
+    unknown = sorted(set(value) - set(names))
+    if unknown:
+        raise ConfigError(f"{owner} {name} has no setting {', '.join(unknown)}: choose from {', '.join(names)}")
+    return dict(value)
+
+
+def upgraded_cli_args(args: Sequence[str], prefix: str, rename: Callable[[str, str], Optional[str]],
+                      upgrade: Callable[[Any], tuple[Any, bool]], what: str) -> list[str]:
+    """train.py arguments with deprecated keys rewritten: `PREFIX+NAME VALUE` (or `=VALUE`) becomes `PREFIX+NEW VALUE`
+    where `rename(NAME, VALUE)` gives NEW (None: kept), and a `--config` value passes through
+    `upgraded_config_arg(value, upgrade, what)`."""
+    out: list[str] = []
+    args = list(args)
+    i = 0
+    while i < len(args):
+        key, eq, inline = args[i].partition("=")
+        value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
+        step = 1 if eq else 2
+        new = rename(key[len(prefix):], value) if key.startswith(prefix) and value is not None else None
+        if new is not None:
+            out += [f"{prefix}{new}", value]
+        elif key in ("--config", "-c") and value is not None:
+            out += [key, upgraded_config_arg(value, upgrade, what)]
+        else:
+            out.append(args[i])
+            step = 1
+        i += step
+    return out
 
 
 def cli_value(value: Any) -> str:

@@ -14,7 +14,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
-from core.config import upgraded_config_arg
+from core.config import settings_group, upgraded_cli_args
 from core.errors import ConfigError
 
 
@@ -92,19 +92,7 @@ class ModuleSettings:
 
 
 def _group(name: str, value: Any) -> dict[str, Any]:
-    """A group given as its dataclass, a mapping or None, as a dict of its fields (unknown fields fail)."""
-    cls = GROUPS[name]
-    fields = [f.name for f in dataclasses.fields(cls)]
-    if value is None:
-        return {}
-    if isinstance(value, cls):
-        return dataclasses.asdict(value)
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"model {name}: a mapping of {', '.join(fields)}, got {value!r}")
-    unknown = sorted(set(value) - set(fields))
-    if unknown:
-        raise ConfigError(f"model {name} has no setting {', '.join(unknown)}: choose from {', '.join(fields)}")
-    return dict(value)
+    return settings_group(GROUPS[name], name, value, "model")
 
 
 def grouped(groups: Mapping[str, Any], flat: Mapping[str, Any], owner: str = "the model",
@@ -197,19 +185,7 @@ def upgrade_cli_args(args: Sequence[str]) -> list[str]:
     """`train.py` arguments with the model's flat keys grouped: `--model.init_args.lr X` becomes
     `--model.init_args.optimization.lr X`, and a `--config` (a file or YAML text) with flat model keys is passed on
     as its grouped YAML text (the file itself is not touched)."""
-    out: list[str] = []
-    args = list(args)
-    i = 0
-    while i < len(args):
-        key, eq, inline = args[i].partition("=")
-        value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
-        step = 1 if eq else 2
-        if key.startswith(CLI_PREFIX) and key[len(CLI_PREFIX):] in LEGACY_KEYS and value is not None:
-            out += [f"{CLI_PREFIX}{'.'.join(LEGACY_KEYS[key[len(CLI_PREFIX):]])}", value]
-        elif key in ("--config", "-c") and value is not None:
-            out += [key, upgraded_config_arg(value, upgrade_config, "flat model settings")]
-        else:
-            out.append(args[i])
-            step = 1
-        i += step
-    return out
+    def rename(name: str, value: str) -> Optional[str]:
+        return ".".join(LEGACY_KEYS[name]) if name in LEGACY_KEYS else None
+
+    return upgraded_cli_args(args, CLI_PREFIX, rename, upgrade_config, "flat model settings")

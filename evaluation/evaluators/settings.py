@@ -6,12 +6,11 @@ mapped into the groups by `LEGACY_KEYS` (`grouped`, `upgrade_init_args`, `upgrad
 """
 from __future__ import annotations
 
-import dataclasses
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence, Union
 
-from core.config import upgraded_config_arg
+from core.config import settings_group, upgraded_cli_args
 from core.errors import ConfigError
 from datamodules.medmnist_c.cache import DEFAULT_CACHE
 from lightning_modules.calibration import DEFAULT_BINS
@@ -173,20 +172,7 @@ def _is_legacy(key: str, value: Any) -> bool:
 
 
 def _group(name: str, value: Any) -> dict[str, Any]:
-    """A group given as its dataclass, a mapping or None, as a dict of its fields (unknown fields fail)."""
-    cls = GROUPS[name]
-    if value is None:
-        return {}
-    if isinstance(value, cls):
-        return dataclasses.asdict(value)
-    if not isinstance(value, dict):
-        raise ConfigError(f"RobustnessCallback {name}: a mapping of "
-                          f"{', '.join(f.name for f in dataclasses.fields(cls))}, got {value!r}")
-    unknown = sorted(set(value) - {f.name for f in dataclasses.fields(cls)})
-    if unknown:
-        raise ConfigError(f"RobustnessCallback {name} has no setting {', '.join(unknown)}: choose from "
-                          f"{', '.join(f.name for f in dataclasses.fields(cls))}")
-    return dict(value)
+    return settings_group(GROUPS[name], name, value, "RobustnessCallback")
 
 
 def _bool(text: Any) -> Any:
@@ -266,25 +252,9 @@ def upgrade_cli_args(args: Sequence[str]) -> list[str]:
     """`train.py` arguments with flat callback keys grouped: `--trainer.callbacks.init_args.epsilons X` becomes
     `--trainer.callbacks.init_args.adversarial.epsilons X`, and a `--config` file with flat keys is passed on as its
     grouped YAML text (the file itself is not touched)."""
-    out: list[str] = []
-    args = list(args)
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        key, eq, inline = arg.partition("=")
-        value = inline if eq else (args[i + 1] if i + 1 < len(args) else None)
-        step = 1 if eq else 2
-        if key.startswith(CLI_PREFIX) and value is not None:
-            name = key[len(CLI_PREFIX):]
-            if name in LEGACY_KEYS and (name not in GROUPS or _bool(value) in (True, False)):
-                group, field_name = LEGACY_KEYS[name]
-                out += [f"{CLI_PREFIX}{group}.{field_name}", value]
-                i += step
-                continue
-        if key in ("--config", "-c") and value is not None:
-            out += [key, upgraded_config_arg(value, upgrade_config, "RobustnessCallback flat settings")]
-            i += step
-            continue
-        out.append(arg)
-        i += 1
-    return out
+    def rename(name: str, value: str) -> Optional[str]:
+        if name in LEGACY_KEYS and (name not in GROUPS or _bool(value) in (True, False)):
+            return ".".join(LEGACY_KEYS[name])
+        return None
+
+    return upgraded_cli_args(args, CLI_PREFIX, rename, upgrade_config, "RobustnessCallback flat settings")
