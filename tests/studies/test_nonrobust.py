@@ -29,7 +29,14 @@ def test_shipped_study_configs_load():
     assert scale.constructed_training == quick.constructed_training
     # each shipped config names its primary endpoints; paper.yaml reads finding 2 off a curve of four PGD-AT models
     assert quick.endpoints["declared"] and [e.measure for e in quick.endpoints["primary"]] == [
-        "auroc", "auroc", "corr_bacc@all"]
+        "auroc_net_of_leakage", "auroc", "corr_bacc@all"]
+    # D_rand's leakage is measured by an L2-robust model at the construction's own budget; finding 2 is also read
+    # off a curve of PGD-AT models at matched clean accuracy
+    assert all(quick.constructions[c]["leakage"] == "robust_l2" for c in ("d_rand", "d_det"))
+    robust = quick.models["robust_l2"]["overrides"]
+    assert robust["model.init_args.norm"] == "l2"
+    assert robust["model.init_args.epsilon"] == quick.constructions["d_rand"]["epsilon"]
+    assert quick.matched_accuracy == ["pgd_at_eps1", "pgd_at"]
     paper = load_study(REPO / "configs" / "study" / "paper.yaml")
     assert paper.matched_accuracy == ["pgd_at_eps1", "pgd_at_eps2", "pgd_at", "pgd_at_eps8"]
     assert set(scale.differences()) >= {"d_rand_all - d_rand_1000", "d_det_all - d_det_1000"}
