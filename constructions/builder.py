@@ -10,7 +10,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -41,36 +41,102 @@ def check_kind(kind: str) -> str:
     return name
 
 
+AUTO = "auto"  #: epsilon: auto, the smallest budget of a search grid that moves the sample (constructions.budget)
+
+
+@dataclass(frozen=True)
+class BudgetSearch:
+    """How `epsilon: auto` picks the budget (constructions.budget.search_budget): the smallest L2 radius on `grid` (in
+    the units of epsilon, so scaled like it) at which the source assigns at least `target` of a seeded sample of
+    `images` training images to their new label (the relabelled ones), with the PGD step `step_fraction` x the radius
+    (0.2: Ilyas et al.'s 0.1 / 0.5, and the quick study's 0.2 / 1.0)."""
+
+    grid: tuple = (0.5, 1.0, 2.0, 4.0)
+    target: float = 0.95
+    images: int = 256
+    step_fraction: float = 0.2
+
+    def __post_init__(self):
+        grid = self.grid if isinstance(self.grid, (list, tuple)) else [self.grid]
+        try:
+            values = tuple(sorted(parse_epsilon(value, "l2") for value in grid))
+        except ConfigError:
+            values = ()
+        if not values or min(values) <= 0 or not all(math.isfinite(v) for v in values):
+            raise ConfigError(f"search.grid must list positive L2 budgets, got {self.grid!r}")
+        object.__setattr__(self, "grid", values)
+        for name, low, high in (("target", 0.0, 1.0), ("step_fraction", 0.0, 1.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
+                raise ConfigError(f"search.{name} must lie in ({low:g}, {high:g}], got {value!r}")
+        positive_int("search.images", self.images)
+
+
 @dataclass(frozen=True)
 class Settings:
     """How a set is constructed. epsilon and step are L2 sizes at 32x32x3 (Ilyas et al.: 0.5 and 0.1), scaled
     to the image by sqrt(d / 3072) unless scale=False (then they are used as given); steps default to 100
-    (PGD) or 1000 (representation matching)."""
+    (PGD) or 1000 (representation matching). epsilon `auto` (D_rand / D_det) chooses the budget per dataset by
+    `search` (a BudgetSearch or its fields; the step is then its step_fraction x the budget, so no step is given);
+    `at(epsilon)` gives the settings of one budget."""
 
-    epsilon: float = 0.5
-    step: float = 0.1
+    epsilon: float | str = 0.5
+    step: Optional[float] = None  # None: 0.1, Ilyas et al.'s step
     steps: Optional[int] = None
     scale: bool = True
     random_start: bool = False
     batch_size: int = 256
+    search: Optional[BudgetSearch | dict] = None
 
     def __post_init__(self):
-        for name in ("epsilon", "step"):
-            value = getattr(self, name)
-            try:
-                number = parse_epsilon(value, "l2")  # numbers, or text such as "0.5" or "128/255"
-            except ConfigError:
-                number = -1.0
-            if number <= 0:
-                raise ConfigError(f"{name} must be a positive number, got {value!r}")
-            object.__setattr__(self, name, number)
+        if self.auto:
+            if self.step is not None:
+                raise ConfigError(f"with epsilon: auto the step follows the chosen budget (search.step_fraction x "
+                                  f"epsilon): give search.step_fraction instead of step {self.step!r}")
+            search = self.search if isinstance(self.search, BudgetSearch) else self._search(self.search or {})
+            object.__setattr__(self, "search", search)
+            object.__setattr__(self, "epsilon", AUTO)
+        else:
+            if self.search is not None:
+                raise ConfigError(f"search picks the budget of epsilon: auto, but epsilon is {self.epsilon!r}: "
+                                  "drop search or set epsilon: auto")
+            if self.step is None:
+                object.__setattr__(self, "step", 0.1)
+            for name in ("epsilon", "step"):
+                value = getattr(self, name)
+                try:
+                    number = parse_epsilon(value, "l2")  # numbers, or text such as "0.5" or "128/255"
+                except ConfigError:
+                    number = -1.0
+                if number <= 0:
+                    raise ConfigError(f"{name} must be a positive number, got {value!r}"
+                                      + (" (or auto: chosen per dataset)" if name == "epsilon" else ""))
+                object.__setattr__(self, name, number)
         if self.steps is not None:
             positive_int("steps", self.steps)
         positive_int("batch_size", self.batch_size)
 
+    @staticmethod
+    def _search(given) -> BudgetSearch:
+        if not isinstance(given, dict) or set(given) - set(BudgetSearch.__dataclass_fields__):
+            raise ConfigError(f"search takes {', '.join(BudgetSearch.__dataclass_fields__)}, got {given!r}")
+        return BudgetSearch(**given)
+
+    @property
+    def auto(self) -> bool:
+        """Whether the budget is chosen per dataset (epsilon: auto) rather than given."""
+        return isinstance(self.epsilon, str) and self.epsilon.strip().lower() == AUTO
+
+    def at(self, epsilon: float) -> "Settings":
+        """These settings at one budget of an `auto` search: that epsilon, the step search.step_fraction x it."""
+        return replace(self, epsilon=epsilon, step=self.search.step_fraction * epsilon, search=None)
+
     def resolved(self, kind: str, image_shape: tuple[int, ...]) -> dict:
         """The sizes actually used on images of shape C x H x W: epsilon (PGD kinds only), step, steps."""
         kind = check_kind(kind)
+        if self.auto:
+            raise ConfigError("epsilon auto is chosen before the build (constructions.budget.search_budget, then "
+                              "Settings.at)")
         factor = math.sqrt(math.prod(image_shape) / REFERENCE_DIM) if self.scale else 1.0
         out = {"step": self.step * factor, "steps": self.steps or DEFAULT_STEPS[kind], "scale_factor": factor}
         if kind in ADVERSARIAL:

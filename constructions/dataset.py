@@ -20,6 +20,7 @@ from datamodules.medmnist import default_root
 from datamodules.npz import SPLITS, load_split, locate
 from datamodules.tensors import to_channels_first
 from evaluation.reports import package_versions, timestamp
+from .budget import search_budget
 from .builder import Constructed, Settings, build, check_kind, resolve_device
 from .source import Source, load_source
 
@@ -32,6 +33,17 @@ def sidecar_path(out: str | os.PathLike) -> Path:
 def parts_path(out: str | os.PathLike) -> Path:
     """The folder that keeps finished batches of an unfinished build: d_rand.npz -> d_rand.npz.parts/."""
     return Path(f"{out}.parts")
+
+
+def budget_columns(sidecar: dict) -> dict:
+    """A PGD set's budget for the results tables: `budget_l2`, the L2 radius on the image (after any scaling), and
+    for a searched budget (epsilon auto) `budget_search_assigned`, the source's share on the search sample."""
+    out = {}
+    if "epsilon" in (sidecar.get("resolved") or {}):
+        out["budget_l2"] = sidecar["resolved"]["epsilon"]
+    if sidecar.get("budget"):
+        out["budget_search_assigned"] = sidecar["budget"]["assigned_share"]
+    return out
 
 
 def check_output(out: str | os.PathLike, overwrite: bool) -> Path:
@@ -88,7 +100,8 @@ def construct_file(
     progress: bool = True,
 ) -> dict:
     """Build `kind` from the training split of `flag` at `size` with the checkpoint's model; write `out` (npz) and
-    its sidecar JSON; return the sidecar. Finished batches wait in `<out>.parts/` until the npz is written."""
+    its sidecar JSON; return the sidecar. Finished batches wait in `<out>.parts/` until the npz is written. With
+    epsilon auto the budget is searched first (constructions.budget) and the sidecar's `budget` says which and why."""
     kind = check_kind(kind)
     out = check_output(out, overwrite)
     device = resolve_device(device)
@@ -104,6 +117,12 @@ def construct_file(
     images, labels = load_split(official, "train", info, size)
     for split in SPLITS[1:]:
         load_split(official, split, info, size)  # a broken val/test split fails now, not after the build
+    budget = None
+    if settings.auto:  # the budget is a property of the dataset: searched on a sample of the whole training split
+        budget = search_budget(kind, source.model, to_channels_first(images),
+                               torch.from_numpy(labels[:, 0].astype(np.int64)), info.num_classes, settings, seed,
+                               device)
+        settings = settings.at(budget["epsilon"])
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
 
@@ -137,6 +156,7 @@ def construct_file(
         },
         "assigned_share": result.assigned_share,
         "stats": result.stats(),
+        **({"budget": budget} if budget is not None else {}),
         "build": {"device": str(device), "seconds": round(seconds, 2), "batch_size": settings.batch_size,
                   "batches_reused": reused, "images_per_second": round(n / seconds, 2) if seconds > 0 else None},
         "versions": package_versions(),

@@ -69,6 +69,9 @@ class Study(StudyConfig):
         self.endpoints = check_endpoints(self.endpoints, self.kinds(), self.differences(), self.finding_2())
         self.name = str(self.name or Path(self.source).stem)
         self.train, self.construction_defaults = dict(self.train or {}), dict(self.construction_defaults or {})
+        for name, spec in self.constructions.items():
+            if spec.get("reuse") is None:
+                construction_settings(name, spec, self.construction_defaults)  # a bad setting fails before training
 
     @property
     def over_seeds(self) -> bool:
@@ -245,6 +248,28 @@ def construction_kind(name: str, spec: dict) -> str:
 #: that measures robust-feature leakage, studies.nonrobust.leakage; `require_assigned: true`: the source must assign
 #: the relabelled images to their new label above chance, else the set is broken)
 CONSTRUCTION_META = ("source", "kind", "training", "reuse", "leakage", "require_assigned")
+
+
+def construction_settings(name: str, spec: dict, defaults: dict) -> tuple:
+    """(constructions.Settings, limit) of construction `name`: construction_defaults with the entry's own settings on
+    top (`epsilon: auto` with `search: {grid, target, images, step_fraction}` chooses the budget per dataset, D_rand
+    and D_det only); a bad setting is one ConfigError naming the entry."""
+    from constructions import Settings
+    from constructions.builder import ADVERSARIAL
+
+    settings = {**defaults, **{k: v for k, v in spec.items() if k not in CONSTRUCTION_META}}
+    limit = settings.pop("limit", None)
+    try:
+        built = Settings(**settings)
+    except TypeError as err:
+        raise ConfigError(f"constructions.{name}: {err}") from None
+    except ConfigError as err:
+        raise ConfigError(f"constructions.{name}: {err}") from None
+    kind = construction_kind(name, spec)
+    if built.auto and kind not in ADVERSARIAL:
+        raise ConfigError(f"constructions.{name}: epsilon: auto picks the PGD budget of {' / '.join(ADVERSARIAL)}; "
+                          f"{kind} has none")
+    return built, limit
 
 
 #: A model trained on a constructed set is scored at its last epoch, as Ilyas et al. do. Its real-validation balanced

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Optional
 
+from constructions.dataset import budget_columns, sidecar_path
 from core.errors import ConfigError
 from core.files import write_text_atomic
 from datamodules.info import MULTILABEL, dataset_info
@@ -14,7 +15,7 @@ from evaluation.layout import StepLayout
 
 from .. import corruption_drop, measures
 from ..runner import done, train_step, write_csv
-from .config import CONSTRUCTION_META, STATISTICS, Study, construction_kind, constructed_training
+from .config import STATISTICS, Study, construction_kind, construction_settings, constructed_training
 from . import leakage
 from .figures import figures
 from .results import cell_statistics, corruption_cells, drop_columns, result_row, roles_of
@@ -23,20 +24,18 @@ from .tables import results_markdown
 
 def construct_step(out: Path, name: str, source: dict, study: Study, dataset: dict, seed: int) -> Path:
     """Build one constructed training set from a source checkpoint (kept and reused when already built)."""
-    from constructions import Settings, construct_file
+    from constructions import construct_file
 
     if out.is_file():
         return out
     spec = study.constructions[name]
-    settings = {**study.construction_defaults, **{k: v for k, v in spec.items() if k not in CONSTRUCTION_META}}
-    limit = settings.pop("limit", None)
+    settings, limit = construction_settings(name, spec, study.construction_defaults)
     try:
-        settings = Settings(**settings)
-    except TypeError as err:
-        raise ConfigError(f"constructions.{name}: {err}") from None
-    construct_file(construction_kind(name, spec), source["best_checkpoint"], dataset["flag"], out,
-                   size=dataset.get("size", 28), root=dataset.get("root"), settings=settings, limit=limit, seed=seed,
-                   verify_md5=dataset.get("verify_md5", True))
+        construct_file(construction_kind(name, spec), source["best_checkpoint"], dataset["flag"], out,
+                       size=dataset.get("size", 28), root=dataset.get("root"), settings=settings, limit=limit,
+                       seed=seed, verify_md5=dataset.get("verify_md5", True))
+    except ConfigError as err:  # epsilon: auto whose grid does not reach its target, among others
+        raise ConfigError(f"constructions.{name} ({dataset['flag']}, seed {seed}): {err}") from None
     return out
 
 
@@ -108,7 +107,8 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                 summary = train_step(step, constructed_training(study, name), study.train, dataset, seed, extra=extra)
                 kind = construction_kind(name, spec)
                 measured = measure_step(step, summary, study, kind, npz.with_suffix(".json"))
-                measured["diagnostics"] = {**(measured["diagnostics"] or {}), **leakage.diagnostics(audit)}
+                measured["diagnostics"] = {**(measured["diagnostics"] or {}), **leakage.diagnostics(audit),
+                                           **budget_columns(json.loads(sidecar_path(npz).read_text()))}
                 leakage.net_of_leakage(measured, audit, kind)
                 draws.setdefault((flag, name), []).append(measured["measures"])
                 rows.append(result_row(dataset, name, "constructed", seed, summary, measured, kind))

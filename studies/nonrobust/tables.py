@@ -18,6 +18,8 @@ TABLE_MEASURES = (("bacc", "bacc, default threshold"), ("auroc", "AUROC"),
                   ("auroc_adabn", "AUROC, AdaBN"))
 DIAGNOSTICS = (("train_acc_constructed", "train acc on its constructed set"),
                ("source_agreement", "source model agrees with the new labels"),
+               ("budget_l2", "L2 budget of the perturbation"),
+               ("source_assigned_relabelled", "source assigns relabelled images to the new label"),
                ("mean_p1_constructed", "mean p(class 1), constructed train"),
                ("mean_p1_real_test", "mean p(class 1), real test"),
                ("prob_shift_tv", "shift of mean probabilities (TV)"),

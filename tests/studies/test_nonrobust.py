@@ -139,7 +139,7 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
     write_synthetic_npz(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32, seed=7)
     overrides = [
         f"datasets=[{{flag: breastmnist, root: {tmp_path}/data, verify_md5: false}}]",
-        "models={erm: {config: configs/erm.yaml}, pgd_at: {config: configs/pgd_at.yaml}}",
+        "models={erm: {config: configs/erm.yaml}, pgd_at: {config: configs/pgd_at.yaml}}", "matched_accuracy=[]",
         "models.pgd_at.overrides={model.init_args.steps: 1}",
         "constructions={d_rand: {source: erm, steps: 2}}", "construction_defaults.limit=32",
         "train.trainer.max_epochs=1", "train.trainer.callbacks.init_args.test_steps=1",
