@@ -15,6 +15,8 @@ Figures (each a ratio of paired, interleaved repeats: the median with the range)
   certify     randomized-smoothing CERTIFY / plain prediction of the same noise samples, images/s (goal >= 0.9x)
   protocol    one benchmark evaluation / its parts (clean, PGD, AutoAttack, MedMNIST-C, confidence, screen) run
               separately, CPU s (goal <= 1.0x)
+  seeds       K seeds of small_cnn stacked with torch.func / trained one at a time, ERM and PGD-AT steps, images/s
+              (goal >= 2x at 10 seeds, and the stacked step must equal K separate steps)
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from pathlib import Path
 from bench.common import DEFAULT_ROOT, Parser, existing_dir, figure, format_table, met_text, not_measured, run_main
 
 FIGURES = ("data", "overhead", "attack", "callback", "medmnist_c", "sweep", "gpu", "lora", "explanation", "certify",
-           "protocol")
+           "protocol", "seeds")
 
 
 def machine() -> dict:
@@ -137,6 +139,7 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
     """Every requested figure; a benchmark that fails gives a row saying so, and the others still run."""
     from bench import (
         attack_speed, callback_cost, certify_speed, gpu, lora_step, medmnist_c_build, overhead, protocol_cost,
+        seed_stacking,
     )
 
     runners = {
@@ -151,6 +154,7 @@ def run_all(names, root: str, verify_md5: bool, quick: bool, smoke: bool, workdi
         "explanation": lambda: explanation_figures(root, verify_md5, quick, smoke, workdir, log),
         "certify": lambda: certify_speed.run_figures(quick, smoke, log=log),
         "protocol": lambda: protocol_cost.run_figures(quick, smoke, log=log),
+        "seeds": lambda: seed_stacking.run_figures(quick, smoke, log=log),
     }
     rows = []
     for name in names:
