@@ -232,39 +232,50 @@ def agrees(method: str, args, log=print) -> bool:
     return not differ
 
 
+def timed_rounds(variants: dict, x, y, args, threads: list[int], clock: str, log, label: str) -> dict:
+    """{variant: [seconds of `--train-steps` steps, one per timed round]} of paired, interleaved rounds."""
+    seconds = {v: [] for v in VARIANTS}
+    for tag, timed, _, name in paired_rounds(args.warmup, args.repeats, threads, VARIANTS):
+        start = clock_pair()
+        for _ in range(args.train_steps):
+            variants[name].step(x, y)
+        if args.device == "cuda":
+            torch.cuda.synchronize()
+        spent = elapsed(start)[clock]
+        log(f"{label} {tag} {name}: {spent:.3f} s")
+        if timed:
+            seconds[name].append(spent)
+    return seconds
+
+
 def measure(args, log=print) -> dict:
+    """Per method: the agreement check, then both variants timed for every K, with glibc keeping freed memory as
+    train.py does (core.memory)."""
+    from core.memory import freed_memory_kept
+
     clock = "wall" if args.device == "cuda" else "cpu"
     threads = [torch.get_num_threads()] if args.device == "cuda" else [1]
     before = torch.get_num_threads()
     runs = []
-    try:
-        torch.set_num_threads(threads[0])
-        for method in args.methods:
-            same_work = agrees(method, args, log)
-            for seeds in args.seeds:
-                variants = both_variants(method, args, seeds)
-                x, y = seed_batches(args, seeds)
-                seconds = {v: [] for v in VARIANTS}
-                for tag, timed, _, name in paired_rounds(args.warmup, args.repeats, threads, VARIANTS):
-                    start = clock_pair()
-                    for _ in range(args.train_steps):
-                        variants[name].step(x, y)
-                    if args.device == "cuda":
-                        torch.cuda.synchronize()
-                    spent = elapsed(start)[clock]
-                    log(f"{method} K={seeds} {tag} {name}: {spent:.3f} s")
-                    if timed:
-                        seconds[name].append(spent)
-                images = seeds * args.batch * args.train_steps
-                runs.append({"method": method, "seeds": seeds, "same_work": same_work,
-                             "images_per_s": {v: summary([images / s for s in t]) for v, t in seconds.items()},
-                             "ratios": [seq / st for st, seq in zip(seconds["stacked"], seconds["sequential"])]})
-    finally:
-        torch.set_num_threads(before)
+    with freed_memory_kept() as kept:
+        try:
+            torch.set_num_threads(threads[0])
+            for method in args.methods:
+                same_work = agrees(method, args, log)
+                for seeds in args.seeds:
+                    x, y = seed_batches(args, seeds)
+                    seconds = timed_rounds(both_variants(method, args, seeds), x, y, args, threads, clock, log,
+                                           f"{method} K={seeds}")
+                    images = seeds * args.batch * args.train_steps
+                    runs.append({"method": method, "seeds": seeds, "same_work": same_work,
+                                 "images_per_s": {v: summary([images / s for s in t]) for v, t in seconds.items()},
+                                 "ratios": [seq / st for st, seq in zip(seconds["stacked"], seconds["sequential"])]})
+        finally:
+            torch.set_num_threads(before)
     return {"batch": args.batch, "size": args.size, "channels": args.channels, "classes": args.classes,
             "steps": args.steps, "epsilon": args.epsilon, "train_steps": args.train_steps, "device": args.device,
             "clock": "wall, CUDA synchronised" if clock == "wall" else "process CPU, 1 thread",
-            "runs": runs, "environment": environment()}
+            "freed_memory_kept": kept, "runs": runs, "environment": environment()}
 
 
 def row_name(method: str, seeds: int) -> str:
@@ -280,7 +291,8 @@ def rows(result: dict) -> list[dict]:
         attack = (f", PGD {result['steps']} steps at {result['epsilon']} L-inf (eval mode)"
                   if run["method"] == "pgd_at" else "")
         settings = (f"small_cnn {result['size']} px, {run['seeds']} seeds x batch {result['batch']}{attack}, Adam, "
-                    f"{result['device']}, {result['clock']}")
+                    f"{result['device']}, {result['clock']}"
+                    + (", glibc keeping freed memory as train.py does" if result.get("freed_memory_kept") else ""))
         goal = GOAL if run["seeds"] >= GOAL_SEEDS else None
         out.append(figure(row_name(run["method"], run["seeds"]), run["ratios"], goal, details={
             "images_per_s_median": {v: s["median"] for v, s in run["images_per_s"].items()}, "settings": settings},
