@@ -100,14 +100,16 @@ def seed_p_value(values, null: float = 0.0) -> float:
 
 
 def bootstrap_p_value(draws, null: float = 0.0) -> float:
-    """Two-sided p-value of bootstrap draws against `null`: twice the smaller share of draws on either side of it
-    (capped at 1), the test dual to `percentile_interval` (p < 1 - level about when that interval excludes
-    `null`). For a one-seed study, whose interval is over test examples. NaN when no draw is defined."""
+    """Two-sided p-value of bootstrap draws against `null`: twice the smaller share of draws on either side of it,
+    counted as (k + 1) / (B + 1) so that B draws never give p = 0 (Davison and Hinkley 1997, eq. 4.11), capped at 1;
+    the test dual to `percentile_interval` (p < 1 - level about when that interval excludes `null`). For a one-seed
+    study, whose interval is over test examples. NaN when no draw is defined."""
     x = np.asarray(draws, dtype=float)
     x = x[np.isfinite(x)]
     if not len(x):
         return math.nan
-    return float(min(1.0, 2 * min(np.mean(x <= null), np.mean(x >= null))))
+    tail = min(np.sum(x <= null), np.sum(x >= null))
+    return float(min(1.0, 2 * (tail + 1) / (len(x) + 1)))
 
 # ---- across models --------------------------------------------------------------------------------------------
 def correlation_interval(r: float, n: int, level: float = 0.95, spearman: bool = False) -> tuple[float, float]:

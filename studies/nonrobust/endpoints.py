@@ -23,7 +23,7 @@ from .. import corruption_drop, measures
 CORRECTIONS = ("holm", "none")
 FINDING_1_KINDS = ("d_rand", "d_det")
 FINDINGS = {"1": "nonrobust features alone are useful",
-            "2": "adversarial training trades clean accuracy for corruption robustness"}
+            "2": "adversarial training raises balanced accuracy under corruption"}
 #: measures a model's endpoint may name: every study measure but the D_det check against its own label (above
 #: chance there would be evidence of robust features, not of finding 1)
 MODEL_MEASURES = tuple(m for m in measures.MEASURES if m != "bacc_vs_new_label")

@@ -160,9 +160,11 @@ def finding_2(rows: list[dict], drops: dict, d: str, roles: dict) -> list[str]:
             own = drops.get((d, model)) or {}
             absolute = own.get(f"corr_bacc@{corruption_drop.ALL}")
             if "clean_bacc" in own and absolute:
+                near = own["clean_bacc"]["low"] <= chance  # its clean interval reaches chance: little left to lose
                 out.append(f"  {title(model)}: clean bacc {measures.describe(own['clean_bacc'], chance)}, corrupted "
-                           f"{measures.describe(absolute, chance)} vs chance {chance:.3f} (a model near chance "
-                           "cannot lose much under corruption: a floor effect, not robustness).")
+                           f"{measures.describe(absolute, chance)} vs chance {chance:.3f}"
+                           + (" (clean at chance: it cannot lose much under corruption, a floor effect, not "
+                              "robustness)." if near else "."))
         return out
     standard = [r for r in rows if r["dataset"] == d and r["model"] == roles["standard"]
                 and r.get("corr_bacc") is not None]

@@ -125,3 +125,14 @@ def test_holm_agrees_with_statsmodels():
     multitest = pytest.importorskip("statsmodels.stats.multitest")
     p = np.random.default_rng(0).uniform(0, 0.1, 9)
     assert holm(p) == pytest.approx(multitest.multipletests(p, method="holm")[1])
+
+
+def test_bootstrap_p_value_counts_the_observed_sample_and_is_never_zero():
+    """(k + 1) / (B + 1) per tail: 999 draws all above the null give p = 2 / 1000, not 0 (a reported p = 0 would
+    claim more than 999 resamples can show); draws straddling the null give the two-sided share."""
+    from evaluation.statistics import bootstrap_p_value
+
+    assert bootstrap_p_value(np.linspace(0.6, 0.9, 999), 0.5) == pytest.approx(2 / 1000)
+    assert bootstrap_p_value(np.arange(-49.0, 50.0), 0.0) == pytest.approx(1.0)  # 49 + 1 below, 49 + 1 above
+    assert bootstrap_p_value(np.concatenate([np.full(9, -1.0), np.full(90, 1.0)]), 0.0) == pytest.approx(0.2)
+    assert math.isnan(bootstrap_p_value([math.nan], 0.0))
