@@ -290,7 +290,8 @@ def rows(result: dict) -> list[dict]:
     for run in result["runs"]:
         attack = (f", PGD {result['steps']} steps at {result['epsilon']} L-inf (eval mode)"
                   if run["method"] == "pgd_at" else "")
-        settings = (f"small_cnn {result['size']} px, {run['seeds']} seeds x batch {result['batch']}{attack}, Adam, "
+        seeds = f"{run['seeds']} seed{'s' if run['seeds'] != 1 else ''}"
+        settings = (f"small_cnn {result['size']} px, {seeds} x batch {result['batch']}{attack}, Adam, "
                     f"{result['device']}, {result['clock']}"
                     + (", glibc keeping freed memory as train.py does" if result.get("freed_memory_kept") else ""))
         goal = GOAL if run["seeds"] >= GOAL_SEEDS else None
