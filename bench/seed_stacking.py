@@ -16,6 +16,7 @@ Process CPU seconds with 1 torch thread on a CPU; wall seconds with CUDA synchro
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import torch
@@ -216,17 +217,28 @@ def disagreement(result: dict) -> list[str]:
     return differ
 
 
+@contextlib.contextmanager
+def full_float32():
+    """TF32 off for cuDNN convolutions and CUDA matmuls inside the block, restored after: the agreement check allows
+    float32 rounding, and TF32 rounds grouped and plain convolutions apart by about 1e-3."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
 def agrees(method: str, args, log=print) -> bool:
-    """The stacked step equals K separate steps on this device (3 seeds, this row's sizes); on CUDA, whose random
-    streams differ between one draw and K, PGD-AT is checked with starts at the clean images."""
-    import contextlib
+    """The stacked step equals K separate steps on this device (3 seeds, this row's sizes, full float32). On CUDA,
+    whose random streams differ between one draw and K, PGD-AT is checked with starts at the clean images."""
     from unittest import mock
 
     from attacks.gradient import PGD
 
     same_starts = (mock.patch.object(PGD, "_random_start", lambda self, x, generator: x)
                    if args.device != "cpu" else contextlib.nullcontext())
-    with same_starts:
+    with same_starts, full_float32():
         differ = disagreement(one_step_each(method, args, 3))
     log(f"{method}: stacked step equals 3 separate steps: {'yes' if not differ else 'NO, ' + ', '.join(differ)}")
     return not differ

@@ -76,3 +76,10 @@ def test_the_goal_is_2x_at_10_seeds_that_did_the_same_work():
 def test_a_bad_budget_is_refused_before_anything_is_built():
     with pytest.raises(ConfigError):
         seed_stacking.parse_args([*TINY, "--epsilon", "2"])
+
+
+def test_the_check_runs_in_full_float32_and_restores_tf32_after():
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    with seed_stacking.full_float32():
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == before
