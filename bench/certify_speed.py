@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 
 from bench.common import (
-    BenchError, Parser, clock_pair, elapsed, environment, figure, format_table, paired_rounds, positive_int, run_main,
-    summary, write_json,
+    Parser, clock_pair, elapsed, environment, figure, format_table, paired_rounds, positive_int,
+    resolved_device, round_options, run_main, summary, write_json,
 )
 
 VARIANTS = ("certify", "plain")
@@ -35,22 +35,14 @@ def parse_args(argv=None):
     parser.add_argument("--alpha", type=float, default=0.001, help="failure probability (default: %(default)s)")
     parser.add_argument("--batch-size", type=positive_int, default=256,
                         help="noisy images per forward pass (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=5, help="timed rounds (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
+    round_options(parser, repeats=5)
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
     from attacks.smoothing import check_settings
 
     check_settings(args.sigma, args.n0, args.n, args.alpha)
-    import torch
-
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        raise BenchError(f"--device {args.device}: choose cpu, or cuda on a machine with a GPU")
+    args.device = resolved_device(args.device)
     return args
 
 

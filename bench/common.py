@@ -174,3 +174,23 @@ def elapsed(start: tuple[float, float]) -> dict[str, float]:
     the work done, nearly unaffected by other jobs on a shared machine; wall time is what a user waits."""
     cpu, wall = clock_pair()
     return {"cpu": cpu - start[0], "wall": wall - start[1]}
+
+
+def resolved_device(device: str) -> str:
+    """`--device`: `auto` is cuda when a GPU is visible, else cpu; cpu, or cuda on a machine with a GPU, as given;
+    anything else one BenchError line."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") or (device == "cuda" and not torch.cuda.is_available()):
+        raise BenchError(f"--device {device}: choose cpu, or cuda on a machine with a GPU")
+    return device
+
+
+def round_options(parser, repeats: int) -> None:
+    """The options every timed-rounds row with a device shares: --repeats, --warmup, --device, --json."""
+    parser.add_argument("--repeats", type=positive_int, default=repeats, help="timed rounds (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
+    parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")

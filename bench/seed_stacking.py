@@ -24,8 +24,8 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from bench.common import (
-    BenchError, Parser, clock_pair, elapsed, environment, figure, format_table, paired_rounds, positive_int, run_main,
-    summary, write_json,
+    Parser, clock_pair, elapsed, environment, figure, format_table, paired_rounds, positive_int,
+    resolved_device, round_options, run_main, summary, write_json,
 )
 
 VARIANTS = ("stacked", "sequential")
@@ -53,10 +53,7 @@ def parse_args(argv=None):
     parser.add_argument("--epsilon", default="4/255", help="PGD-AT L-inf budget (default: %(default)s)")
     parser.add_argument("--train-steps", type=positive_int, default=1,
                         help="timed training steps per round (default: %(default)s)")
-    parser.add_argument("--repeats", type=positive_int, default=3, help="timed rounds (default: %(default)s)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: %(default)s)")
-    parser.add_argument("--json", metavar="OUT", help="also write the results here (atomic write)")
+    round_options(parser, repeats=3)
     args = parser.parse_args(argv)
     if args.warmup < 0:
         parser.error("--warmup must be >= 0")
@@ -65,10 +62,7 @@ def parse_args(argv=None):
     from attacks.threat_model import parse_epsilon
 
     parse_epsilon(args.epsilon, "linf")  # a bad budget ends in one error line before anything is built
-    if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "cpu"
-    if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
-        raise BenchError(f"--device {args.device}: choose cpu, or cuda on a machine with a GPU")
+    args.device = resolved_device(args.device)
     return args
 
 

@@ -7,5 +7,5 @@ from .builder import KINDS, BudgetSearch, Constructed, Settings, build
 from .dataset import budget_columns, construct_file, parts_path, sidecar_path
 from .source import Source, load_source
 
-__all__ = ["KINDS", "BudgetSearch", "Constructed", "Settings", "build", "budget_columns", "construct_file", "parts_path",
-           "search_budget", "sidecar_path", "Source", "load_source"]
+__all__ = ["KINDS", "BudgetSearch", "Constructed", "Settings", "build", "budget_columns", "construct_file",
+           "parts_path", "search_budget", "sidecar_path", "Source", "load_source"]
