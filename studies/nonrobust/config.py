@@ -269,6 +269,10 @@ def construction_settings(name: str, spec: dict, defaults: dict) -> tuple:
     if built.auto and kind not in ADVERSARIAL:
         raise ConfigError(f"constructions.{name}: epsilon: auto picks the PGD budget of {' / '.join(ADVERSARIAL)}; "
                           f"{kind} has none")
+    if built.auto and spec.get("leakage") is not None:  # the leakage model is trained before the search picks a budget
+        raise ConfigError(f"constructions.{name}: leakage: {spec['leakage']} measures leakage at the budget it was "
+                          "trained at, and epsilon: auto picks the budget after it is trained; give epsilon as a "
+                          "number (the leakage model's) or drop leakage")
     return built, limit
 
 

@@ -20,6 +20,7 @@ def at_repo(monkeypatch):
 
 def test_epsilon_auto_is_parsed_with_its_search_and_a_fixed_epsilon_is_unchanged():
     study = load_study(QUICK, ["constructions.d_rand.epsilon=auto", "constructions.d_rand.step=null",
+                               "constructions.d_rand.leakage=null",
                                "constructions.d_rand.search={grid: [1.0, 0.5, 2.0], target: 0.9, images: 128}"])
     settings, limit = construction_settings("d_rand", study.constructions["d_rand"], study.construction_defaults)
     assert settings.auto and settings.search.grid == (0.5, 1.0, 2.0) and settings.search.target == 0.9
@@ -30,8 +31,11 @@ def test_epsilon_auto_is_parsed_with_its_search_and_a_fixed_epsilon_is_unchanged
 
 @pytest.mark.parametrize("overrides, message", [
     (["constructions.d_rand.epsilon=auto"], "constructions.d_rand: with epsilon: auto the step follows"),
-    (["constructions.d_rand.epsilon=auto", "constructions.d_rand.step=null", "constructions.d_rand.search.target=2"],
-     "constructions.d_rand: search.target must lie in"),
+    (["constructions.d_rand.epsilon=auto", "constructions.d_rand.step=null", "constructions.d_rand.search.target=2",
+      "constructions.d_rand.leakage=null"], "constructions.d_rand: search.target must lie in"),
+    # quick.yaml's leakage model is trained at L2 1.0 before the search would pick another budget
+    (["constructions.d_rand.epsilon=auto", "constructions.d_rand.step=null"],
+     "constructions.d_rand: leakage: robust_l2 measures leakage at the budget it was trained at"),
     (["constructions.d_det.search={grid: [1.0]}"], "constructions.d_det: search picks the budget of epsilon: auto"),
     (["constructions.d_nr={source: erm, epsilon: auto}"], "constructions.d_nr: epsilon: auto picks the PGD budget"),
     (["constructions.d_rand.epsilon=-1"], "constructions.d_rand: epsilon must be a positive number"),
