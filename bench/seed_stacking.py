@@ -90,8 +90,13 @@ class StackedSeeds(nn.Module):
 
     def seed_state(self) -> dict:
         """{"params": {name: (K, ...)}, "buffers": {name: (K, ...)}}, detached."""
-        return {"params": {name: p.detach() for name, p in self.seed_params.items()},
-                "buffers": {name: b.detach() for name, b in self.seed_buffers.items()}}
+        return detached_state(self.seed_params, self.seed_buffers)
+
+
+def detached_state(params: dict, buffers: dict) -> dict:
+    """{"params": ..., "buffers": ...} of stacked (K, ...) tensors, detached: what the agreement check compares."""
+    return {"params": {name: p.detach() for name, p in params.items()},
+            "buffers": {name: b.detach() for name, b in buffers.items()}}
 
 
 def training_module(method: str, args, seed: int):
@@ -134,14 +139,7 @@ class Sequential:
 
     def seed_state(self) -> dict:
         """{"params": {name: (K, ...)}, "buffers": {name: (K, ...)}} of the K models, stacked, detached."""
-        models = [m.model for m in self.modules]
-        return {"params": stacked_tensors([dict(m.named_parameters()) for m in models]),
-                "buffers": stacked_tensors([dict(m.named_buffers()) for m in models])}
-
-
-def stacked_tensors(per_seed: list[dict]) -> dict:
-    """{name: the seeds' tensors stacked along a new first dimension, detached}."""
-    return {name: torch.stack([tensors[name] for tensors in per_seed]).detach() for name in per_seed[0]}
+        return detached_state(*stack_module_state([m.model for m in self.modules]))
 
 
 class Stacked:

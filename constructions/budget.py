@@ -21,6 +21,15 @@ def search_sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n, min(size, n), replace=False))
 
 
+def check_searchable(kind: str) -> str:
+    """`kind`, checked to have a PGD budget for epsilon: auto to pick (D_rand, D_det); else one ConfigError."""
+    kind = check_kind(kind)
+    if kind not in ADVERSARIAL:
+        raise ConfigError(f"epsilon: auto picks the PGD budget of {' / '.join(ADVERSARIAL)}; {kind} has none (it "
+                          "matches representations inside the image box)")
+    return kind
+
+
 def search_budget(kind: str, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, num_classes: int,
                   settings: Settings, seed: int = 0, device: Optional[str | torch.device] = None) -> dict:
     """The smallest budget of `settings.search.grid` at which the source `model` assigns at least `search.target` of
@@ -31,24 +40,23 @@ def search_budget(kind: str, model: nn.Module, images: torch.Tensor, labels: tor
     the best: a larger budget than the grid allows would carry more of the new label's visible features (leakage),
     and a set whose source mostly keeps the old label is not the set the study describes, so neither is chosen
     silently."""
-    kind = check_kind(kind)
-    if kind not in ADVERSARIAL:
-        raise ConfigError(f"epsilon: auto picks the PGD budget of {' / '.join(ADVERSARIAL)}; {kind} has none (it "
-                          "matches representations inside the image box)")
+    kind = check_searchable(kind)
     search = settings.search
     pick = torch.from_numpy(search_sample(len(images), search.images, seed))
     tried = []
     for epsilon in search.grid:
-        built = build(kind, model, images[pick], labels[pick], num_classes, settings.at(epsilon), seed=seed,
-                      device=device, progress=False)
-        share = built.stats().get("assigned_share_relabelled")
+        at = settings.at(epsilon)
+        built = build(kind, model, images[pick], labels[pick], num_classes, at, seed=seed, device=device,
+                      progress=False)
+        stats = built.stats()
+        share = stats.get("assigned_share_relabelled")
         if share is None:
             raise ConfigError(f"epsilon: auto: none of the {len(pick)} sampled training images changes its label; "
                               "raise search.images")
         tried.append({"epsilon": epsilon, "resolved_epsilon": built.resolved["epsilon"], "assigned_share": share,
-                      "relabelled": built.stats()["relabelled"]})
+                      "relabelled": stats["relabelled"]})
         if share >= search.target:
-            return {"epsilon": epsilon, "step": settings.at(epsilon).step, "assigned_share": share,
+            return {"epsilon": epsilon, "step": at.step, "assigned_share": share,
                     "target": search.target, "images": len(pick), "grid": list(search.grid), "tried": tried}
     best = max(tried, key=lambda t: t["assigned_share"])
     raise ConfigError(f"epsilon: auto: no budget on the grid {list(search.grid)} makes the source assign "

@@ -117,22 +117,21 @@ def construct_file(
     images, labels = load_split(official, "train", info, size)
     for split in SPLITS[1:]:
         load_split(official, split, info, size)  # a broken val/test split fails now, not after the build
+    x, y = to_channels_first(images), torch.from_numpy(labels[:, 0].astype(np.int64))  # what the build reads
     budget = None
     if settings.auto:  # the budget is a property of the dataset: searched on a sample of the whole training split
-        budget = search_budget(kind, source.model, to_channels_first(images),
-                               torch.from_numpy(labels[:, 0].astype(np.int64)), info.num_classes, settings, seed,
-                               device)
+        budget = search_budget(kind, source.model, x, y, info.num_classes, settings, seed, device)
         settings = settings.at(budget["epsilon"])
     if limit is not None:
-        images, labels = images[:limit], labels[:limit]
+        labels, x, y = labels[:limit], x[:limit], y[:limit]
 
     parts = parts_path(out)
     if overwrite and parts.exists():
         shutil.rmtree(parts)
     reused = len(list(parts.glob("batch_*.npz")))
     started = time.perf_counter()
-    result = build(kind, source.model, to_channels_first(images), torch.from_numpy(labels[:, 0].astype(np.int64)),
-                   info.num_classes, settings, seed=seed, parts_dir=parts, device=device, progress=progress,
+    result = build(kind, source.model, x, y, info.num_classes, settings, seed=seed, parts_dir=parts, device=device,
+                   progress=progress,
                    fingerprint={"source_sha256": source.sha256, "flag": info.flag, "size": size, "limit": limit})
     seconds = time.perf_counter() - started
     n = len(result.labels)

@@ -255,20 +255,16 @@ def construction_settings(name: str, spec: dict, defaults: dict) -> tuple:
     top (`epsilon: auto` with `search: {grid, target, images, step_fraction}` chooses the budget per dataset, D_rand
     and D_det only); a bad setting is one ConfigError naming the entry."""
     from constructions import Settings
-    from constructions.builder import ADVERSARIAL
+    from constructions.budget import check_searchable
 
     settings = {**defaults, **{k: v for k, v in spec.items() if k not in CONSTRUCTION_META}}
     limit = settings.pop("limit", None)
     try:
         built = Settings(**settings)
-    except TypeError as err:
+        if built.auto:
+            check_searchable(construction_kind(name, spec))
+    except (TypeError, ConfigError) as err:
         raise ConfigError(f"constructions.{name}: {err}") from None
-    except ConfigError as err:
-        raise ConfigError(f"constructions.{name}: {err}") from None
-    kind = construction_kind(name, spec)
-    if built.auto and kind not in ADVERSARIAL:
-        raise ConfigError(f"constructions.{name}: epsilon: auto picks the PGD budget of {' / '.join(ADVERSARIAL)}; "
-                          f"{kind} has none")
     if built.auto and spec.get("leakage") is not None:  # the leakage model is trained before the search picks a budget
         raise ConfigError(f"constructions.{name}: leakage: {spec['leakage']} measures leakage at the budget it was "
                           "trained at, and epsilon: auto picks the budget after it is trained; give epsilon as a "

@@ -40,7 +40,7 @@ def construct_step(out: Path, name: str, source: dict, study: Study, dataset: di
 
 
 def measure_step(step_dir: Path, summary: dict, study: Study, construction: str = "real",
-                 sidecar: Optional[Path] = None) -> dict:
+                 sidecar: Optional[Path] = None, audit: Optional[dict] = None) -> dict:
     """Every study measure of one trained model (predictions cached beside its checkpoint): the per-example
     bootstrap draws, the diagnostics of a constructed model and the notes (a measure that does not apply)."""
     info = None
@@ -48,9 +48,12 @@ def measure_step(step_dir: Path, summary: dict, study: Study, construction: str 
         info = json.loads(sidecar.read_text())
     predictions = measures.model_predictions(step_dir, summary["best_checkpoint"], construction,
                                              study.recalibration["split"], info)
+    diagnostics = predictions.get("diagnostics")
+    if audit is not None or info is not None:  # a constructed set's audit, then its budget (the sidecar's)
+        diagnostics = {**(diagnostics or {}), **leakage.diagnostics(audit or {}), **budget_columns(info or {})}
     stats = study.statistics
     return {"measures": measures.draws(predictions, stats["bootstrap"], stats["seed"]), "level": stats["level"],
-            "diagnostics": predictions.get("diagnostics"), "notes": predictions["notes"]}
+            "diagnostics": diagnostics, "notes": predictions["notes"]}
 
 
 def drop_step(step_dir: Path, summary: dict, study: Study) -> dict:
@@ -106,9 +109,7 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
                 log(f"[{flag} seed {seed}] train on {name}" + (" (reused)" if done(step) else ""))
                 summary = train_step(step, constructed_training(study, name), study.train, dataset, seed, extra=extra)
                 kind = construction_kind(name, spec)
-                measured = measure_step(step, summary, study, kind, npz.with_suffix(".json"))
-                measured["diagnostics"] = {**(measured["diagnostics"] or {}), **leakage.diagnostics(audit),
-                                           **budget_columns(json.loads(sidecar_path(npz).read_text()))}
+                measured = measure_step(step, summary, study, kind, sidecar_path(npz), audit)
                 leakage.net_of_leakage(measured, audit, kind)
                 draws.setdefault((flag, name), []).append(measured["measures"])
                 rows.append(result_row(dataset, name, "constructed", seed, summary, measured, kind))
