@@ -51,7 +51,8 @@ def test_the_shipped_control_runs_the_quick_study_construction_with_an_l2_leakag
     ("synthetic.n_train=8", "needs at least 32 images"),
     ("synthetic.colour=red", "synthetic takes"),
     ("constructions.d_rand.leakage=nobody", "leakage must name one of the models"),
-    ("datasets=[{flag: dermamnist}]", "binary and grey; dermamnist is not"),
+    ("datasets=[{flag: dermamnist}]", "grey with one label per image; dermamnist is not"),
+    ("datasets=[{flag: chestmnist}]", "chestmnist is multi-label"),
 ])
 def test_a_control_that_cannot_be_built_is_one_error_line_and_exit_2(tmp_path, capsys, override, message):
     out = tmp_path / "out"
