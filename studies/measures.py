@@ -39,9 +39,10 @@ MEASURES = {
     "bacc_adabn": ("bacc", "adabn", "balanced accuracy after AdaBN on unlabeled real validation images"),
     "auroc_adabn": ("auroc", "adabn", "AUROC after AdaBN on unlabeled real validation images"),
     "bacc_vs_new_label": ("bacc", "new_label", "balanced accuracy against the D_det label (y + 1) mod C"),
-    # D_rand with a leakage model (studies.nonrobust.leakage adds it; no prediction variant of its own)
+    # D_rand / D_det with a leakage model (studies.nonrobust.leakage adds it; no prediction variant of its own)
     "auroc_net_of_leakage": ("auroc", "net_of_leakage", "AUROC net of robust-feature leakage (less an L2-robust "
-                             "model's AUROC on the constructed set against its new labels, above 0.5)"),
+                             "model's AUROC on the constructed set against its new labels, above its no-leakage "
+                             "value: 0.5 for D_rand, the same on the original images for D_det)"),
 }
 HOLDS, NOT_HOLDS, UNDECIDED = "holds", "does not hold", "undecided at this sample size"
 CACHE_VERSION = 4  # what the cached predictions mean (evaluation.cache keys on it): 2: AdaBN weights batches by

@@ -19,7 +19,8 @@ The control passes when
 - at amplitude 0 it is not above chance: without a nonrobust feature, finding 1 does not read as "holds" once the
   leakage baseline is taken off (the uncorrected AUROC is reported beside it);
 - with a D_det set in the config (configs/study/positive_control_multiclass.yaml): the D_det model's test AUROC on
-  the real labels is above chance from `detect_from` up and not at 0, and with C > 2 its balanced accuracy against
+  the real labels net of leakage (studies.nonrobust.leakage) is above chance from `detect_from` up and not at 0,
+  and with C > 2 its balanced accuracy against
   the D_det label (y + 1) mod C is not above chance 1 / C where the pattern is planted (it did not learn the visible
   bar that D_det's labels shift; with C = 2 that measure is 1 - bacc and says nothing more).
 
@@ -49,8 +50,10 @@ SYNTHETIC = {"n_train": 512, "n_val": 128, "n_test": 256, "seed": 0, "shape_cont
 CURVE = (("auroc", "test AUROC"), (NET, "test AUROC net of leakage"), ("leakage_auroc", "leakage AUROC"),
          ("leakage_share", "leakage share"), ("source_assigned_relabelled", "source assigns new label"),
          ("bacc_recal", "bacc, recalibrated"), ("bacc_adabn", "bacc, AdaBN"))
-#: the D_det model's (a config with a D_det set): verdicts on the first three, each against its own chance
-D_DET_CURVE = (("auroc", "test AUROC"), ("bacc", "bacc"), ("bacc_vs_new_label", "bacc vs D_det label (y+1) mod C"),
+#: the D_det model's (a config with a D_det set): verdicts on the first four, each against its own chance
+D_DET_CURVE = (("auroc", "test AUROC"), (NET, "test AUROC net of leakage"), ("bacc", "bacc"),
+               ("bacc_vs_new_label", "bacc vs D_det label (y+1) mod C"), ("leakage_auroc", "leakage AUROC"),
+               ("leakage_auroc_original", "leakage AUROC, original images"),
                ("source_assigned_relabelled", "source assigns new label"))
 
 
@@ -225,7 +228,7 @@ def summarise(rows: list[dict], level: float, over_seeds: bool, curve: tuple = C
     columns."""
     from evaluation.statistics import seed_interval
 
-    judged = ("auroc", NET) if curve is CURVE else tuple(column for column, _ in curve[:3])
+    judged = ("auroc", NET) if curve is CURVE else tuple(column for column, _ in curve[:4])
     out = {}
     for column, _ in curve:
         values = [r.get(column) for r in rows if isinstance(r.get(column), (int, float))]
@@ -266,17 +269,19 @@ def failures(curve: dict, detect_from: float, classes: int = 2) -> list[str]:
 
 
 def d_det_failures(summary: dict, amplitude: float, detect_from: float, classes: int) -> list[str]:
-    """What the control requires of the D_det model at one amplitude (module docstring)."""
-    out, auroc, shifted = [], summary.get("auroc"), summary.get("bacc_vs_new_label")
-    if auroc is None:
-        return [f"amplitude {amplitude:.4f}: the D_det model has no test AUROC"]
-    if amplitude == 0 and auroc["verdict"] == measures.HOLDS:
-        out.append(f"without the pattern (amplitude 0), the D_det model's test AUROC on the real labels {_fmt(auroc)} "
-                   "is above chance: D_det reads as finding 1 with no nonrobust feature to carry it")
+    """What the control requires of the D_det model at one amplitude (module docstring): read net of leakage."""
+    out, net, shifted = [], summary.get(NET), summary.get("bacc_vs_new_label")
+    if net is None:
+        return [f"amplitude {amplitude:.4f}: no D_det AUROC net of leakage (the D_det set names no leakage model)"]
+    if amplitude == 0 and net["verdict"] == measures.HOLDS:
+        out.append(f"without the pattern (amplitude 0), the D_det model's test AUROC on the real labels net of "
+                   f"leakage {_fmt(net)} is above chance: D_det reads as finding 1 with no nonrobust feature to "
+                   "carry it")
     elif amplitude >= detect_from:
-        if auroc["verdict"] != measures.HOLDS:
+        if net["verdict"] != measures.HOLDS:
             out.append(f"with the pattern at amplitude {amplitude:.4f}, the D_det model's test AUROC on the real "
-                       f"labels {_fmt(auroc)} is not above chance: D_det's finding is not seen where it is true")
+                       f"labels net of leakage {_fmt(net)} is not above chance: D_det's finding is not seen where it "
+                       "is true")
         if classes > 2 and shifted is not None and shifted["verdict"] == measures.HOLDS:
             out.append(f"with the pattern at amplitude {amplitude:.4f}, the D_det model's balanced accuracy against "
                        f"(y + 1) mod {classes} {_fmt(shifted)} is above chance {1 / classes:.3f}: it learned the "
@@ -344,14 +349,16 @@ def markdown(study: Study, curve: dict, failed: list[str]) -> str:
              f"detected (net AUROC above chance) from amplitude {study.detect_from * 255:g}/255 up, and not at 0.", ""]
     lines += _table(study, curve, "summary", CURVE, ("auroc", NET))
     if study.d_det:
-        lines += ["", f"The D_det model (`{study.d_det}`), on the same test split: its AUROC and balanced accuracy "
-                  f"on the real labels must be above chance from {study.detect_from * 255:g}/255 up and not at 0; "
+        lines += ["", f"The D_det model (`{study.d_det}`), on the same test split: its AUROC on the real labels net "
+                  "of leakage (less the leakage model's AUROC against the new labels on the constructed images above "
+                  f"the same on the original ones) must be above chance from {study.detect_from * 255:g}/255 up and "
+                  "not at 0; "
                   + (f"against the D_det label (y + 1) mod {study.classes} (chance {1 / study.classes:.3f}) it must "
                      "not be above chance where the pattern is planted (it did not learn the visible bar that D_det's "
                      "labels shift)." if study.classes > 2 else
                      "with two classes (y + 1) mod 2 = 1 - y, so the balanced accuracy against it is 1 - bacc and "
                      "says nothing more."), ""]
-        lines += _table(study, curve, "d_det", D_DET_CURVE, tuple(c for c, _ in D_DET_CURVE[:3]))
+        lines += _table(study, curve, "d_det", D_DET_CURVE, tuple(c for c, _ in D_DET_CURVE[:4]))
     lines += ["", "**Passed**: the pipeline detects the nonrobust pattern where it is planted, and, net of leakage, "
               "not where it is not." if not failed else "**Failed**:\n" + "\n".join(f"- {f}" for f in failed)]
     return "\n".join(lines) + "\n"

@@ -7,8 +7,10 @@ A model adversarially trained at the construction's own L2 budget (the config's 
 does not change its answer under any perturbation of that size that only moves nonrobust features, so whatever it reads
 of the new label from a constructed image is a robust feature the perturbation put there. It scores every constructed
 image: `leakage_share`, the share of the relabelled images (new label != original) it assigns to their new label, and
-`leakage_auroc`, its AUROC against the new labels over all constructed images. D_rand draws its labels independently
-of the images, so without leakage the robust model's AUROC against them is 0.5 (up to sampling).
+`leakage_auroc`, its AUROC against the new labels over all constructed images, and `leakage_auroc_original`, the
+same on the original images the set was built from (what a robust model reads of the new label before any
+perturbation). D_rand draws its labels independently of the images, so without leakage the robust model's AUROC
+against them is 0.5 (up to sampling) on either.
 
 Finding 1 for D_rand net of leakage (`auroc_net_of_leakage`): the D_rand model's test AUROC less the leakage
 baseline, `auroc - (leakage_auroc - 0.5)`, per seed (the seed redraws source, construction and both models), so it
@@ -16,6 +18,12 @@ holds when the D_rand model ranks real test images above chance by more than rob
 rank the constructed images by their new label. The baseline is what the budget's robust features reveal, not a proven
 bound on what a model trained on them reaches on real images; the positive control's amplitude-0 arm (no nonrobust
 feature at all) checks that it is large enough (configs/study/positive_control.yaml).
+
+D_det's labels are a function of the original ones ((y + 1) mod C), so its no-leakage AUROC is not 0.5 but what the
+robust model reads of the new label on the original images; D_det net of leakage is `auroc - (leakage_auroc -
+leakage_auroc_original)`. The four-class positive control (configs/study/positive_control_multiclass.yaml) showed the
+need: with no nonrobust feature, a D_det model learned the faint copy of the new class's bar that the perturbation
+drew and read the real labels above chance.
 """
 from __future__ import annotations
 
@@ -29,7 +37,7 @@ import torch
 from core.errors import MedRobustError
 from core.files import write_json_atomic
 
-AUDIT_VERSION = 1
+AUDIT_VERSION = 2  # 2: leakage_auroc_original
 NET = "auroc_net_of_leakage"  #: the measure (studies.measures.MEASURES) of finding 1 for D_rand net of leakage
 
 
@@ -44,7 +52,7 @@ def audit_path(npz: Path) -> Path:
 def audit(npz: Path, source_checkpoint, leakage_checkpoint=None, batch_size: int = 512) -> dict:
     """The audit of one constructed npz (its sidecar names the official file it was built from): labels equal to the
     originals, the source's and (with `leakage_checkpoint`) the robust model's assignment of the relabelled images to
-    their new label, and the robust model's AUROC against the new labels."""
+    their new label, and the robust model's AUROC against the new labels on the constructed and the original images."""
     from constructions.dataset import sidecar_path
     from datamodules.info import dataset_info
     from datamodules.tensors import to_channels_first
@@ -60,24 +68,30 @@ def audit(npz: Path, source_checkpoint, leakage_checkpoint=None, batch_size: int
                                                                                          -1)[:, 0].astype(np.int64)
     with np.load(sidecar["official_file"]) as official:
         original = official["train_labels"][:len(new)].reshape(len(new), -1)[:, 0].astype(np.int64)
+        unperturbed = official["train_images"][:len(new)]
     x = to_channels_first(images)
     new_t, relabelled = torch.from_numpy(new), torch.from_numpy(new != original)
     k = info.num_classes
     run = dict(task=info.task, num_classes=k, batch_size=batch_size)
 
-    def assigned(checkpoint) -> tuple[torch.Tensor, float]:
-        p = predict(load_module(checkpoint), x, **run)
+    def assigned(model) -> tuple[torch.Tensor, float]:
+        p = predict(model, x, **run)
         hit = p.argmax(1) == new_t
         return p, float(hit[relabelled].float().mean()) if relabelled.any() else float("nan")
 
     out = {"version": AUDIT_VERSION, "kind": sidecar["kind"], "n": len(new), "num_classes": k,
            "labels_agree_with_original": float((new == original).mean()), "relabelled": int(relabelled.sum()),
-           "source_assigned_relabelled": assigned(source_checkpoint)[1]}
+           "source_assigned_relabelled": assigned(load_module(source_checkpoint))[1]}
     if leakage_checkpoint is not None:
-        p, share = assigned(leakage_checkpoint)
+        robust = load_module(leakage_checkpoint)
+        p, share = assigned(robust)
         out["leakage_share"] = share
-        out["leakage_auroc"] = Scorer(info.task, k, "auroc")(p, new_t) if len(np.unique(new)) > 1 \
-            else float("nan")
+        if len(np.unique(new)) > 1:
+            p_original = predict(robust, to_channels_first(unperturbed), **run)
+            out["leakage_auroc"] = Scorer(info.task, k, "auroc")(p, new_t)
+            out["leakage_auroc_original"] = Scorer(info.task, k, "auroc")(p_original, new_t)
+        else:
+            out["leakage_auroc"] = out["leakage_auroc_original"] = float("nan")
     return out
 
 
@@ -127,17 +141,19 @@ def audit_step(npz: Path, name: str, spec: dict, trained: dict) -> dict:
 
 def diagnostics(result: dict) -> dict:
     """The audit's results.csv columns (a constructed model's diagnostics)."""
-    keys = ("labels_agree_with_original", "source_assigned_relabelled", "leakage_share", "leakage_auroc")
+    keys = ("labels_agree_with_original", "source_assigned_relabelled", "leakage_share", "leakage_auroc",
+            "leakage_auroc_original")
     return {key: result[key] for key in keys if key in result}
 
 
 def net_of_leakage(measured: dict, result: dict, kind: str) -> dict:
-    """`measured` (pipeline.measure_step) with finding 1's D_rand measure net of leakage added: the test AUROC and its
-    draws over test examples less the leakage baseline `leakage_auroc - 0.5` (module docstring). Only D_rand: its
-    labels are independent of the images, so 0.5 is the no-leakage AUROC; D_det's are not."""
+    """`measured` (pipeline.measure_step) with finding 1's measure net of leakage added: the test AUROC and its draws
+    over test examples less the leakage excess (module docstring): `leakage_auroc - 0.5` for D_rand, whose labels are
+    independent of the images; `leakage_auroc - leakage_auroc_original` for D_det, whose are not."""
     baseline = result.get("leakage_auroc")
     auroc = measured["measures"].get("auroc")
-    if kind == "d_rand" and auroc is not None and baseline is not None and not math.isnan(baseline):
-        excess = baseline - 0.5
+    null = {"d_rand": 0.5, "d_det": result.get("leakage_auroc_original")}.get(kind)
+    if auroc is not None and None not in (baseline, null) and not math.isnan(baseline) and not math.isnan(null):
+        excess = baseline - null
         measured["measures"][NET] = {"value": auroc["value"] - excess, "draws": np.asarray(auroc["draws"]) - excess}
     return measured

@@ -26,6 +26,7 @@ DIAGNOSTICS = (("train_acc_constructed", "train acc on its constructed set"),
                ("labels_agree_with_original", "new labels = originals"),
                ("leakage_share", "leakage: robust model assigns relabelled images to the new label"),
                ("leakage_auroc", "leakage: robust model's AUROC vs the new labels"),
+               ("leakage_auroc_original", "leakage: the same on the original images"),
                ("bacc_vs_new_label", "bacc vs D_det label (y+1) mod C"))
 
 

@@ -275,15 +275,3 @@ def test_the_audit_reads_label_agreement_and_the_source_assignment(agree, relabe
               "relabelled": relabelled, "source_assigned_relabelled": assigned}
     got = failures(result, require)
     assert len(got) == len(expected) and all(any(e in f for f in got) for e in expected), got
-
-
-def test_the_net_auroc_takes_the_leakage_excess_off_every_draw_for_d_rand_only():
-    from studies.nonrobust.leakage import net_of_leakage
-
-    def measured():
-        return {"measures": {"auroc": {"value": 0.8, "draws": np.array([0.7, 0.9])}}}
-
-    got = net_of_leakage(measured(), {"leakage_auroc": 0.6}, "d_rand")["measures"][NET]
-    assert got["value"] == pytest.approx(0.7) and got["draws"] == pytest.approx([0.6, 0.8])
-    assert NET not in net_of_leakage(measured(), {"leakage_auroc": 0.6}, "d_det")["measures"]
-    assert NET not in net_of_leakage(measured(), {}, "d_rand")["measures"]

@@ -1,7 +1,8 @@
 """The positive control with four classes and a D_det set (configs/study/positive_control_multiclass.yaml): D_det's
 model must read the real labels where the pattern is planted and not without it, and, with C > 2, must not score
 above chance 1 / C against the D_det label (y + 1) mod C (it did not learn the visible bar D_det's labels shift).
-The study pipeline is replaced by hand-made results rows and audits; the control's own code runs."""
+D_det is read net of leakage (studies.nonrobust.leakage). The study pipeline is replaced by hand-made results rows
+and audits; the control's own code runs."""
 import json
 from pathlib import Path
 
@@ -57,7 +58,7 @@ def test_every_pattern_arms_construction_must_carry_its_new_label():
 # ---- the whole control, pipeline replaced ----------------------------------------------------------------------
 SEEDS = 3
 D_RAND = {0.0: [0.46, 0.48, 0.44], "pattern": [0.90, 0.95, 0.93]}      # net AUROC per seed
-D_DET_AUROC = {0.0: [0.30, 0.35, 0.28], "pattern": [0.85, 0.90, 0.88]}  # on the real labels
+D_DET_AUROC = {0.0: [0.30, 0.35, 0.28], "pattern": [0.85, 0.90, 0.88]}  # on the real labels, net of leakage
 D_DET_BACC = {0.0: [0.12, 0.15, 0.10], "pattern": [0.60, 0.70, 0.66]}
 D_DET_SHIFTED = {0.0: [0.55, 0.60, 0.58], "pattern": [0.10, 0.12, 0.08]}  # against (y + 1) mod 4; chance 0.25
 
@@ -91,7 +92,7 @@ def _pipeline(d_det_shifted_at_pattern):
                     measured = {"auroc": D_RAND[key][i], NET: D_RAND[key][i]}
                 else:
                     shifted = d_det_shifted_at_pattern[i] if pattern else D_DET_SHIFTED[0.0][i]
-                    measured = {"auroc": D_DET_AUROC[key][i], "bacc": D_DET_BACC[key][i],
+                    measured = {"auroc": D_DET_AUROC[key][i], NET: D_DET_AUROC[key][i], "bacc": D_DET_BACC[key][i],
                                 "bacc_vs_new_label": shifted}
                 rows.append({"model": kind, "seed": seed, **measured, **leakage.diagnostics(audit)})
         return rows
@@ -116,7 +117,7 @@ def test_the_four_class_control_reads_d_det_against_its_shifted_label_with_chanc
     assert saved["classes"] == 4 and saved["passed"] == (not failed), saved["failures"]
     assert len(saved["failures"]) == len(failed) and all(any(f in g for g in saved["failures"]) for f in failed)
     control, planted = (saved["curve"][key]["d_det"] for key in sorted(saved["curve"]))
-    assert control["auroc"]["verdict"] == measures.NOT_HOLDS
+    assert control[NET]["verdict"] == measures.NOT_HOLDS
     assert control["bacc_vs_new_label"]["verdict"] == measures.HOLDS  # the measure sees the bar when it is learned
     assert planted["bacc"]["verdict"] == measures.HOLDS
     header, *rows = (tmp_path / "results.csv").read_text().splitlines()
@@ -130,7 +131,7 @@ def test_the_four_class_control_reads_d_det_against_its_shifted_label_with_chanc
     ({0.0: (0.2, 0.4, 0.5, 0.7), PATTERN: (0.8, 0.95, 0.05, 0.15)}, 4, []),
     # without the pattern D_det reads as finding 1
     ({0.0: (0.55, 0.7, 0.5, 0.7), PATTERN: (0.8, 0.95, 0.05, 0.15)}, 4, ["D_det reads as finding 1 with no"]),
-    # the pattern is not detected on the real labels
+    # the pattern is not detected on the real labels (net of leakage)
     ({0.0: (0.2, 0.4, 0.5, 0.7), PATTERN: (0.45, 0.7, 0.05, 0.15)}, 4, ["D_det's finding is not seen where"]),
     # above 1/4 against the shifted label where the pattern is planted
     ({0.0: (0.2, 0.4, 0.5, 0.7), PATTERN: (0.8, 0.95, 0.27, 0.4)}, 4, ["learned the visible features"]),
@@ -146,7 +147,7 @@ def test_the_d_det_verdicts(arm, classes, expected):
                     "verdict": measures.verdict(low, high, chance)}
 
         net = stats(0.8, 0.9, 0.5) if amplitude else stats(0.4, 0.55, 0.5)  # D_rand's part passes
-        return {"summary": {NET: net}, "d_det": {"auroc": stats(auroc_low, auroc_high, 0.5),
+        return {"summary": {NET: net}, "d_det": {NET: stats(auroc_low, auroc_high, 0.5),
                                                  "bacc_vs_new_label": stats(shifted_low, shifted_high, 1 / classes)}}
 
     got = failures({a: summary(a, *v) for a, v in arm.items()}, PATTERN, classes)
