@@ -47,7 +47,8 @@ def test_bench_all_smoke_writes_every_requested_figure(real_root, tmp_path):
 
 
 def test_bench_all_rejects_unknown_figure_in_one_line(tmp_path):
-    result = bench("all", "--only", "data,nonsense", "--out", tmp_path, timeout=60)
+    # an existing --root, so that the test does not depend on ../shared beside the clone
+    result = bench("all", "--only", "data,nonsense", "--root", tmp_path, "--out", tmp_path, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: ")
     assert "nonsense" in result.stderr
