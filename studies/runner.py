@@ -45,9 +45,9 @@ def load_study(cls: type, path: str | Path, overrides: Optional[list[str]] = Non
 DATASET_KEYS = {"flag", "size", "root", "download", "verify_md5", "train"}
 
 
-def check_datasets(datasets) -> list[dict]:
-    """A study's `datasets:` list, checked (a mapping per dataset with a known MedMNIST flag and known keys; roots
-    resolved against the working folder or the repository)."""
+def check_datasets(datasets, extra_keys: frozenset = frozenset()) -> list[dict]:
+    """A study's `datasets:` list, checked (a mapping per dataset with a known MedMNIST flag and known keys, the
+    study's own `extra_keys` among them; roots resolved against the working folder or the repository)."""
     from datamodules.info import dataset_info
 
     if not datasets:
@@ -55,9 +55,10 @@ def check_datasets(datasets) -> list[dict]:
     for entry in datasets:
         if not isinstance(entry, dict) or "flag" not in entry:
             raise ConfigError(f"each dataset needs a flag, got {entry!r}")
-        extra = sorted(set(entry) - DATASET_KEYS)
+        extra = sorted(set(entry) - DATASET_KEYS - extra_keys)
         if extra:
-            raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use {', '.join(sorted(DATASET_KEYS))}")
+            raise ConfigError(f"unknown dataset key(s) {', '.join(extra)}: use "
+                              f"{', '.join(sorted(DATASET_KEYS | extra_keys))}")
         if entry.get("root"):
             entry["root"] = str(resolve_path(entry["root"]))
         dataset_info(entry["flag"])

@@ -52,7 +52,7 @@ class Study(StudyConfig):
         for name, spec in models.items():
             check_training_spec(f"models.{name}", spec)
         self.constructions = check_constructions(self.constructions or {}, models)
-        self.datasets = check_datasets(self.datasets or [])
+        self.datasets = check_datasets(self.datasets or [], extra_keys=frozenset({"models"}))
         for entry in self.datasets:
             info = dataset_info(entry["flag"])
             if self.constructions and info.task == MULTILABEL:
@@ -67,6 +67,8 @@ class Study(StudyConfig):
         self.comparisons = check_comparisons(self.comparisons or {}, [*models, *self.constructions])
         self.matched_accuracy = check_matched_accuracy(self.matched_accuracy or [], models, self.roles)
         self.endpoints = check_endpoints(self.endpoints, self.kinds(), self.differences(), self.finding_2())
+        for entry in self.datasets:
+            check_dataset_models(entry, self)
         self.name = str(self.name or Path(self.source).stem)
         self.train, self.construction_defaults = dict(self.train or {}), dict(self.construction_defaults or {})
         for name, spec in self.constructions.items():
@@ -79,6 +81,12 @@ class Study(StudyConfig):
         seeds or more), rather than over test examples."""
         return self.statistics["interval"] in ("seeds", "seeds_and_examples") or (
             self.statistics["interval"] == "auto" and len(self.seeds) > 1)
+
+    def models_of(self, dataset: dict) -> dict[str, dict]:
+        """The models trained on one dataset of `datasets:`: its own `models:` list where it gives one (the
+        matched-accuracy curve needs other training epsilons on different datasets), else all of them."""
+        names = dataset.get("models") or list(self.models)
+        return {name: spec for name, spec in self.models.items() if name in names}
 
     def kinds(self) -> dict[str, str]:
         """Every model (`real`) and constructed set (its kind: d_rand, ...) of the study."""
@@ -183,6 +191,28 @@ def check_matched_accuracy(given, models: dict, roles: dict) -> list[str]:
             raise ConfigError(f"matched_accuracy: {name!r} must be a model with corruptions: true other than the "
                               f"standard model {roles['standard']!r} (models: {', '.join(models)})")
     return given
+
+
+def check_dataset_models(entry: dict, study: Study) -> None:
+    """A dataset's `models: [MODEL, ...]`: models of the study, including every model its constructions, roles and
+    endpoints use (a dataset may leave out only models nothing else needs, such as a point of the matched-accuracy
+    curve), and at least two of the curve's models when the study has one."""
+    names = entry.get("models")
+    if names is None:
+        return
+    where = f"datasets[{entry['flag']}].models"
+    if not isinstance(names, list) or not names or any(name not in study.models for name in names):
+        raise ConfigError(f"{where} lists models of the study ({', '.join(study.models)}), got {names!r}")
+    needed = {spec[key] for spec in study.constructions.values() for key in ("source", "leakage") if spec.get(key)}
+    needed |= set(study.roles.values()) | {e.model for e in study.endpoints["primary"]}
+    needed |= {name for pair in [*study.endpoints["pairs"].values(), *study.comparisons.items()] for name in pair}
+    missing = [name for name in study.models if name in needed and name not in names]
+    if missing:
+        raise ConfigError(f"{where} leaves out {', '.join(missing)}, which the constructions, roles, comparisons or "
+                          "endpoints need")
+    if study.matched_accuracy and sum(name in names for name in study.matched_accuracy) < 2:
+        raise ConfigError(f"{where} keeps fewer than two models of the matched_accuracy curve "
+                          f"({', '.join(study.matched_accuracy)})")
 
 
 def check_statistics(given: dict, seeds: list[int]) -> dict:

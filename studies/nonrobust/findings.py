@@ -66,7 +66,7 @@ def findings(rows: list[dict], cells: Optional[dict] = None, drops: Optional[dic
         out += finding_1(rows, cells, d)
         out += finding_2(rows, drops, d, roles)
         if curve:
-            out += matched_sentence(matched_accuracy(rows, d, roles["standard"], curve, level), roles, curve)
+            out += matched_sentence(matched_accuracy(rows, d, roles["standard"], curve, level), roles)
     return "\n".join(out)
 
 
@@ -178,12 +178,12 @@ def finding_2(rows: list[dict], drops: dict, d: str, roles: dict) -> list[str]:
     return []
 
 
-def matched_sentence(matched: dict, roles: dict, curve: list[str]) -> list[str]:
+def matched_sentence(matched: dict, roles: dict) -> list[str]:
     """Finding 2 at matched clean accuracy, descriptive: the robust curve read at the standard model's clean
     balanced accuracy, or "not reachable" where that accuracy lies outside the curve's range."""
     std = title(roles["standard"])
-    per_seed = matched["per_seed"]
-    if not per_seed:
+    per_seed, curve = matched["per_seed"], matched["curve"]
+    if not per_seed or len(curve) < 2:
         return []
     unreachable = [str(s) for s, v in per_seed.items() if v is None]
     head = (f"- At matched clean accuracy (descriptive): the curve of {', '.join(curve)} (increasing training epsilon) "

@@ -87,7 +87,7 @@ def reproduce(study: Study, out: Path, log=print) -> list[dict]:
         for seed in study.seeds:
             base = layout.seed_dir(flag, size, seed)
             trained = {}
-            for name, spec in study.models.items():
+            for name, spec in study.models_of(dataset).items():
                 log(f"[{flag} seed {seed}] train {name}" + (" (reused)" if done(base / name) else ""))
                 trained[name] = train_step(base / name, spec, study.train, dataset, seed,
                                            corruptions=spec.get("corruptions", False))

@@ -141,9 +141,13 @@ def cell_statistics(draws: dict, study: Optional[Study] = None) -> dict:
 def matched_accuracy(rows: list[dict], dataset: str, standard: str, curve: list[str], level: float) -> dict:
     """Finding 2 at matched clean accuracy on `dataset`, seed by seed: the robust models' curve of (clean, corrupted)
     balanced accuracy over training epsilon (`curve`, increasing) read at the standard model's clean balanced
-    accuracy (corruption_drop.at_matched_clean), minus the standard model's corrupted balanced accuracy.
-    {'per_seed': {seed: difference or None (not reachable)}, 'cell': t interval over the reachable seeds}."""
+    accuracy (corruption_drop.at_matched_clean), minus the standard model's corrupted balanced accuracy. The curve
+    is the models of `curve` trained on `dataset` (a dataset's `models:` may leave some out).
+    {'curve': those models, 'per_seed': {seed: difference or None (not reachable)}, 'cell': t interval over the
+    reachable seeds}."""
     from evaluation.statistics import seed_interval
+
+    curve = [m for m in curve if any(r["dataset"] == dataset and r["model"] == m for r in rows)]
 
     def of(model, seed):
         return next((r for r in rows if r["dataset"] == dataset and r["model"] == model and r["seed"] == seed
@@ -158,7 +162,7 @@ def matched_accuracy(rows: list[dict], dataset: str, standard: str, curve: list[
                                                 base["clean_bacc"])
         per_seed[seed] = None if read is None else read - base["corr_bacc"]
     reachable = [v for v in per_seed.values() if v is not None]
-    return {"per_seed": per_seed, "cell": seed_interval(reachable, level) if reachable else None}
+    return {"curve": curve, "per_seed": per_seed, "cell": seed_interval(reachable, level) if reachable else None}
 
 
 # ---- naming and ordering models in tables and figures --------------------------------------------------------

@@ -50,3 +50,21 @@ def test_finding_2_compares_the_models_the_roles_name():
     assert "base -> tough: clean 0.900 -> 0.800" in text and "point estimates only (descriptive" in text
     assert "ERM -> PGD-AT: clean 0.700 -> 0.600" in findings(rows)
     assert DIFFERENCE == "pgd_at - erm" and corruption_cells({}) == {}
+
+
+def test_dataset_option_runs_one_of_the_configs_datasets_as_the_config_gives_it(tmp_path, monkeypatch, capsys):
+    """`--dataset breastmnist` runs the config's own BreastMNIST entry (its epochs and models), nothing else; a flag
+    the config lacks is one error line."""
+    from studies import cli
+    from studies.nonrobust.config import Study
+
+    ran = []
+    monkeypatch.setattr(Study, "reproduce", lambda study, out, log: ran.append(study.datasets) or [])
+    cli.reproduce(REPO / "configs" / "study" / "quick.yaml", tmp_path, datasets=["BreastMNIST"])
+    [[entry]] = ran
+    assert entry["flag"] == "breastmnist" and entry["train"] == {"trainer.max_epochs": 30}
+    assert "pgd_at_eps05" in entry["models"] and "pgd_at_eps8" not in entry["models"]
+    assert cli.main(["reproduce", str(REPO / "configs/study/quick.yaml"), "--out", str(tmp_path), "--dataset",
+                     "octmnist"]) == 2
+    assert capsys.readouterr().err.strip() == ("error: --dataset octmnist: not among the config's datasets "
+                                               "(breastmnist, pneumoniamnist)")

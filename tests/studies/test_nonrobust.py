@@ -36,7 +36,12 @@ def test_shipped_study_configs_load():
     robust = quick.models["robust_l2"]["overrides"]
     assert robust["model.init_args.norm"] == "l2"
     assert robust["model.init_args.epsilon"] == quick.constructions["d_rand"]["epsilon"]
-    assert quick.matched_accuracy == ["pgd_at_eps1", "pgd_at"]
+    assert quick.matched_accuracy == ["pgd_at_eps05", "pgd_at_eps1", "pgd_at", "pgd_at_eps8"]
+    # each dataset trains the curve's points that bracket ERM there (a larger epsilon on PneumoniaMNIST, a smaller
+    # one on BreastMNIST), and every model the constructions and finding 2 need
+    pneumonia, breast = (list(quick.models_of(d)) for d in quick.datasets)
+    assert pneumonia == ["erm", "pgd_at", "pgd_at_eps1", "pgd_at_eps8", "robust_l2"]
+    assert breast == ["erm", "pgd_at", "pgd_at_eps05", "pgd_at_eps1", "robust_l2"]
     paper = load_study(REPO / "configs" / "study" / "paper.yaml")
     assert paper.matched_accuracy == ["pgd_at_eps1", "pgd_at_eps2", "pgd_at", "pgd_at_eps8"]
     assert set(scale.differences()) >= {"d_rand_all - d_rand_1000", "d_det_all - d_det_1000"}
@@ -64,6 +69,10 @@ def test_shipped_study_configs_load():
     (["matched_accuracy=[pgd_at]"], "at least two robust models"),
     (["matched_accuracy=[pgd_at, erm]"], "other than the standard model 'erm'"),
     (["comparisons={d_rand: d_nope}"], "comparisons.d_rand: 'd_nope' is not a model or constructed set"),
+    (["datasets=[{flag: pneumoniamnist, models: [erm, pgd_at, nobody]}]"], "lists models of the study"),
+    (["datasets=[{flag: pneumoniamnist, models: [erm, pgd_at, pgd_at_eps1]}]"], "leaves out robust_l2, which"),
+    (["datasets=[{flag: pneumoniamnist, models: [erm, pgd_at_eps1, robust_l2]}]"], "leaves out pgd_at, which"),
+    (["datasets=[{flag: pneumoniamnist, models: [erm, pgd_at, robust_l2]}]"], "fewer than two models of the"),
 ])
 def test_bad_study_configs_end_in_one_clear_error(overrides, message):
     with pytest.raises(MedRobustError) as err:
@@ -129,8 +138,9 @@ def test_results_tables_findings_and_figures(tmp_path):
 
 
 def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
-    """ERM, PGD-AT and D_rand on synthetic BreastMNIST: every step runs, results are written, a rerun trains
-    nothing, and a rerun with other settings is refused rather than mixing old and new runs."""
+    """ERM, PGD-AT and D_rand on synthetic BreastMNIST: every step runs (but a model the dataset's `models:` leaves
+    out), results are written, a rerun trains nothing, and a rerun with other settings is refused rather than mixing
+    old and new runs."""
     from datamodules.synthetic import write_synthetic_npz
     from studies.nonrobust import reproduce
 
@@ -138,8 +148,9 @@ def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
     # construction audit rightly refuses (D_rand's labels must equal the originals only at chance)
     write_synthetic_npz(tmp_path / "data", "breastmnist", 28, n_train=64, n_val=32, n_test=32, seed=7)
     overrides = [
-        f"datasets=[{{flag: breastmnist, root: {tmp_path}/data, verify_md5: false}}]",
-        "models={erm: {config: configs/erm.yaml}, pgd_at: {config: configs/pgd_at.yaml}}", "matched_accuracy=[]",
+        f"datasets=[{{flag: breastmnist, root: {tmp_path}/data, verify_md5: false, models: [erm, pgd_at]}}]",
+        "models={erm: {config: configs/erm.yaml}, pgd_at: {config: configs/pgd_at.yaml}, "
+        "not_here: {config: configs/erm.yaml}}", "matched_accuracy=[]",
         "models.pgd_at.overrides={model.init_args.steps: 1}",
         "constructions={d_rand: {source: erm, steps: 2}}", "construction_defaults.limit=32",
         "train.trainer.max_epochs=1", "train.trainer.callbacks.init_args.test_steps=1",

@@ -94,9 +94,23 @@ def test_matched_clean_accuracy_is_read_off_the_curve_or_not_reachable():
     from studies.nonrobust.findings import matched_sentence
 
     roles = {"standard": "erm", "robust": "at4"}
-    assert "not reachable at seed 2" in matched_sentence(got, roles, ["at1", "at4", "at8"])[0]
+    assert "not reachable at seed 2" in matched_sentence(got, roles)[0]
     assert "not reachable (ERM's clean balanced accuracy lies outside the curve's range at every seed)" in \
-        matched_sentence(unreachable, roles, ["at1", "at4", "at8"])[0]
+        matched_sentence(unreachable, roles)[0]
+
+
+def test_matched_clean_accuracy_reads_the_curve_a_dataset_trained():
+    """A dataset whose `models:` leaves out a point of the curve is read off the points it has, and says which."""
+    def row(model, seed, clean, corrupted):
+        return {"dataset": "pneumoniamnist", "model": model, "seed": seed, "clean_bacc": clean, "corr_bacc": corrupted}
+
+    rows = [row("erm", 0, 0.78, 0.70), row("at1", 0, 0.84, 0.74), row("at4", 0, 0.82, 0.75), row("at8", 0, 0.76, 0.73)]
+    got = matched_accuracy(rows, "pneumoniamnist", "erm", ["at05", "at1", "at4", "at8"], 0.95)
+    assert got["curve"] == ["at1", "at4", "at8"]  # at05 was not trained here; ERM's 0.78 lies between at4 and at8
+    assert got["per_seed"][0] == pytest.approx(0.75 + (0.78 - 0.82) / (0.76 - 0.82) * (0.73 - 0.75) - 0.70)
+    from studies.nonrobust.findings import matched_sentence
+
+    assert "the curve of at1, at4, at8 (increasing" in matched_sentence(got, {"standard": "erm", "robust": "at4"})[0]
 
 
 def test_d_det_against_the_next_label_is_evidence_only_with_more_than_two_classes():
