@@ -1,9 +1,10 @@
 """The study's figures: constructed.png (every model's measures with intervals, chance dashed), corruption.png (clean
-vs corrupted, the standard and the robust model), robust_curve.png (PGD balanced accuracy against epsilon)."""
+vs corrupted, the standard and the robust model), robust_curve.png (PGD balanced accuracy against epsilon) and
+matched_accuracy.png (each seed's robust curve of clean vs corrupted balanced accuracy, the standard model on it)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -18,12 +19,16 @@ FIGURE_MEASURES = (("bacc", "bacc (default threshold)"), ("bacc_recal", "bacc (t
                    ("auroc", "AUROC"))
 
 
-def figures(rows: list[dict], out: Path, cells: Optional[dict] = None, roles: Optional[dict] = None) -> None:
-    """Write the three figures into `out` (the corruption figure only when a model was tested on MedMNIST-C)."""
+def figures(rows: list[dict], out: Path, cells: Optional[dict] = None, roles: Optional[dict] = None,
+            curve: Sequence[str] = ()) -> None:
+    """Write the figures into `out` (the corruption figure only when a model was tested on MedMNIST-C, the matched-
+    accuracy one only with a `curve` of robust models)."""
     roles = roles or ROLES
     constructed_figure(rows, out / "constructed.png", cells or {})
     corruption_figure(rows, out / "corruption.png", roles)
     robust_curve(rows, out / "robust_curve.png", roles)
+    if curve:
+        matched_accuracy_figure(rows, out / "matched_accuracy.png", roles["standard"], curve)
 
 
 def constructed_figure(rows: list[dict], path: Path, cells: dict) -> None:
@@ -105,4 +110,40 @@ def robust_curve(rows: list[dict], path: Path, roles: dict) -> None:
         ax.set_ylim(0, 1)
         ax.set_title(d)
         ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def matched_accuracy_figure(rows: list[dict], path: Path, standard: str, curve: Sequence[str]) -> None:
+    """Finding 2 at matched clean accuracy, seen: per dataset, each seed's curve of the robust models (increasing
+    epsilon, the ones the dataset trained) in clean vs corrupted balanced accuracy, and the standard model of the same
+    seed as a cross of the same colour; a cross outside its curve's clean range is a seed where it is not reachable."""
+    corr = [r for r in rows if r.get("corr_bacc") is not None]
+    datasets = [d for d in dict.fromkeys(r["dataset"] for r in corr)
+                if sum(any(r["dataset"] == d and r["model"] == m for r in corr) for m in curve) >= 2]
+    if not datasets:
+        return
+    plt = pyplot_agg()
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.2), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        of = {(r["model"], r["seed"]): r for r in corr if r["dataset"] == d}
+        models = [m for m in curve if any(key[0] == m for key in of)]
+        seeds = list(dict.fromkeys(r["seed"] for r in corr if r["dataset"] == d and r["model"] == standard))
+        colours = plt.get_cmap("tab10")
+        for i, seed in enumerate(seeds):
+            points = [of[(m, seed)] for m in models if (m, seed) in of]
+            ax.plot([p["clean_bacc"] for p in points], [p["corr_bacc"] for p in points], "-o", ms=3, lw=0.8,
+                    color=colours(i % 10), alpha=0.8)
+            base = of[(standard, seed)]
+            ax.scatter(base["clean_bacc"], base["corr_bacc"], marker="x", s=40, color=colours(i % 10),
+                       label=f"seed {seed}")
+        means = [(mean_sd([of[(m, s)]["clean_bacc"] for s in seeds if (m, s) in of])[0],
+                  mean_sd([of[(m, s)]["corr_bacc"] for s in seeds if (m, s) in of])[0]) for m in models]
+        ax.plot(*zip(*means), "-s", color="k", lw=2, ms=5, label="mean over seeds")
+        for m, (x, y) in zip(models, means):
+            ax.annotate(m, (x, y), fontsize=6, xytext=(3, -8), textcoords="offset points")
+        ax.set_xlabel("clean test balanced accuracy")
+        ax.set_ylabel("MedMNIST-C balanced accuracy (mean)")
+        ax.set_title(d, fontsize=9)
+        ax.legend(fontsize=5, ncol=2)
+    fig.suptitle(f"Matched clean accuracy: each seed's PGD-AT curve (line) and {title(standard)} (x)", fontsize=9)
     save_figure(fig, path)

@@ -74,7 +74,7 @@ def write_results(rows: list[dict], out: Path, draws: Optional[dict] = None, stu
     level = study.statistics["level"] if study else STATISTICS["level"]
     write_csv(rows + measures.summary_rows(rows, level), out / "results.csv")
     write_text_atomic(out / "results.md", results_markdown(rows, cells, study, drops))
-    figures(rows, out, cells, roles_of(study))
+    figures(rows, out, cells, roles_of(study), study.matched_accuracy if study else ())
 
 
 def reproduce(study: Study, out: Path, log=print) -> list[dict]:

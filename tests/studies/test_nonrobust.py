@@ -135,6 +135,22 @@ def test_results_tables_findings_and_figures(tmp_path):
     assert "MedMNIST-C 0.750 -> 0.785 (+0.035), chance 0.500: point estimates only (descriptive" in text
     for figure in ("constructed.png", "corruption.png", "robust_curve.png"):
         assert (tmp_path / figure).stat().st_size > 1000
+    assert not (tmp_path / "matched_accuracy.png").exists()  # no curve of robust models, no figure
+
+
+def test_matched_accuracy_figure_draws_each_datasets_curve(tmp_path):
+    """The matched-accuracy figure is drawn from the curve's models each dataset trained (one panel each)."""
+    from studies.nonrobust.figures import figures
+
+    def row(dataset, model, seed, clean, corrupted):
+        return {"dataset": dataset, "model": model, "seed": seed, "clean_bacc": clean, "corr_bacc": corrupted,
+                "chance_bacc": 0.5}
+
+    rows = [row(d, m, s, c - 0.01 * s, k) for d, models in (("pneumoniamnist", ("erm", "at1", "at4", "at8")),
+                                                           ("breastmnist", ("erm", "at05", "at1", "at4")))
+            for s in (0, 1) for m, c, k in zip(models, (0.80, 0.84, 0.82, 0.78), (0.70, 0.74, 0.75, 0.74))]
+    figures(rows, tmp_path, roles={"standard": "erm", "robust": "at4"}, curve=["at05", "at1", "at4", "at8"])
+    assert (tmp_path / "matched_accuracy.png").stat().st_size > 1000
 
 
 def test_tiny_study_end_to_end_then_rerun_reuses_every_step(tmp_path):
