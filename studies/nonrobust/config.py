@@ -205,7 +205,7 @@ def check_dataset_models(entry: dict, study: Study) -> None:
         raise ConfigError(f"{where} lists models of the study ({', '.join(study.models)}), got {names!r}")
     needed = {spec[key] for spec in study.constructions.values() for key in ("source", "leakage") if spec.get(key)}
     needed |= set(study.roles.values()) | {e.model for e in study.endpoints["primary"]}
-    needed |= {name for pair in [*study.endpoints["pairs"].values(), *study.comparisons.items()] for name in pair}
+    needed |= {name for pair in study.pairs().values() for name in pair}
     missing = [name for name in study.models if name in needed and name not in names]
     if missing:
         raise ConfigError(f"{where} leaves out {', '.join(missing)}, which the constructions, roles, comparisons or "

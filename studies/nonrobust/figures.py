@@ -13,7 +13,7 @@ from evaluation.plots import pyplot_agg, save_figure
 
 from ..runner import mean_sd
 from .config import ROLES
-from .results import column_keys, ordered_models, title
+from .results import column_keys, curve_on, ordered_models, title
 
 FIGURE_MEASURES = (("bacc", "bacc (default threshold)"), ("bacc_recal", "bacc (threshold on real val)"),
                    ("auroc", "AUROC"))
@@ -118,15 +118,14 @@ def matched_accuracy_figure(rows: list[dict], path: Path, standard: str, curve: 
     epsilon, the ones the dataset trained) in clean vs corrupted balanced accuracy, and the standard model of the same
     seed as a cross of the same colour; a cross outside its curve's clean range is a seed where it is not reachable."""
     corr = [r for r in rows if r.get("corr_bacc") is not None]
-    datasets = [d for d in dict.fromkeys(r["dataset"] for r in corr)
-                if sum(any(r["dataset"] == d and r["model"] == m for r in corr) for m in curve) >= 2]
-    if not datasets:
+    curves = {d: curve_on(corr, d, list(curve)) for d in dict.fromkeys(r["dataset"] for r in corr)}
+    curves = {d: models for d, models in curves.items() if len(models) >= 2}
+    if not curves:
         return
     plt = pyplot_agg()
-    fig, axes = plt.subplots(1, len(datasets), figsize=(5.2 * len(datasets), 4.2), squeeze=False)
-    for ax, d in zip(axes[0], datasets):
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4.2), squeeze=False)
+    for ax, (d, models) in zip(axes[0], curves.items()):
         of = {(r["model"], r["seed"]): r for r in corr if r["dataset"] == d}
-        models = [m for m in curve if any(key[0] == m for key in of)]
         seeds = list(dict.fromkeys(r["seed"] for r in corr if r["dataset"] == d and r["model"] == standard))
         colours = plt.get_cmap("tab10")
         for i, seed in enumerate(seeds):

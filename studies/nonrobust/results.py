@@ -138,6 +138,11 @@ def cell_statistics(draws: dict, study: Optional[Study] = None) -> dict:
     return out
 
 
+def curve_on(rows: list[dict], dataset: str, curve: list[str]) -> list[str]:
+    """The models of the matched-accuracy `curve` (in its order) that have rows on `dataset`: the ones it trained."""
+    return [m for m in curve if any(r["dataset"] == dataset and r["model"] == m for r in rows)]
+
+
 def matched_accuracy(rows: list[dict], dataset: str, standard: str, curve: list[str], level: float) -> dict:
     """Finding 2 at matched clean accuracy on `dataset`, seed by seed: the robust models' curve of (clean, corrupted)
     balanced accuracy over training epsilon (`curve`, increasing) read at the standard model's clean balanced
@@ -147,7 +152,7 @@ def matched_accuracy(rows: list[dict], dataset: str, standard: str, curve: list[
     reachable seeds}."""
     from evaluation.statistics import seed_interval
 
-    curve = [m for m in curve if any(r["dataset"] == dataset and r["model"] == m for r in rows)]
+    curve = curve_on(rows, dataset, curve)
 
     def of(model, seed):
         return next((r for r in rows if r["dataset"] == dataset and r["model"] == model and r["seed"] == seed
